@@ -1,0 +1,459 @@
+"""The runtime: :class:`VoiceSession` drives one lifecycle machine with real (or virtual) I/O.
+
+One anyio task group per session owns every task. One queue feeds the machine one event at a time
+(run to completion): the dispatcher sends the event, then executes the effects in order before it
+takes the next one. Timers are tasks with their own cancel scope; transports are opened in a task
+that ``CloseTransport`` cancels; every transport and timer carries a generation token, so a late
+signal from a closed transport or an expiry of a cancelled timer is recorded as stale, never fed to
+the machine.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+from statemachine.exceptions import TransitionNotAllowed
+
+from fsm_voice.clock import Clock, RealClock
+from fsm_voice.effects import (
+    ArmTimer,
+    CancelTimer,
+    CloseTransport,
+    Effect,
+    OpenTransport,
+    ReportError,
+    Timer,
+)
+from fsm_voice.errors import (
+    ErrorSource,
+    Severity,
+    VoiceError,
+    classify_exception,
+    classify_server_event,
+)
+from fsm_voice.fastpath import FastLifecycle
+from fsm_voice.machine import ACTIVE_STATES, LifecycleMachine
+from fsm_voice.policy import QualityAlert, SessionPolicy
+from fsm_voice.ports import ConnectionMetrics, Transport, TransportSignal
+
+log = logging.getLogger("fsm_voice.session")
+
+#: Server event types that drive the machine.
+SERVER_EVENT_MAP: dict[str, str] = {
+    "input_audio_buffer.speech_started": "speech_started",
+    "input_audio_buffer.speech_stopped": "speech_stopped",
+    "output_audio_buffer.started": "audio_started",
+    "output_audio_buffer.stopped": "audio_stopped",
+    "output_audio_buffer.cleared": "audio_stopped",
+}
+
+Outcome = Literal["taken", "refused", "stale"]
+
+
+@attrs.frozen
+class TraceEntry:
+    """One event as the runtime handled it."""
+
+    time: float
+    event: str
+    source: str
+    target: str
+    effects: tuple[Effect, ...]
+    outcome: Outcome = "taken"
+    detail: str = ""
+
+
+@attrs.frozen
+class StatusChange:
+    time: float
+    previous: str
+    status: str
+    state: str
+    event: str
+
+
+class QueueOverflowError(RuntimeError):
+    """More application events were queued during a reconnect than the policy allows."""
+
+
+@attrs.frozen
+class _Posted:
+    event: str
+    severity: str | None = None
+    code: str = ""
+    error: VoiceError | None = None
+    token: int | None = None
+    """Generation of the transport or timer that posted it (None for the application)."""
+    timer: Timer | None = None
+
+
+class _Sink:
+    """What one opened transport reports through; knows its generation."""
+
+    def __init__(self, session: VoiceSession, generation: int) -> None:
+        self._session = session
+        self._generation = generation
+
+    def signal(self, signal: TransportSignal, detail: str = "") -> None:
+        self._session._post(_Posted(signal.value, code=detail, token=self._generation))
+
+    def server_event(self, event: Mapping[str, Any]) -> None:
+        self._session._on_server_event(event, self._generation)
+
+
+class VoiceSession:
+    """One voice session: ``async with VoiceSession(transport) as s: await s.start() ...``.
+
+    ``engine="fast"`` (default) uses the compiled table (:mod:`fsm_voice.fastpath`, proven equal to
+    python-statemachine by a differential test); ``engine="statemachine"`` runs the
+    python-statemachine class itself.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        policy: SessionPolicy | None = None,
+        clock: Clock | None = None,
+        engine: Literal["fast", "statemachine"] = "fast",
+        rng: random.Random | None = None,
+        machine: type[LifecycleMachine] = LifecycleMachine,
+        trace_limit: int = 10_000,
+    ) -> None:
+        if not isinstance(transport, Transport):
+            raise TypeError(
+                f"transport must implement fsm_voice.ports.Transport (open, close, send_event, "
+                f"metrics); got {type(transport).__name__}"
+            )
+        self.transport = transport
+        self.policy = policy or SessionPolicy()
+        self.clock: Clock = clock or RealClock()
+        if engine == "fast":
+            self.machine: FastLifecycle | LifecycleMachine = FastLifecycle(
+                self.policy.retry, self.policy.ice, rng, machine=machine
+            )
+        elif engine == "statemachine":
+            self.machine = machine(self.policy.retry, self.policy.ice, rng)
+        else:
+            raise ValueError(f"engine must be 'fast' or 'statemachine', got {engine!r}")
+        self.trace: collections.deque[TraceEntry] = collections.deque(maxlen=trace_limit)
+        self.metrics_history: collections.deque[ConnectionMetrics] = collections.deque(maxlen=720)
+        self.errors: list[VoiceError] = []
+        self.alerts: list[QualityAlert] = []
+        self._status_cbs: list[Callable[[StatusChange], Any]] = []
+        self._error_cbs: list[Callable[[VoiceError], Any]] = []
+        self._event_cbs: list[Callable[[Mapping[str, Any]], Any]] = []
+        self._metrics_cbs: list[Callable[[ConnectionMetrics], Any]] = []
+        self._alert_cbs: list[Callable[[QualityAlert], Any]] = []
+        self._send, self._receive = anyio.create_memory_object_stream[_Posted](math.inf)
+        self._tg: TaskGroup | None = None
+        self._generation = 0
+        self._transport_scope: anyio.CancelScope | None = None
+        self._transport_open = False
+        self._timers: dict[Timer, tuple[int, anyio.CancelScope]] = {}
+        self._timer_seq = 0
+        self._status_changed = anyio.Event()
+        self._outbox: collections.deque[Mapping[str, Any]] = collections.deque()
+        self._barriers: dict[int, anyio.Event] = {}
+        self.sent_events = 0
+        self.delivered_events = 0
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.machine.state_id
+
+    @property
+    def status(self) -> str:
+        return self.machine.status
+
+    @property
+    def attempts(self) -> int:
+        return self.machine.attempts
+
+    @property
+    def armed_timers(self) -> frozenset[Timer]:
+        return frozenset(self._timers)
+
+    def on_status(self, cb: Callable[[StatusChange], Any]) -> None:
+        self._status_cbs.append(cb)
+
+    def on_error(self, cb: Callable[[VoiceError], Any]) -> None:
+        self._error_cbs.append(cb)
+
+    def on_server_event(self, cb: Callable[[Mapping[str, Any]], Any]) -> None:
+        self._event_cbs.append(cb)
+
+    def on_metrics(self, cb: Callable[[ConnectionMetrics], Any]) -> None:
+        self._metrics_cbs.append(cb)
+
+    def on_alert(self, cb: Callable[[QualityAlert], Any]) -> None:
+        self._alert_cbs.append(cb)
+
+    async def __aenter__(self) -> VoiceSession:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._dispatch_loop, name="fsm_voice.dispatch")
+        self._tg.start_soon(self._monitor_loop, name="fsm_voice.monitor")
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        assert self._tg is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.stop()
+        finally:
+            self._tg.cancel_scope.cancel()
+            result = await self._tg.__aexit__(*exc)  # type: ignore[arg-type]
+            self._tg = None
+        return result
+
+    async def start(self) -> None:
+        """Ask for a connection (returns at once; watch :attr:`status` or :meth:`wait_for`)."""
+        self._require_running()
+        self._post(_Posted("start"))
+        await self._drain()
+
+    async def stop(self) -> None:
+        """Close everything and return once the session is ``idle`` (no timer, no transport)."""
+        if self._tg is None:
+            return
+        self._post(_Posted("stop"))
+        await self._drain()
+
+    async def wait_for(self, *statuses: str, timeout: float | None = None) -> str:
+        """Wait until the status is one of ``statuses`` (raises TimeoutError after ``timeout``)."""
+        with anyio.fail_after(timeout):
+            while self.status not in statuses:
+                await self._status_changed.wait()
+        return self.status
+
+    def send_event(self, event: Mapping[str, Any]) -> None:
+        """Send a client event; while reconnecting it is queued (bounded) and sent in order later.
+
+        Raises :class:`QueueOverflowError` when the queue is full, RuntimeError when idle/error.
+        """
+        if not isinstance(event, Mapping) or not isinstance(event.get("type"), str):
+            raise TypeError("a client event is a mapping with a string 'type', e.g. "
+                            "{'type': 'response.create'}")
+        if self.status in ("idle", "error"):
+            raise RuntimeError(f"cannot send {event['type']!r}: session is {self.status}; "
+                               "call start() first")
+        self.sent_events += 1
+        if self.machine.state_id in ACTIVE_STATES and not self._outbox:
+            self._deliver(event)
+            return
+        if len(self._outbox) >= self.policy.event_queue_limit:
+            self.sent_events -= 1
+            raise QueueOverflowError(
+                f"{len(self._outbox)} events already queued while {self.status}; the limit is "
+                f"SessionPolicy.event_queue_limit={self.policy.event_queue_limit}"
+            )
+        self._outbox.append(event)
+
+    def post(self, event: str, **kw: Any) -> None:
+        """Feed a raw machine event (for embedding apps and tests)."""
+        self._post(_Posted(event, **kw))
+
+    # -- internals ------------------------------------------------------------------------------
+    def _require_running(self) -> None:
+        if self._tg is None:
+            raise RuntimeError("use the session inside 'async with VoiceSession(...) as s:'")
+
+    def _post(self, item: _Posted) -> None:
+        self._send.send_nowait(item)
+
+    async def _drain(self) -> None:
+        """Wait until the dispatcher has handled everything queued so far."""
+        done = anyio.Event()
+        self._barriers[id(done)] = done
+        self._post(_Posted("__barrier__", code=str(id(done))))
+        await done.wait()
+
+    async def _dispatch_loop(self) -> None:
+        async for item in self._receive:
+            if item.event == "__barrier__":
+                ev = self._barriers.pop(int(item.code), None)
+                if ev is not None:
+                    ev.set()
+                continue
+            await self._dispatch(item)
+
+    async def _dispatch(self, item: _Posted) -> None:
+        now = self.clock.now()
+        source = self.machine.state_id
+        stale = self._stale_reason(item)
+        if stale:
+            self.trace.append(TraceEntry(now, item.event, source, source, (), "stale", stale))
+            return
+        if item.timer is not None:
+            self._timers.pop(item.timer, None)
+        previous_status = self.machine.status
+        try:
+            self.machine.send(item.event, severity=item.severity, code=item.code, error=item.error)
+        except TransitionNotAllowed:
+            self.trace.append(TraceEntry(now, item.event, source, source, (), "refused"))
+            log.info("event %s refused in state %s", item.event, source)
+            return
+        effects = tuple(self.machine.take_effects())
+        target = self.machine.state_id
+        self.trace.append(TraceEntry(now, item.event, source, target, effects))
+        for effect in effects:
+            await self._execute(effect)
+        if target in ACTIVE_STATES:
+            self._flush_outbox()
+        if self.machine.status != previous_status:
+            change = StatusChange(now, previous_status, self.machine.status, target, item.event)
+            self._status_changed.set()
+            self._status_changed = anyio.Event()
+            for cb in self._status_cbs:
+                self._call(cb, change)
+
+    def _stale_reason(self, item: _Posted) -> str:
+        if item.timer is not None:
+            current = self._timers.get(item.timer)
+            if current is None or current[0] != item.token:
+                return f"expiry of a cancelled {item.timer} timer"
+        elif item.token is not None and item.token != self._generation:
+            return f"from closed transport #{item.token} (current #{self._generation})"
+        elif item.token is not None and not self._transport_open:
+            return "transport already closed"
+        return ""
+
+    async def _execute(self, effect: Effect) -> None:
+        assert self._tg is not None
+        if isinstance(effect, ArmTimer):
+            self._timer_seq += 1
+            scope = anyio.CancelScope()
+            self._timers[effect.timer] = (self._timer_seq, scope)
+            self._tg.start_soon(self._run_timer, effect.timer, effect.delay, self._timer_seq, scope)
+        elif isinstance(effect, CancelTimer):
+            entry = self._timers.pop(effect.timer, None)
+            if entry is not None:
+                entry[1].cancel()
+        elif isinstance(effect, OpenTransport):
+            self._generation += 1
+            self._transport_open = True
+            scope = anyio.CancelScope()
+            self._transport_scope = scope
+            self._tg.start_soon(self._open_transport, self._generation, scope)
+        elif isinstance(effect, CloseTransport):
+            await self._close_transport()
+        elif isinstance(effect, ReportError):
+            err = effect.error if isinstance(effect.error, VoiceError) else VoiceError(
+                severity=Severity(effect.severity), code=effect.code,
+                message=f"{effect.code} in state {self.machine.state_id}",
+                source=ErrorSource.TRANSPORT,
+            )
+            self._report(err)
+
+    async def _run_timer(self, timer: Timer, delay: float, token: int, scope: anyio.CancelScope
+                         ) -> None:
+        with scope:
+            await self.clock.sleep(delay)
+            self._post(_Posted(timer.value, token=token, timer=timer))
+
+    async def _open_transport(self, generation: int, scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                await self.transport.open(_Sink(self, generation))
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # classified, never lost
+                err = classify_exception(exc)
+                log.warning("opening transport #%d failed: %s", generation, err)
+                self._post(_Posted("signaling_failed", severity=str(err.severity), code=err.code,
+                                   error=err, token=generation))
+
+    async def _close_transport(self) -> None:
+        if self._transport_scope is not None:
+            self._transport_scope.cancel()
+            self._transport_scope = None
+        self._transport_open = False
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.transport.close()
+            except Exception as exc:
+                log.warning("closing transport failed (continuing): %r", exc)
+
+    def _on_server_event(self, event: Mapping[str, Any], generation: int) -> None:
+        for cb in self._event_cbs:
+            self._call(cb, event)
+        etype = event.get("type")
+        mapped = SERVER_EVENT_MAP.get(etype) if isinstance(etype, str) else None
+        if mapped:
+            self._post(_Posted(mapped, token=generation))
+        elif etype == "error":
+            err = classify_server_event(event)
+            if err.ignorable:
+                log.info("ignorable server error %s: %s", err.code, err.message)
+                self.trace.append(TraceEntry(self.clock.now(), "server_error", self.state,
+                                             self.state, (), "refused", f"ignorable {err.code}"))
+            elif err.code == "session_expired":
+                self._post(_Posted("session_expired", code=err.code, error=err, token=generation))
+            else:
+                self._post(_Posted("server_error", severity=str(err.severity), code=err.code,
+                                   error=err, token=generation))
+
+    def _deliver(self, event: Mapping[str, Any]) -> None:
+        self.transport.send_event(event)
+        self.delivered_events += 1
+
+    def _flush_outbox(self) -> None:
+        while self._outbox:
+            try:
+                self._deliver(self._outbox[0])
+            except Exception as exc:  # channel not really open yet: keep the rest queued
+                log.warning("delivering queued event failed, will retry: %r", exc)
+                return
+            self._outbox.popleft()
+
+    def _report(self, err: VoiceError) -> None:
+        self.errors.append(err)
+        log.warning("session error: %s", err)
+        for cb in self._error_cbs:
+            self._call(cb, err)
+
+    def _call(self, cb: Callable[[Any], Any], arg: Any) -> None:
+        try:
+            cb(arg)
+        except Exception:
+            log.exception("subscriber %r raised; ignored", cb)
+
+    async def _monitor_loop(self) -> None:
+        """Poll quality every ``metrics_interval`` while a session is up; alert on thresholds."""
+        interval = self.policy.monitor.metrics_interval
+        health_every = max(1, round(self.policy.monitor.health_interval / interval))
+        n = 0
+        while True:
+            await self.clock.sleep(interval)
+            if self.machine.state_id not in ACTIVE_STATES:
+                continue
+            n += 1
+            try:
+                m = await self.transport.metrics()
+            except Exception as exc:
+                log.warning("metrics poll failed: %r", exc)
+                continue
+            if m is None:
+                continue
+            self.metrics_history.append(m)
+            for cb in self._metrics_cbs:
+                self._call(cb, m)
+            for alert in self.policy.quality.violations(m):
+                self.alerts.append(alert)
+                log.warning("quality alert: %s %.1f > %.1f", alert.kind, alert.value,
+                            alert.threshold)
+                for acb in self._alert_cbs:
+                    self._call(acb, alert)
+            if n % health_every == 0:
+                log.info("health: status=%s rtt=%s jitter=%s lost=%s", self.status,
+                         m.latency_ms, m.jitter_ms, m.packets_lost)
