@@ -205,7 +205,7 @@ def explore(
             engine.restore(cfg.machine)
             engine.effects = []
             try:
-                engine.send(letter.event, **letter.kwargs())  # type: ignore[arg-type]
+                engine.send(letter.event, **letter.kwargs())
             except TransitionNotAllowed:
                 refusals += 1
                 after = engine.snapshot(engine.state_id)
@@ -238,6 +238,7 @@ def explore(
                 parent[j] = (i, letter)
                 queue.append(j)
             fired = engine.fired
+            assert fired is not None
             edges.append(Edge(i, letter, j, (fired.source, fired.event, fired.target,
                                              fired.actions), effects))
             for rule, msg in problems:

@@ -1,10 +1,11 @@
-"""A compiled, table-driven engine for the lifecycle: same table, same callbacks, ~10x faster.
+"""A compiled, table-driven engine for the lifecycle: same table, same callbacks, much faster.
 
 :func:`compile_machine` reads the python-statemachine class (states, transitions, ``cond`` and
 ``on`` callback names, ``internal`` flags) and builds a dict ``(state, event) -> candidates``.
-:class:`FastLifecycle` interprets it with the semantics of python-statemachine's ``StateMachine``: the first candidate
-whose guards all hold wins; exit callbacks, then the transition's actions, then the state changes,
-then entry callbacks; an internal transition runs only its actions. A differential hypothesis test (``tests/test_fastpath.py``) checks that it
+:class:`FastLifecycle` interprets it with the semantics of python-statemachine's
+``StateMachine``: the first candidate whose guards all hold wins; exit callbacks, then the
+transition's actions, then the state changes, then entry callbacks; an internal transition runs
+only its actions. A differential hypothesis test (``tests/test_fastpath.py``) checks that it
 agrees with python-statemachine on every event sequence.
 """
 
@@ -148,7 +149,7 @@ class FastLifecycle(LifecycleLogic):
 
     def enabled(self, event: str, **kw: Any) -> bool:
         """Whether ``event`` would be accepted now (guards evaluated, nothing changed)."""
-        for _target, _internal, guards, _actions, _ct in self._bound.get((self.state_id, event), ()):
+        for _t, _internal, guards, _actions, _ct in self._bound.get((self.state_id, event), ()):
             if all(
                 bool(g(kw.get("severity"), kw.get("code", ""), kw.get("error"))) is exp
                 for g, exp in guards

@@ -14,7 +14,7 @@ and counters, shared by the python-statemachine class and by the compiled fast p
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from statemachine import State, StateMachine
 
@@ -197,7 +197,7 @@ class LifecycleLogic:
         self.effects.append(CloseTransport())
 
 
-class LifecycleMachine(LifecycleLogic, StateMachine):  # type: ignore[misc]
+class LifecycleMachine(LifecycleLogic, StateMachine):
     """The lifecycle, declared as a table: ``source.to(target, event=..., cond=..., on=...)``.
 
     For one event, the transitions from the current state are tried in declaration order; the
@@ -207,7 +207,7 @@ class LifecycleMachine(LifecycleLogic, StateMachine):  # type: ignore[misc]
 
     # StateMachine semantics: an internal transition runs only its actions; any other
     # transition (a self-transition too) runs exit, actions, entry.
-    enable_self_transition_entries: ClassVar[bool] = False
+    enable_self_transition_entries = False
 
     idle = State(initial=True)
     connecting = State()
@@ -367,4 +367,6 @@ class LifecycleMachine(LifecycleLogic, StateMachine):  # type: ignore[misc]
 
 
 #: Every event the machine knows, in declaration order.
-EVENTS: Final[tuple[str, ...]] = tuple(e.id for e in LifecycleMachine.events)
+EVENTS: Final[tuple[str, ...]] = tuple(
+    e.id for e in LifecycleMachine.events  # type: ignore[attr-defined]
+)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import random
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -153,7 +152,8 @@ class VoiceSession:
         self._event_cbs: list[Callable[[Mapping[str, Any]], Any]] = []
         self._metrics_cbs: list[Callable[[ConnectionMetrics], Any]] = []
         self._alert_cbs: list[Callable[[QualityAlert], Any]] = []
-        self._send, self._receive = anyio.create_memory_object_stream[_Posted](math.inf)
+        self._queue: collections.deque[_Posted] = collections.deque()
+        self._wakeup = anyio.Event()
         self._tg: TaskGroup | None = None
         self._generation = 0
         self._transport_scope: anyio.CancelScope | None = None
@@ -269,7 +269,8 @@ class VoiceSession:
             raise RuntimeError("use the session inside 'async with VoiceSession(...) as s:'")
 
     def _post(self, item: _Posted) -> None:
-        self._send.send_nowait(item)
+        self._queue.append(item)
+        self._wakeup.set()
 
     async def _drain(self) -> None:
         """Wait until the dispatcher has handled everything queued so far."""
@@ -279,7 +280,13 @@ class VoiceSession:
         await done.wait()
 
     async def _dispatch_loop(self) -> None:
-        async for item in self._receive:
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            item = queue.popleft()
             if item.event == "__barrier__":
                 ev = self._barriers.pop(int(item.code), None)
                 if ev is not None:
@@ -307,7 +314,10 @@ class VoiceSession:
         target = self.machine.state_id
         self.trace.append(TraceEntry(now, item.event, source, target, effects))
         for effect in effects:
-            await self._execute(effect)
+            if isinstance(effect, CloseTransport):
+                await self._close_transport()
+            else:
+                self._execute(effect)
         if target in ACTIVE_STATES:
             self._flush_outbox()
         if self.machine.status != previous_status:
@@ -328,7 +338,7 @@ class VoiceSession:
             return "transport already closed"
         return ""
 
-    async def _execute(self, effect: Effect) -> None:
+    def _execute(self, effect: Effect) -> None:
         assert self._tg is not None
         if isinstance(effect, ArmTimer):
             self._timer_seq += 1
@@ -345,14 +355,19 @@ class VoiceSession:
             scope = anyio.CancelScope()
             self._transport_scope = scope
             self._tg.start_soon(self._open_transport, self._generation, scope)
-        elif isinstance(effect, CloseTransport):
-            await self._close_transport()
         elif isinstance(effect, ReportError):
-            err = effect.error if isinstance(effect.error, VoiceError) else VoiceError(
+            cause = effect.error if isinstance(effect.error, VoiceError) else None
+            if cause is not None and cause.code == effect.code:
+                self._report(cause)
+                return
+            detail = f"; last error: {cause}" if cause is not None else ""
+            err = VoiceError(
                 severity=Severity(effect.severity), code=effect.code,
-                message=f"{effect.code} in state {self.machine.state_id}",
-                source=ErrorSource.TRANSPORT,
+                message=f"{effect.code} after {self.machine.attempts} reconnect attempts"
+                f" (state {self.machine.state_id}){detail}",
+                source=cause.source if cause is not None else ErrorSource.TRANSPORT,
             )
+            err.__cause__ = cause
             self._report(err)
 
     async def _run_timer(self, timer: Timer, delay: float, token: int, scope: anyio.CancelScope

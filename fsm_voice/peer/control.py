@@ -1,0 +1,184 @@
+"""Fault-injection control API of the local peer (``/control/...``), loopback callers only.
+
+Every endpoint mirrors a :class:`~fsm_voice.peer.server.RealtimePeer` method:
+
+=========================  ======  ==============================================================
+path                       method  body (JSON) -> result
+=========================  ======  ==============================================================
+/control/calls             GET     -> ``{"calls": [call info...]}``
+/control/stats             GET     -> counters (offers, calls, events received per type, faults)
+/control/send_error        POST    ``{type?, code?, message, param?, call_id?}`` -> ``{"sent": n}``
+/control/go_silent         POST    ``{call_id?}`` -> ``{"calls": n}``
+/control/resume            POST    ``{call_id?}`` -> ``{"calls": n}``
+/control/close_call        POST    ``{call_id?}`` -> ``{"closed": n}``
+/control/reject_offers     POST    ``{count, status, retry_after?, code?, message?}``
+/control/delay_answers     POST    ``{seconds}``
+/control/reset             POST    clears pending offer rejections and answer delay
+=========================  ======  ==============================================================
+
+A request is refused (403) unless it comes from a loopback address and carries no ``Origin``
+header (which browsers add to cross-site requests: a web page cannot drive the peer).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .protocol import http_error
+
+if TYPE_CHECKING:
+    from .server import RealtimePeer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``)."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def control_refusal(remote: str | None, origin: str | None) -> str | None:
+    """Why a control request must be refused, or None when it may proceed."""
+    if not is_loopback_address(remote):
+        return f"the control API accepts loopback callers only (caller: {remote!r})"
+    if origin is not None:
+        return "the control API refuses browser (Origin) requests"
+    return None
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    raw = await request.content.read(64 * 1024 + 1)
+    if len(raw) > 64 * 1024:
+        raise web.HTTPRequestEntityTooLarge(max_size=64 * 1024, actual_size=len(raw))
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise _bad(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise _bad("body must be a JSON object")
+    return data
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps(http_error(message, code="invalid_value")),
+        content_type="application/json",
+    )
+
+
+def _opt_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _bad(f"{key!r} must be a string")
+    return value
+
+
+def _number(body: dict[str, Any], key: str, default: float | None = None) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"{key!r} must be a number")
+    return float(value)
+
+
+def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
+    """Register the ``/control`` endpoints for ``peer`` on ``app``."""
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            reason = control_refusal(request.remote, request.headers.get("Origin"))
+            if reason is not None:
+                return _json(http_error(reason, code="forbidden"), status=403)
+            return await handler(request)
+
+        return wrapper
+
+    async def calls(request: web.Request) -> web.StreamResponse:
+        return _json({"calls": peer.list_calls()})
+
+    async def stats(request: web.Request) -> web.StreamResponse:
+        return _json(peer.stats())
+
+    async def send_error(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        message = _opt_str(body, "message") or "Injected error"
+        sent = peer.send_error(
+            _opt_str(body, "type") or "server_error",
+            _opt_str(body, "code"),
+            message,
+            param=_opt_str(body, "param"),
+            call_id=_opt_str(body, "call_id"),
+        )
+        return _json({"sent": sent})
+
+    async def go_silent(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        return _json({"calls": peer.go_silent(_opt_str(body, "call_id"))})
+
+    async def resume(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        return _json({"calls": peer.resume(_opt_str(body, "call_id"))})
+
+    async def close_call(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        return _json({"closed": await peer.close_call(_opt_str(body, "call_id"))})
+
+    async def reject_offers(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        retry = body.get("retry_after")
+        try:
+            peer.reject_offers(
+                int(_number(body, "count")),
+                int(_number(body, "status", 503)),
+                retry_after=None if retry is None else _number(body, "retry_after"),
+                code=_opt_str(body, "code"),
+                message=_opt_str(body, "message"),
+            )
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"pending_rejections": peer.pending_rejections})
+
+    async def delay_answers(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            peer.delay_answers(_number(body, "seconds"))
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"answer_delay": peer.answer_delay})
+
+    async def reset(request: web.Request) -> web.StreamResponse:
+        peer.reset_faults()
+        return _json({"ok": True})
+
+    app.router.add_get("/control/calls", guarded(calls))
+    app.router.add_get("/control/stats", guarded(stats))
+    for path, handler in (
+        ("send_error", send_error),
+        ("go_silent", go_silent),
+        ("resume", resume),
+        ("close_call", close_call),
+        ("reject_offers", reject_offers),
+        ("delay_answers", delay_answers),
+        ("reset", reset),
+    ):
+        app.router.add_post(f"/control/{path}", guarded(handler))

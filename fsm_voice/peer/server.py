@@ -1,0 +1,545 @@
+"""A local stand-in for the OpenAI Realtime WebRTC backend (aiohttp + aiortc), loopback only.
+
+``POST /v1/realtime/calls`` takes an SDP offer (``application/sdp``, or ``multipart/form-data``
+with ``sdp`` and an optional JSON ``session`` field, as the real API accepts) and answers ``201``
+with the answer SDP and ``Location: /v1/realtime/calls/<call_id>``. Each call is an aiortc
+answerer (:class:`~fsm_voice.peer.call.Call`): the ``oai-events`` data channel carries the
+JSON events, the audio track is consumed by an energy VAD, and replies are played back as audio.
+``POST /v1/realtime/calls/<call_id>/hangup`` ends a call. ``/control/...`` injects faults
+(see :mod:`fsm_voice.peer.control`).
+
+Every peer connection is created inside :func:`fsm_voice.transport.loopback.loopback` with an
+explicit empty ICE server list, so no packet leaves 127.0.0.1 and no public STUN server is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import json
+import logging
+import math
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from . import protocol as p
+from .call import Call, Reply, reply_tone
+from .control import add_control_routes
+
+log = logging.getLogger(__name__)
+
+CALLS_PATH = "/v1/realtime/calls"
+DEFAULT_MAX_BODY = 64 * 1024
+_STATUS_ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "requests",
+}
+
+
+def loopback_host(host: str) -> str:
+    """Check that ``host`` is a loopback address; 'localhost' means 127.0.0.1.
+
+    Raises ValueError for anything else: the peer must never listen on a real interface.
+    """
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"RealtimePeer binds to loopback only; {host!r} is not a literal IP address "
+            "(use 127.0.0.1 or ::1)"
+        ) from None
+    if not ip.is_loopback:
+        raise ValueError(
+            f"RealtimePeer binds to loopback only (127.0.0.0/8 or ::1); refusing {host!r}"
+        )
+    return str(ip)
+
+
+def validate_offer(sdp: str) -> str | None:
+    """Why ``sdp`` is not an acceptable offer (None when it looks fine)."""
+    lines = [ln.strip() for ln in sdp.replace("\r\n", "\n").split("\n") if ln.strip()]
+    if not lines or lines[0] != "v=0":
+        return "SDP offer must start with 'v=0'"
+    media = [ln.split()[0][2:] for ln in lines if ln.startswith("m=") and len(ln.split()) >= 4]
+    if "audio" not in media:
+        return "SDP offer has no audio m-line"
+    if "application" not in media:
+        return "SDP offer has no application (data channel) m-line"
+    if not any(ln.startswith("a=fingerprint:") for ln in lines):
+        return "SDP offer has no DTLS fingerprint"
+    if not any(ln.startswith("a=ice-ufrag:") for ln in lines):
+        return "SDP offer has no ICE credentials"
+    return None
+
+
+class _Rejection:
+    __slots__ = ("code", "message", "retry_after", "status")
+
+    def __init__(
+        self, status: int, retry_after: float | None, code: str | None, message: str | None
+    ) -> None:
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+        self.message = message
+
+
+class RealtimePeer:
+    """The local realtime-compatible server. Use as ``async with RealtimePeer() as peer:``.
+
+    ``reply``: "echo" replays the caller's last utterance; "tone" plays a ~1 s voiced tone.
+    ``tokens``: predicate on bearer tokens (default: any non-empty token is accepted).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reply: Reply = "echo",
+        vad_threshold_dbfs: float = -40.0,
+        tokens: Callable[[str], bool] | None = None,
+        model: str = p.DEFAULT_MODEL,
+        voice: str = p.DEFAULT_VOICE,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        max_calls: int = 64,
+        connect_timeout: float = 30.0,
+        tone_seconds: float = 1.0,
+    ) -> None:
+        if not 0.05 <= tone_seconds <= 60:
+            raise ValueError(f"tone_seconds must be in [0.05, 60], got {tone_seconds!r}")
+        if reply not in ("echo", "tone"):
+            raise ValueError(f"reply must be 'echo' or 'tone', got {reply!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port out of range: {port!r}")
+        if not -120.0 < vad_threshold_dbfs < 0.0:
+            raise ValueError(f"vad_threshold_dbfs must be in (-120, 0), got {vad_threshold_dbfs}")
+        if max_body_bytes <= 0 or max_calls <= 0 or connect_timeout <= 0:
+            raise ValueError("max_body_bytes, max_calls and connect_timeout must be positive")
+        self.host = loopback_host(host)
+        self.port = port
+        self.reply: Reply = reply
+        self.vad_threshold_dbfs = vad_threshold_dbfs
+        self.model = model
+        self.voice = voice
+        self.max_body_bytes = max_body_bytes
+        self.max_calls = max_calls
+        self.connect_timeout = connect_timeout
+        self.tone_seconds = tone_seconds
+        self._tokens = tokens
+        self._runner: web.AppRunner | None = None
+        self._bound_port: int | None = None
+        self._calls: dict[str, Call] = {}
+        self._ended: collections.deque[Call] = collections.deque(maxlen=64)
+        self._rejections: collections.deque[_Rejection] = collections.deque()
+        self.answer_delay = 0.0
+        self._stopping = False
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._events_received: collections.Counter[str] = collections.Counter()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        if self._bound_port is None:
+            raise RuntimeError("RealtimePeer is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._bound_port}"
+
+    @property
+    def calls_url(self) -> str:
+        return self.base_url + CALLS_PATH
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("RealtimePeer already started")
+        self._stopping = False
+        # Synthesize the reply tone (also echo's fallback) off the event loop, once.
+        await asyncio.to_thread(reply_tone, self.tone_seconds)
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_post(CALLS_PATH, self._handle_offer)
+        app.router.add_post(CALLS_PATH + "/{call_id}/hangup", self._handle_hangup)
+        add_control_routes(app, self)
+        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._bound_port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Close every call (peer connections, tracks, tasks) and the HTTP server."""
+        self._stopping = True
+        calls = list(self._calls.values())
+        if calls:
+            await asyncio.gather(
+                *(c.close("server_stopped") for c in calls), return_exceptions=True
+            )
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        self._bound_port = None
+
+    async def __aenter__(self) -> RealtimePeer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
+        """Start, report ``base_url`` to ``ready``, run until cancelled, then stop."""
+        await self.start()
+        try:
+            if ready is not None:
+                ready(self.base_url)
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    # ----------------------------------------------------------------- inspection
+
+    @property
+    def calls(self) -> dict[str, Call]:
+        """Live calls by id (a copy)."""
+        return dict(self._calls)
+
+    def list_calls(self) -> list[dict[str, Any]]:
+        """Live calls then recently ended ones, with state and counters."""
+        return [c.info() for c in self._calls.values()] + [c.info() for c in self._ended]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "offers_received": self._counters["offers_received"],
+            "offers_answered": self._counters["offers_answered"],
+            "offers_refused": self._counters["offers_refused"],
+            "offers_rejected_injected": self._counters["offers_rejected_injected"],
+            "calls_created": self._counters["calls_created"],
+            "calls_active": len(self._calls),
+            "calls_ended": self._counters["calls_ended"],
+            "events_received": dict(self._events_received),
+            "pending_rejections": self.pending_rejections,
+            "answer_delay": self.answer_delay,
+        }
+
+    # ----------------------------------------------------------------- faults
+
+    def _targets(self, call_id: str | None) -> list[Call]:
+        if call_id is None:
+            return list(self._calls.values())
+        call = self._calls.get(call_id)
+        return [call] if call is not None else []
+
+    def send_error(
+        self,
+        type: str = "server_error",
+        code: str | None = None,
+        message: str = "Injected error",
+        *,
+        param: str | None = None,
+        call_id: str | None = None,
+    ) -> int:
+        """Send an ``error`` event to every live call (or one). Returns how many got it."""
+        return sum(
+            c.send_error(message, type=type, code=code, param=param) for c in self._targets(call_id)
+        )
+
+    def go_silent(self, call_id: str | None = None) -> int:
+        """Stop all outgoing UDP of the call(s): media, data channel, ICE responses, consent
+        checks. No signalling; the client just sees traffic stop. Returns calls affected."""
+        return sum(1 for c in self._targets(call_id) if c.go_silent() > 0)
+
+    def resume(self, call_id: str | None = None) -> int:
+        """Let silenced calls send again. Returns calls affected."""
+        silenced = [c for c in self._targets(call_id) if c.silent]
+        for c in silenced:
+            c.resume()
+        return len(silenced)
+
+    async def close_call(self, call_id: str | None = None) -> int:
+        """Close the call(s) abruptly (``pc.close()``, no event first). Returns how many."""
+        targets = self._targets(call_id)
+        await asyncio.gather(*(c.close("closed_by_control") for c in targets))
+        return len(targets)
+
+    def reject_offers(
+        self,
+        count: int,
+        status: int = 503,
+        retry_after: float | None = None,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` offers with ``status`` (JSON error, Retry-After if set)."""
+        if count < 0:
+            raise ValueError("count must not be negative")
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be a 4xx/5xx code, got {status}")
+        if retry_after is not None and (retry_after < 0 or not math.isfinite(retry_after)):
+            raise ValueError("retry_after must be a non-negative number")
+        for _ in range(count):
+            self._rejections.append(_Rejection(status, retry_after, code, message))
+
+    @property
+    def pending_rejections(self) -> int:
+        return len(self._rejections)
+
+    def delay_answers(self, seconds: float) -> None:
+        """Hold every following answer for ``seconds`` (0 turns it off)."""
+        if seconds < 0 or not math.isfinite(seconds) or seconds > 3600:
+            raise ValueError("seconds must be in [0, 3600]")
+        self.answer_delay = float(seconds)
+
+    def reset_faults(self) -> None:
+        self._rejections.clear()
+        self.answer_delay = 0.0
+
+    # ----------------------------------------------------------------- HTTP
+
+    def _error(
+        self,
+        status: int,
+        message: str,
+        code: str | None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> web.Response:
+        etype = _STATUS_ERROR_TYPE.get(status, "server_error")
+        self._counters["offers_refused"] += 1
+        return web.json_response(
+            p.http_error(message, type=etype, code=code, param=param),
+            status=status,
+            headers=headers,
+        )
+
+    def _authorized(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return self._error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                None,
+            )
+        accept = self._tokens if self._tokens is not None else bool
+        if not accept(token):
+            return self._error(401, "Incorrect API key provided.", "invalid_api_key")
+        return None
+
+    async def _read_limited(self, request: web.Request) -> bytes | None:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return None
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _read_offer(self, request: web.Request) -> tuple[str, dict[str, Any] | None] | (
+        web.Response
+    ):
+        ctype = request.content_type
+        if ctype == "application/sdp":
+            raw = await self._read_limited(request)
+            if raw is None:
+                return self._error(
+                    413,
+                    f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                    "request_too_large",
+                )
+            try:
+                return raw.decode("utf-8"), None
+            except UnicodeDecodeError:
+                return self._error(400, "SDP offer is not valid UTF-8.", "invalid_offer")
+        if ctype == "multipart/form-data":
+            return await self._read_multipart(request)
+        return self._error(
+            415,
+            f"Unsupported content type {ctype!r}: send the SDP offer as 'application/sdp' "
+            "(or 'multipart/form-data' with an 'sdp' field).",
+            "unsupported_content_type",
+        )
+
+    async def _read_multipart(self, request: web.Request) -> tuple[str, dict[str, Any] | None] | (
+        web.Response
+    ):
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return self._error(
+                413,
+                f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                "request_too_large",
+            )
+        sdp: str | None = None
+        session: dict[str, Any] | None = None
+        try:
+            reader = await request.multipart()
+            total = 0
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                if not isinstance(part, BodyPartReader):
+                    continue
+                data = await part.read(decode=False)
+                total += len(data)
+                if total > self.max_body_bytes:
+                    return self._error(
+                        413,
+                        f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                        "request_too_large",
+                    )
+                if part.name == "sdp":
+                    sdp = bytes(data).decode("utf-8")
+                elif part.name == "session":
+                    parsed = json.loads(bytes(data))
+                    if not isinstance(parsed, dict):
+                        return self._error(
+                            400, "'session' must be a JSON object.", "invalid_type", param="session"
+                        )
+                    session = parsed
+        except (ValueError, UnicodeDecodeError, AssertionError) as exc:
+            return self._error(400, f"Malformed multipart body: {exc}", "invalid_request")
+        if sdp is None:
+            return self._error(
+                400, "Missing required parameter: 'sdp'.", "missing_required_parameter", param="sdp"
+            )
+        return sdp, session
+
+    async def _handle_offer(self, request: web.Request) -> web.StreamResponse:
+        self._counters["offers_received"] += 1
+        if self._rejections:
+            rej = self._rejections.popleft()
+            self._counters["offers_rejected_injected"] += 1
+            headers = {}
+            if rej.retry_after is not None:
+                headers["Retry-After"] = str(math.ceil(rej.retry_after))
+            default_msg = (
+                "The server is overloaded or not ready yet."
+                if rej.status >= 500
+                else "Request rejected by the local peer (injected fault)."
+            )
+            return self._error(
+                rej.status,
+                rej.message or default_msg,
+                rej.code or ("server_overloaded" if rej.status >= 500 else None),
+                headers=headers,
+            )
+        refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        read = await self._read_offer(request)
+        if isinstance(read, web.Response):
+            return read
+        sdp, session_cfg = read
+        problem = validate_offer(sdp)
+        if problem is not None:
+            return self._error(400, f"Invalid SDP offer: {problem}.", "invalid_offer", param="sdp")
+        if session_cfg is not None and session_cfg.get("type", "realtime") != "realtime":
+            return self._error(
+                400,
+                "Invalid value for 'session.type': expected 'realtime'.",
+                "invalid_value",
+                param="session.type",
+            )
+        if len(self._calls) >= self.max_calls:
+            return self._error(
+                429, "Too many concurrent calls on the local peer.", "rate_limit_exceeded"
+            )
+        if self.answer_delay > 0:
+            await asyncio.sleep(self.answer_delay)
+        if self._stopping:
+            return self._error(503, "The local peer is shutting down.", "server_shutting_down")
+        model = request.query.get("model") or (session_cfg or {}).get("model") or self.model
+        call = Call(
+            model=str(model),
+            reply=self.reply,
+            vad_threshold_dbfs=self.vad_threshold_dbfs,
+            voice=self.voice,
+            on_event_received=self._count_event,
+            on_closed=self._call_closed,
+            connect_timeout=self.connect_timeout,
+            tone_seconds=self.tone_seconds,
+        )
+        if session_cfg is not None:
+            call.session = p.merge_session(call.session, session_cfg)
+        self._calls[call.id] = call
+        self._counters["calls_created"] += 1
+        try:
+            answer = await call.accept_offer(sdp)
+        except ValueError as exc:
+            await call.close("bad_offer")
+            return self._error(400, f"Invalid SDP offer: {exc}", "invalid_offer", param="sdp")
+        except BaseException:
+            await call.close("error")
+            raise
+        if call.closed:
+            return self._error(503, "The call ended before it was answered.", "call_ended")
+        self._counters["offers_answered"] += 1
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={"Location": f"{CALLS_PATH}/{call.id}"},
+        )
+
+    async def _handle_hangup(self, request: web.Request) -> web.StreamResponse:
+        refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        call = self._calls.get(request.match_info["call_id"])
+        if call is None:
+            return self._error(404, "Call not found.", "call_not_found")
+        await call.close("hangup")
+        return web.json_response({}, status=200)
+
+    def _count_event(self, etype: str) -> None:
+        self._events_received[etype] += 1
+
+    def _call_closed(self, call: Call) -> None:
+        if self._calls.pop(call.id, None) is not None:
+            self._ended.append(call)
+            self._counters["calls_ended"] += 1
+
+
+async def run_peer(host: str = "127.0.0.1", port: int = 8765, reply: Reply = "echo") -> None:
+    """CLI entry (``fsm-voice peer``): print the URL, serve until cancelled (Ctrl-C), clean up.
+
+    Cancellation propagates (``asyncio.run`` turns Ctrl-C into it); everything is closed first.
+    """
+
+    def ready(url: str) -> None:
+        print(
+            f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; control: {url}/control)",
+            flush=True,
+        )
+
+    await RealtimePeer(host, port, reply=reply).serve_forever(ready)

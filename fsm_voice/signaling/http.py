@@ -1,0 +1,203 @@
+"""HTTP signaling: SDP offer -> answer, wire-compatible with OpenAI Realtime WebRTC.
+
+``POST {base_url}/v1/realtime/calls[?model=...]`` with ``Content-Type: application/sdp``,
+``Authorization: Bearer <key>`` and the offer SDP as body; ``201 Created`` (or ``200``) carries
+the answer SDP as body and the call URL in ``Location`` (its last path segment is the call id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+import aiohttp
+
+from fsm_voice.errors import (
+    ConfigError,
+    ErrorSource,
+    Severity,
+    VoiceError,
+    classify_exception,
+    classify_http,
+)
+from fsm_voice.ports import SdpAnswer
+
+__all__ = ["CALLS_PATH", "HttpSignaling", "TokenSource", "call_id_from_location"]
+
+log = logging.getLogger(__name__)
+
+CALLS_PATH = "/v1/realtime/calls"
+
+TokenSource = Callable[[], Awaitable[str]] | str
+"""A static key, or an ``async () -> str`` called for a fresh (ephemeral) key per exchange."""
+
+
+def _check_base_url(base_url: object) -> str:
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise ConfigError.invalid(
+            "base_url", base_url, "an http(s) URL such as 'https://api.openai.com'"
+        )
+    url = base_url.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError.invalid(
+            "base_url", base_url, "an http(s) URL such as 'https://api.openai.com'"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError.invalid(
+            "base_url",
+            base_url,
+            "an http:// or https:// URL with a host, e.g. 'https://api.openai.com'",
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError.invalid("base_url", base_url, "a URL without query or fragment")
+    if parts.username or parts.password:
+        raise ConfigError.invalid(
+            "base_url", "<redacted>", "a URL without credentials (pass the key as token)"
+        )
+    return url.rstrip("/")
+
+
+def call_id_from_location(location: str | None) -> str | None:
+    """``/v1/realtime/calls/rtc_abc`` or an absolute URL -> ``rtc_abc``; None when absent."""
+    if not location:
+        return None
+    path = urllib.parse.urlsplit(location.strip()).path
+    segment = path.rstrip("/").rsplit("/", 1)[-1]
+    return urllib.parse.unquote(segment) or None
+
+
+class HttpSignaling:
+    """:class:`fsm_voice.ports.Signaling` over HTTP (OpenAI Realtime ``/v1/realtime/calls``).
+
+    ``token`` is a static key or an async callable awaited for every exchange (ephemeral keys).
+    The key is sent only in the ``Authorization`` header and never logged. When ``session`` is
+    not given, an :class:`aiohttp.ClientSession` is created on first use and owned (closed by
+    :meth:`aclose` / ``async with``). ``timeout`` bounds one whole exchange (seconds).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenSource,
+        *,
+        model: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = _check_base_url(base_url)
+        if not (isinstance(token, str) and token) and not callable(token):
+            raise ConfigError.invalid(
+                "token", "<redacted>", "a non-empty key string or an async callable returning one"
+            )
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ConfigError.invalid("model", model, "a non-empty model name or None")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError.invalid("timeout", timeout, "a positive number of seconds")
+        self._token = token
+        self.model = model
+        self.timeout = float(timeout)
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+        query = f"?{urllib.parse.urlencode({'model': model})}" if model else ""
+        self.url = f"{self.base_url}{CALLS_PATH}{query}"
+
+    def __repr__(self) -> str:  # never show the token
+        return f"HttpSignaling({self.url!r})"
+
+    async def _key(self) -> str:
+        if isinstance(self._token, str):
+            return self._token
+        value = self._token()
+        key = await value if inspect.isawaitable(value) else value
+        if not isinstance(key, str) or not key:
+            raise VoiceError(
+                Severity.FATAL,
+                "invalid_token",
+                f"token provider returned {type(key).__name__}, expected a non-empty str",
+                ErrorSource.CONFIG,
+            )
+        return key
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("HttpSignaling is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def exchange(self, offer_sdp: str) -> SdpAnswer:
+        """POST the offer, return the answer. Raises a classified :class:`VoiceError`."""
+        try:
+            key = await self._key()
+        except VoiceError:
+            raise
+        except Exception as exc:
+            err = classify_exception(exc)
+            raise VoiceError(
+                err.severity,
+                "token_error",
+                f"token provider failed: {err.message}",
+                ErrorSource.SIGNALING,
+            ) from exc
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
+        client = self._client()
+        try:
+            async with client.post(
+                self.url,
+                data=offer_sdp.encode(),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                status = response.status
+                resp_headers = dict(response.headers)
+                location = response.headers.get("Location")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            err = classify_exception(exc)
+            log.info("signaling POST %s failed: %s", self.url, err)
+            raise err from exc
+        if status not in (200, 201):
+            err = classify_http(status, body, resp_headers)
+            log.info("signaling POST %s refused: %s", self.url, err)
+            raise err
+        sdp = body.decode("utf-8", errors="replace")
+        if not sdp.lstrip().startswith("v="):
+            raise VoiceError(
+                Severity.RECOVERABLE,
+                "invalid_answer",
+                f"HTTP {status} answer is not SDP: {sdp[:120]!r}",
+                ErrorSource.SIGNALING,
+                http_status=status,
+            )
+        call_id = call_id_from_location(location)
+        log.debug("signaling answer received (call_id=%s)", call_id)
+        return SdpAnswer(sdp=sdp, call_id=call_id)
+
+    async def aclose(self) -> None:
+        """Close the owned HTTP session (idempotent); a given session is left open."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    async def __aenter__(self) -> HttpSignaling:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

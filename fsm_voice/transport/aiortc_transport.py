@@ -1,0 +1,560 @@
+"""The aiortc adapter: one :class:`~fsm_voice.ports.Transport` connection per ``open()``.
+
+What aiortc 1.16 does and does not do (verified), and what this adapter does about it:
+
+* no ICE restart, no ``disconnected`` state; a dead path is noticed only after ~30 s of failed
+  consent checks, and then the peer connection goes ``closed`` (not ``failed``). Hence the
+  **liveness** task: every ``liveness_interval`` s it reads cheap inbound counters (packets
+  received by the DTLS transport(s) - RTP, RTCP and SCTP alike - plus frames read from the remote
+  track and data-channel messages). No growth for ``liveness_stall`` s after the connection was
+  up -> :attr:`TransportSignal.ICE_DISCONNECTED` (once per stall); growth again ->
+  :attr:`TransportSignal.ICE_RECOVERED`. The runtime/machine decides what to do (restart = a new
+  ``open``).
+* only the first STUN and the first TURN server are used; ``iceServers=None`` makes aiortc add a
+  public Google STUN server, so an explicit list (possibly empty) is always passed.
+* a remote track nobody reads buffers without bound: the remote audio track is always drained by
+  a reader task, into the configured sink or a :class:`~fsm_voice.transport.audio.NullSink`.
+
+Every task this adapter creates belongs to the current connection and is cancelled and awaited by
+:meth:`AiortcTransport.close`; callbacks of an old connection can never reach a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
+from aiortc.sdp import SessionDescription
+
+from fsm_voice.errors import ConfigError, ErrorSource, Severity, VoiceError, classify_exception
+from fsm_voice.ports import ConnectionMetrics, Signaling, TransportSignal, TransportSink
+from fsm_voice.transport import loopback
+from fsm_voice.transport.audio import AudioSink, AudioSinkFactory, AudioSourceFactory, NullSink
+from fsm_voice.transport.stats import DEFAULT_CLOCK_RATE, metrics_from_stats
+
+if TYPE_CHECKING:
+    from fsm_voice.policy import IceServer
+
+__all__ = [
+    "DATA_CHANNEL_LABEL",
+    "INVALID_MESSAGE_EVENT",
+    "AiortcTransport",
+    "ChannelNotOpenError",
+    "parse_server_message",
+]
+
+log = logging.getLogger(__name__)
+
+DATA_CHANNEL_LABEL = "oai-events"
+INVALID_MESSAGE_EVENT = "fsm_voice.invalid_server_message"
+"""``type`` of the synthetic server event reporting a data-channel message that is not a JSON
+object (``{"type": ..., "error": str, "raw": first 200 chars}``)."""
+_RAW_LIMIT = 200
+_CODEC_ORDER = ("audio/opus", "audio/PCMU", "audio/PCMA")
+_CLOSE_TIMEOUT = 5.0
+"""Upper bound of each awaited close step (a wedged aiortc close must not hang ``close()``)."""
+
+
+class ChannelNotOpenError(VoiceError):
+    """``send_event`` called while the ``oai-events`` channel is not open."""
+
+
+def _channel_not_open(state: str) -> ChannelNotOpenError:
+    return ChannelNotOpenError(
+        Severity.TRANSIENT,
+        "channel_not_open",
+        f"cannot send: the {DATA_CHANNEL_LABEL!r} data channel is {state}",
+        ErrorSource.CLIENT,
+    )
+
+
+class _Connection:
+    """Everything that belongs to one ``open()``; discarded as a whole by ``close()``."""
+
+    def __init__(self, sink: TransportSink) -> None:
+        self.sink = sink
+        self.pc: RTCPeerConnection | None = None
+        self.dc: RTCDataChannel | None = None
+        self.local_tracks: list[MediaStreamTrack] = []
+        self.audio_sink: AudioSink | None = None
+        self.liveness_task: asyncio.Task[None] | None = None
+        self.reader_tasks: list[asyncio.Task[None]] = []
+        self.closing = False
+        self.closed = asyncio.Event()
+        self.connected = False
+        self.failed = False
+        self.channel_open_reported = False
+        self.messages_in = 0
+        self.frames_in = 0
+        self.clock_rate = DEFAULT_CLOCK_RATE
+        self.last_metrics: ConnectionMetrics | None = None
+        self.call_id: str | None = None
+
+    def report(self, signal: TransportSignal, detail: str = "") -> None:
+        if self.closing:
+            return
+        try:
+            self.sink.signal(signal, detail)
+        except Exception:
+            log.exception("transport sink.signal(%s) raised; ignored", signal)
+
+    def fail(self, detail: str) -> None:
+        if self.failed or self.closing:
+            return
+        self.failed = True
+        self.report(TransportSignal.FAILED, detail)
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        if self.closing:
+            return
+        try:
+            self.sink.server_event(event)
+        except Exception:
+            log.exception("transport sink.server_event raised; ignored")
+
+
+class AiortcTransport:
+    """:class:`fsm_voice.ports.Transport` on aiortc (see the module docstring).
+
+    ``audio_source``/``audio_sink`` are factories called once per connection (a fresh track /
+    sink each time). Without a source the audio transceiver is still ``sendrecv`` but sends
+    nothing; without a sink received audio is counted and discarded. ``host_addresses`` forces
+    the host ICE candidates (e.g. ``["127.0.0.1"]`` for a local peer). ``clock`` is a monotonic
+    seconds clock used for liveness and metric timestamps.
+    """
+
+    def __init__(
+        self,
+        signaling: Signaling,
+        *,
+        ice_servers: Sequence[IceServer] = (),
+        relay_only: bool = False,
+        audio_source: AudioSourceFactory | None = None,
+        audio_sink: AudioSinkFactory | None = None,
+        host_addresses: Sequence[str] | None = None,
+        liveness_interval: float = 0.25,
+        liveness_stall: float = 0.75,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not liveness_interval > 0:
+            raise ConfigError.invalid(
+                "liveness_interval", liveness_interval, "a positive number of seconds"
+            )
+        if not liveness_stall >= liveness_interval:
+            raise ConfigError.invalid(
+                "liveness_stall",
+                liveness_stall,
+                f"seconds >= liveness_interval ({liveness_interval})",
+            )
+        if relay_only and not any(s.is_relay for s in ice_servers):
+            raise ConfigError.invalid(
+                "relay_only", relay_only, "a TURN server in ice_servers when relay_only is set"
+            )
+        if host_addresses is not None:
+            host_addresses = tuple(host_addresses)
+            with loopback.host_addresses(host_addresses):  # validates literal IPs now
+                pass
+        self._signaling = signaling
+        self._ice_servers = tuple(ice_servers)
+        self._relay_only = relay_only
+        self._audio_source = audio_source
+        self._audio_sink = audio_sink
+        self._host_addresses = host_addresses
+        self._liveness_interval = float(liveness_interval)
+        self._liveness_stall = float(liveness_stall)
+        self._clock = clock
+        self._conn: _Connection | None = None
+
+    # ----------------------------------------------------------------------------- properties
+
+    @property
+    def call_id(self) -> str | None:
+        """Call id of the current connection (from the signaling answer), if any."""
+        return self._conn.call_id if self._conn is not None else None
+
+    @property
+    def connection_state(self) -> str:
+        """aiortc ``connectionState`` of the current peer connection, ``"idle"`` when none."""
+        conn = self._conn
+        return conn.pc.connectionState if conn is not None and conn.pc is not None else "idle"
+
+    def _configuration(self) -> RTCConfiguration:
+        return RTCConfiguration(
+            iceServers=[s.to_aiortc() for s in self._ice_servers],  # ALWAYS a list
+            iceTransportPolicy=(
+                RTCIceTransportPolicy.RELAY if self._relay_only else RTCIceTransportPolicy.ALL
+            ),
+            bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+        )
+
+    # ------------------------------------------------------------------------------ open
+
+    async def open(self, sink: TransportSink) -> None:
+        if self._conn is not None:
+            log.debug("open() with a previous connection still present: closing it first")
+            await self.close()
+        conn = _Connection(sink)
+        self._conn = conn
+        try:
+            await self._open(conn)
+        except BaseException as exc:
+            # Cancelled or failed half-way: nothing of this attempt may remain.
+            await self._teardown(conn)
+            if self._conn is conn:
+                self._conn = None
+            if isinstance(exc, VoiceError) or not isinstance(exc, Exception):
+                raise
+            raise classify_exception(exc) from exc
+
+    async def _open(self, conn: _Connection) -> None:
+        pc = RTCPeerConnection(self._configuration())
+        conn.pc = pc
+
+        @pc.on("connectionstatechange")  # type: ignore[untyped-decorator,unused-ignore]
+        def _on_state() -> None:
+            self._on_connection_state(conn, pc.connectionState)
+
+        @pc.on("track")  # type: ignore[untyped-decorator,unused-ignore]
+        def _on_track(track: MediaStreamTrack) -> None:
+            self._start_reader(conn, track)
+
+        track: MediaStreamTrack | None = None
+        if self._audio_source is not None:
+            track = self._audio_source()
+            conn.local_tracks.append(track)
+        transceiver = pc.addTransceiver(track if track is not None else "audio", "sendrecv")
+        transceiver.setCodecPreferences(_preferred_codecs())
+
+        dc = pc.createDataChannel(DATA_CHANNEL_LABEL)
+        conn.dc = dc
+        self._wire_channel(conn, dc)
+
+        offer = await pc.createOffer()
+        with self._candidate_scope():
+            await pc.setLocalDescription(offer)
+        _check_not_closed(conn)
+        local = pc.localDescription
+        answer = await self._signaling.exchange(local.sdp)
+        _check_not_closed(conn)
+        conn.call_id = answer.call_id
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+        except (ValueError, TypeError) as exc:  # aiortc: unparseable / incompatible answer
+            raise VoiceError(
+                Severity.RECOVERABLE,
+                "invalid_answer",
+                f"answer SDP rejected by aiortc: {exc}",
+                ErrorSource.SIGNALING,
+            ) from exc
+        conn.clock_rate = _clock_rate(answer.sdp)
+        conn.liveness_task = asyncio.create_task(
+            self._liveness(conn), name="fsm_voice.aiortc.liveness"
+        )
+
+    @contextlib.contextmanager
+    def _candidate_scope(self) -> Iterator[None]:
+        if self._host_addresses is None:
+            yield
+        else:
+            with loopback.host_addresses(self._host_addresses):
+                yield
+
+    # ------------------------------------------------------------------------------ callbacks
+
+    def _on_connection_state(self, conn: _Connection, state: str) -> None:
+        log.debug("connectionState -> %s", state)
+        if conn.closing:
+            return
+        if state == "connected" and not conn.connected:
+            conn.connected = True
+            conn.report(TransportSignal.CONNECTED)
+        elif state == "failed":
+            conn.fail("peer connection failed (ICE or DTLS)")
+        elif state == "closed":
+            conn.fail("peer connection closed by the remote side or the network (not by us)")
+
+    def _wire_channel(self, conn: _Connection, dc: RTCDataChannel) -> None:
+        @dc.on("open")  # type: ignore[untyped-decorator,unused-ignore]
+        def _on_open() -> None:
+            if not conn.channel_open_reported:
+                conn.channel_open_reported = True
+                conn.report(TransportSignal.CHANNEL_OPEN)
+
+        @dc.on("message")  # type: ignore[untyped-decorator,unused-ignore]
+        def _on_message(message: str | bytes) -> None:
+            conn.messages_in += 1
+            conn.event(parse_server_message(message))
+
+        @dc.on("close")  # type: ignore[untyped-decorator,unused-ignore]
+        def _on_close() -> None:
+            pc = conn.pc
+            if pc is not None and pc.signalingState == "closed":
+                conn.fail("peer connection closed by the remote side or the network (not by us)")
+            else:
+                conn.fail(f"data channel {DATA_CHANNEL_LABEL!r} closed by the remote side")
+
+    def _start_reader(self, conn: _Connection, track: MediaStreamTrack) -> None:
+        if conn.closing:
+            track.stop()
+            return
+        if track.kind == "audio" and conn.audio_sink is None:
+            sink: AudioSink = self._audio_sink() if self._audio_sink is not None else NullSink()
+            conn.audio_sink = sink
+        else:  # a second / non-audio track: drain and discard
+            sink = NullSink()
+        task = asyncio.create_task(
+            self._read_track(conn, track, sink), name=f"fsm_voice.aiortc.reader.{track.kind}"
+        )
+        conn.reader_tasks.append(task)
+
+    @staticmethod
+    async def _read_track(conn: _Connection, track: MediaStreamTrack, sink: AudioSink) -> None:
+        sink_ok = True
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            conn.frames_in += 1
+            if sink_ok and isinstance(frame, av.AudioFrame):
+                try:
+                    await sink.write(frame)
+                except Exception:
+                    sink_ok = False  # keep draining the track, stop feeding a broken sink
+                    log.exception("audio sink write failed; discarding received audio from now")
+
+    @staticmethod
+    def _inbound_count(conn: _Connection) -> int:
+        count = conn.frames_in + conn.messages_in
+        pc = conn.pc
+        if pc is None:
+            return count
+        transports: dict[int, Any] = {}
+        for tr in pc.getTransceivers():
+            transports[id(tr.receiver.transport)] = tr.receiver.transport
+        if pc.sctp is not None:
+            transports[id(pc.sctp.transport)] = pc.sctp.transport
+        for dtls in transports.values():
+            get_stats = getattr(dtls, "_get_stats", None)
+            if get_stats is None:  # pragma: no cover - other aiortc versions
+                continue
+            for stats in get_stats().values():
+                count += int(getattr(stats, "packetsReceived", 0) or 0)
+        return count
+
+    async def _liveness(self, conn: _Connection) -> None:
+        last_count = -1
+        last_change = self._clock()
+        stalled = False
+        while not conn.closing and not conn.failed:
+            await asyncio.sleep(self._liveness_interval)
+            if not conn.connected:
+                last_change = self._clock()
+                continue
+            try:
+                count = self._inbound_count(conn)
+            except Exception:  # pragma: no cover - defensive: never kill liveness
+                log.exception("liveness probe failed")
+                continue
+            now = self._clock()
+            if count != last_count:
+                last_count = count
+                last_change = now
+                if stalled:
+                    stalled = False
+                    conn.report(TransportSignal.ICE_RECOVERED, "inbound packets flow again")
+            elif not stalled and now - last_change >= self._liveness_stall:
+                stalled = True
+                conn.report(
+                    TransportSignal.ICE_DISCONNECTED,
+                    f"no inbound packets for {now - last_change:.2f}s",
+                )
+
+    # ------------------------------------------------------------------------------ data
+
+    def send_event(self, event: Mapping[str, Any]) -> None:
+        conn = self._conn
+        dc = conn.dc if conn is not None else None
+        if conn is None or dc is None:
+            raise _channel_not_open("not created (transport not open)")
+        if conn.closing:
+            raise _channel_not_open("closing")
+        if dc.readyState != "open":
+            raise _channel_not_open(dc.readyState)
+        try:
+            payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise VoiceError(
+                Severity.TRANSIENT,
+                "invalid_client_event",
+                f"client event is not JSON-serialisable: {exc}",
+                ErrorSource.CLIENT,
+            ) from exc
+        dc.send(payload)
+
+    async def metrics(self) -> ConnectionMetrics | None:
+        conn = self._conn
+        if conn is None or conn.pc is None or conn.closing or not conn.connected:
+            return None
+        if conn.pc.connectionState != "connected":
+            return None
+        report = await conn.pc.getStats()
+        sample = metrics_from_stats(
+            report, clock_rate=conn.clock_rate, now=self._clock(), previous=conn.last_metrics
+        )
+        conn.last_metrics = sample
+        return sample
+
+    # ------------------------------------------------------------------------------ close
+
+    async def close(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        if conn.closing:
+            with anyio.CancelScope(shield=True):
+                await conn.closed.wait()
+            return
+        await self._teardown(conn)
+        if self._conn is conn:
+            self._conn = None
+
+    async def _teardown(self, conn: _Connection) -> None:
+        """Release everything of ``conn`` in a fixed order; a failing step never stops the rest."""
+        if conn.closing:
+            with anyio.CancelScope(shield=True):
+                await conn.closed.wait()
+            return
+        conn.closing = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._teardown_steps(conn)
+            finally:
+                conn.closed.set()
+
+    async def _teardown_steps(self, conn: _Connection) -> None:
+        # 1. liveness / monitor task
+        if conn.liveness_task is not None:
+            await _cancel_and_wait(conn.liveness_task, "liveness task")
+        # 2. data channel
+        if conn.dc is not None:
+            try:
+                conn.dc.close()
+            except Exception as exc:
+                log.warning("closing the data channel failed: %r", exc)
+        # 3. peer connection
+        if conn.pc is not None:
+            try:
+                with anyio.fail_after(_CLOSE_TIMEOUT):
+                    await conn.pc.close()
+            except Exception as exc:
+                log.warning("closing the peer connection failed: %r", exc)
+            try:
+                conn.pc.remove_all_listeners()
+            except Exception as exc:  # pragma: no cover
+                log.warning("removing peer connection listeners failed: %r", exc)
+        # 4. local tracks
+        for track in conn.local_tracks:
+            try:
+                track.stop()
+            except Exception as exc:
+                log.warning("stopping local track failed: %r", exc)
+        # 5. remote reader tasks
+        for task in conn.reader_tasks:
+            await _cancel_and_wait(task, "remote track reader")
+        # 6. audio sink
+        if conn.audio_sink is not None:
+            try:
+                conn.audio_sink.close()
+            except Exception as exc:
+                log.warning("closing the audio sink failed: %r", exc)
+        conn.reader_tasks.clear()
+        conn.local_tracks.clear()
+        conn.liveness_task = None
+        conn.dc = None
+        conn.pc = None
+
+
+async def _cancel_and_wait(task: asyncio.Task[None], what: str) -> None:
+    try:
+        task.cancel()
+        with anyio.move_on_after(_CLOSE_TIMEOUT) as scope:
+            await asyncio.wait({task})
+        if scope.cancelled_caught:
+            log.warning("%s did not stop within %.0fs", what, _CLOSE_TIMEOUT)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("%s had failed: %r", what, task.exception())
+    except Exception as exc:
+        log.warning("stopping %s failed: %r", what, exc)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _check_not_closed(conn: _Connection) -> None:
+    if conn.closing:
+        raise VoiceError(
+            Severity.TRANSIENT,
+            "closed_during_open",
+            "the transport was closed while the connection was being opened",
+            ErrorSource.CLIENT,
+        )
+
+
+def parse_server_message(message: str | bytes) -> dict[str, Any]:
+    """A data-channel message -> the server event to report (never raises).
+
+    A JSON object is returned as is; anything else becomes an :data:`INVALID_MESSAGE_EVENT`.
+    """
+    raw = message.decode("utf-8", errors="replace") if isinstance(message, bytes) else message
+    try:
+        value = json.loads(message)
+    except (ValueError, RecursionError) as exc:
+        return _invalid(f"invalid JSON: {exc}", raw)
+    if not isinstance(value, dict):
+        return _invalid(f"JSON {type(value).__name__} is not an event object", raw)
+    if not isinstance(value.get("type"), str):
+        value = dict(value)  # keep it, but it has no event type: still an object, report as is
+    return value
+
+
+def _invalid(error: str, raw: str) -> dict[str, Any]:
+    return {"type": INVALID_MESSAGE_EVENT, "error": error, "raw": raw[:_RAW_LIMIT]}
+
+
+def _preferred_codecs() -> list[Any]:
+    codecs = RTCRtpSender.getCapabilities("audio").codecs
+    ordered: list[Any] = []
+    for mime in _CODEC_ORDER:
+        ordered.extend(c for c in codecs if c.mimeType.lower() == mime.lower())
+    return ordered
+
+
+def _clock_rate(answer_sdp: str) -> int:
+    """RTP clock rate of the first (negotiated) audio codec of the answer; Opus' 48 kHz when
+    unknown."""
+    try:
+        description = SessionDescription.parse(answer_sdp)
+        for media in description.media:
+            if media.kind == "audio" and media.rtp.codecs:
+                return int(media.rtp.codecs[0].clockRate) or DEFAULT_CLOCK_RATE
+    except Exception:  # pragma: no cover - aiortc parsed it already
+        pass
+    return DEFAULT_CLOCK_RATE

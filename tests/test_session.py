@@ -1,0 +1,242 @@
+"""The runtime (VoiceSession) with a virtual clock and the scripted transport."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fsm_voice.clock import VirtualClock
+from fsm_voice.effects import OpenTransport
+from fsm_voice.errors import VoiceError
+from fsm_voice.machine import STATUSES
+from fsm_voice.policy import QualityThresholds, SessionPolicy
+from fsm_voice.ports import ConnectionMetrics, TransportSignal
+from fsm_voice.session import QueueOverflowError, StatusChange, VoiceSession
+from fsm_voice.testing import ScriptedTransport, failure
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Rig:
+    def __init__(self, session: VoiceSession, transport: ScriptedTransport,
+                 clock: VirtualClock) -> None:
+        self.s, self.t, self.clock = session, transport, clock
+        self.statuses: list[str] = []
+        self.errors: list[VoiceError] = []
+        session.on_status(lambda c: self.statuses.append(c.status))
+        session.on_error(self.errors.append)
+
+
+async def rig(script: list[Any], **kw: Any) -> AsyncIterator[Rig]:
+    clock = VirtualClock()
+    t = ScriptedTransport(script, default=kw.pop("default", "ok"))
+    async with VoiceSession(t, clock=clock, **kw) as s:
+        yield Rig(s, t, clock)
+
+
+def opens_at(r: Rig) -> list[float]:
+    return [e.time for e in r.s.trace if any(isinstance(x, OpenTransport) for x in e.effects)]
+
+
+async def test_connects_and_follows_server_speech_events() -> None:
+    async for r in rig(["ok"]):
+        await r.s.start()
+        await r.clock.settle()
+        assert r.s.status == "active"
+        r.t.server({"type": "input_audio_buffer.speech_started"})
+        await r.clock.settle()
+        assert r.s.status == "listening"
+        r.t.server({"type": "input_audio_buffer.speech_stopped"})
+        r.t.server({"type": "output_audio_buffer.started"})
+        await r.clock.settle()
+        assert r.s.status == "speaking"
+        r.t.server({"type": "output_audio_buffer.stopped"})
+        await r.clock.settle()
+        assert r.statuses == ["connecting", "active", "listening", "active", "speaking", "active"]
+
+
+async def test_backoff_reconnects_at_2_4_8_then_error() -> None:  # SPEC-RETRY-1/2/4
+    async for r in rig([], default=failure("recoverable", "server_error")):
+        await r.s.start()
+        await r.clock.advance(100)
+        assert r.s.status == "error"
+        assert opens_at(r) == [0.0, 2.0, 6.0, 14.0]  # first try, then waits of 2, 4, 8 s
+        assert r.t.opens == 4 and not r.t.is_open
+        assert r.errors[-1].code == "retries_exhausted"
+        assert r.s.armed_timers == frozenset()
+
+
+async def test_fatal_http_is_not_retried() -> None:  # SPEC-FATAL-1
+    async for r in rig([failure("fatal", "invalid_api_key")]):
+        await r.s.start()
+        await r.clock.advance(60)
+        assert r.s.status == "error" and r.t.opens == 1
+        assert r.errors[0].code == "invalid_api_key"
+
+
+async def test_connect_timeout_when_transport_hangs() -> None:  # SPEC-CONNECT-1
+    async for r in rig(["hang", "ok"]):
+        await r.s.start()
+        await r.clock.advance(14.9)
+        assert r.s.status == "connecting"
+        await r.clock.advance(0.2)
+        assert r.s.state == "backoff"
+        await r.clock.advance(2.0)
+        assert r.s.status == "active" and r.s.attempts == 0
+
+
+async def test_ice_disconnect_grace_then_restart_and_history_of_generations() -> None:
+    async for r in rig(["ok", "ok"]):
+        await r.s.start()
+        await r.clock.settle()
+        old_sink = r.t.sink
+        r.t.emit(TransportSignal.ICE_DISCONNECTED)
+        await r.clock.advance(4.9)
+        assert r.s.state == "ice_grace" and r.s.status == "active"
+        await r.clock.advance(0.2)
+        assert r.s.status == "active" and r.t.opens == 2  # restarted and back up
+        assert old_sink is not None
+        old_sink.signal(TransportSignal.FAILED, "late")  # from the closed transport
+        await r.clock.settle()
+        assert r.s.status == "active"
+        assert r.s.trace[-1].outcome == "stale"
+
+
+async def test_nonfatal_server_error_keeps_session_fatal_ends_it() -> None:
+    async for r in rig(["ok"]):
+        await r.s.start()
+        await r.clock.settle()
+        r.t.server({"type": "error", "error": {"type": "server_error", "code": "server_error",
+                                               "message": "boom"}})
+        r.t.server({"type": "error", "error": {"type": "invalid_request_error",
+                                               "code": "response_cancel_not_active"}})
+        await r.clock.settle()
+        assert r.s.status == "active"
+        assert [e.code for e in r.errors] == ["server_error"]  # ignorable one not reported
+        r.t.server({"type": "error", "error": {"type": "invalid_request_error",
+                                               "code": "invalid_api_key"}})
+        await r.clock.advance(30)
+        assert r.s.status == "error" and r.t.opens == 1
+
+
+async def test_events_queued_while_reconnecting_are_delivered_in_order() -> None:
+    async for r in rig(["ok", "hang", "ok"], policy=SessionPolicy(event_queue_limit=3)):
+        await r.s.start()
+        await r.clock.settle()
+        r.s.send_event({"type": "a"})
+        r.t.emit(TransportSignal.FAILED)
+        await r.clock.settle()
+        assert r.s.status == "reconnecting"
+        for name in ("b", "c", "d"):
+            r.s.send_event({"type": name})
+        with pytest.raises(QueueOverflowError, match="event_queue_limit=3"):
+            r.s.send_event({"type": "e"})
+        await r.clock.advance(20)
+        assert r.s.status == "active"
+        assert [e["type"] for e in r.t.sent] == ["a", "b", "c", "d"]
+        assert r.s.sent_events == r.s.delivered_events == 4
+
+
+async def test_stop_from_backoff_cancels_everything() -> None:  # SPEC-STOP-1
+    async for r in rig([failure("recoverable")]):
+        await r.s.start()
+        await r.clock.settle()
+        assert r.s.state == "backoff"
+        await r.s.stop()
+        assert r.s.status == "idle" and r.s.armed_timers == frozenset() and not r.t.is_open
+        await r.clock.advance(60)
+        assert r.t.opens == 1  # the cancelled backoff never fired
+
+
+async def test_quality_alerts_from_metrics() -> None:
+    policy = SessionPolicy(quality=QualityThresholds(max_rtt_ms=300))
+    async for r in rig(["ok"], policy=policy):
+        alerts: list[Any] = []
+        r.s.on_alert(alerts.append)
+        r.t.metrics_sample = ConnectionMetrics(latency_ms=420.0, packets_lost=3, jitter_ms=80.0,
+                                               timestamp=0.0)
+        await r.s.start()
+        await r.clock.advance(5.1)
+        assert {a.kind for a in alerts} == {"rtt", "jitter"}
+        assert r.s.metrics_history[-1].latency_ms == 420.0
+
+
+async def test_bad_input_is_refused_clearly() -> None:
+    with pytest.raises(TypeError, match="Transport"):
+        VoiceSession(object())  # type: ignore[arg-type]
+    async for r in rig(["ok"]):
+        with pytest.raises(RuntimeError, match="start"):
+            r.s.send_event({"type": "response.create"})
+        with pytest.raises(TypeError, match="type"):
+            r.s.send_event({"no": "type"})
+
+
+# -- property: random scripts and faults, virtual time -----------------------------------------
+steps = st.lists(st.sampled_from(["ok", "hang", "transient", "recoverable", "fatal"]),
+                 max_size=8)
+actions = st.lists(st.tuples(st.sampled_from(["fail", "ice", "recover", "speech", "audio",
+                                              "server_err", "stop", "start", "tick"]),
+                             st.floats(0, 20)), max_size=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=steps, plan=actions)
+def test_runtime_properties_hold_under_random_faults(script: list[str],
+                                                     plan: list[tuple[str, float]]) -> None:
+    async def body() -> None:
+        clock = VirtualClock()
+        steps_ = [s if s in ("ok", "hang") else failure(s) for s in script]
+        t = ScriptedTransport(steps_)
+        changes: list[StatusChange] = []
+        async with VoiceSession(t, clock=clock) as s:
+            s.on_status(changes.append)
+            await s.start()
+            for action, dt in plan:
+                if t.sink is not None and t.is_open:
+                    if action == "fail":
+                        t.emit(TransportSignal.FAILED)
+                    elif action == "ice":
+                        t.emit(TransportSignal.ICE_DISCONNECTED)
+                    elif action == "recover":
+                        t.emit(TransportSignal.ICE_RECOVERED)
+                    elif action == "speech":
+                        t.server({"type": "input_audio_buffer.speech_started"})
+                    elif action == "audio":
+                        t.server({"type": "output_audio_buffer.started"})
+                    elif action == "server_err":
+                        t.server({"type": "error", "error": {"type": "server_error"}})
+                if action == "stop":
+                    await s.stop()
+                elif action == "start" and s.status in ("idle", "error"):
+                    await s.start()
+                await clock.advance(dt)
+                assert s.attempts <= 3
+                assert all(c.status in STATUSES for c in changes)
+                trace = list(s.trace)
+                # Fatal is never retried: nothing opens after `error` until a start.
+                fatal_at = [i for i, e in enumerate(trace) if e.target == "error"]
+                for i in fatal_at:
+                    for e in trace[i + 1:]:
+                        if e.event == "start" and e.outcome == "taken":
+                            break
+                        assert not any(isinstance(x, OpenTransport) for x in e.effects)
+            await s.stop()
+            assert s.status == "idle" and s.armed_timers == frozenset()
+            assert not t.is_open and t.opens == t.closes
+        # Backoff delays are exactly 2, 4, 8 s after each failure (no jitter configured).
+        for e in s.trace:
+            for x in e.effects:
+                if getattr(x, "timer", None) == "backoff_expired" and hasattr(x, "delay"):
+                    assert x.delay in (2.0, 4.0, 8.0)
+
+    anyio.run(body)
