@@ -1,8 +1,9 @@
-"""``fsm-voice``: check | diagram | demo | peer."""
+"""``fsm-voice``: check | diagram | demo | peer | connect | broker."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from fsm_voice.planted import PLANTED
 from fsm_voice.policy import RetryPolicy
 
 console = Console()
+
+#: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo",)
 
 
 def _find_spec(explicit: str | None) -> Path | None:
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--check", action="store_true", help="only report drift, write nothing")
     d.add_argument("--root", default=".", help="project root (default: cwd)")
     d.set_defaults(func=cmd_diagram)
+    for name in _SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parsers(sub)
     return p
 
 

@@ -1,13 +1,24 @@
-"""Clocks: the runtime's only source of time, so every timing is testable without sleeping."""
+"""Clocks: the runtime's only source of time, so every timing is testable without sleeping.
+
+Timers are callbacks (``call_later``), not tasks: arming one costs a heap push, cancelling it a
+flag, so a host running many sessions pays nothing per timer beyond that. The session owns every
+handle and cancels them all when it stops.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
 
 
 class Clock(Protocol):
@@ -17,15 +28,32 @@ class Clock(Protocol):
 
     async def sleep(self, delay: float) -> None: ...
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` (non-blocking) after ``delay`` seconds unless cancelled first."""
+        ...
+
 
 class RealClock:
-    """Monotonic wall time and :func:`anyio.sleep`."""
+    """Monotonic wall time; timers on the running asyncio loop (aiortc needs asyncio anyway)."""
 
     def now(self) -> float:
         return time.monotonic()
 
     async def sleep(self, delay: float) -> None:
         await anyio.sleep(delay)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+class _VirtualHandle:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class VirtualClock:
@@ -38,7 +66,22 @@ class VirtualClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._calls: list[tuple[float, int, _VirtualHandle, Callable[[], None]]] = []
         self._seq = itertools.count()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        handle = _VirtualHandle()
+        heapq.heappush(self._calls, (self._now + max(0.0, delay), next(self._seq), handle,
+                                     callback))
+        return handle
+
+    def _next(self) -> float | None:
+        while self._calls and self._calls[0][2].cancelled:
+            heapq.heappop(self._calls)
+        while self._sleepers and self._sleepers[0][2].is_set():
+            heapq.heappop(self._sleepers)
+        times = [q[0][0] for q in (self._calls, self._sleepers) if q]
+        return min(times) if times else None
 
     def now(self) -> float:
         return self._now
@@ -53,20 +96,23 @@ class VirtualClock:
 
     @property
     def next_deadline(self) -> float | None:
-        while self._sleepers and self._sleepers[0][2].is_set():
-            heapq.heappop(self._sleepers)
-        return self._sleepers[0][0] if self._sleepers else None
+        return self._next()
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds``, waking every sleeper due on the way, in order."""
+        """Move time forward by ``seconds``, running every timer and waking every sleeper due on
+        the way, in deadline order, letting all tasks settle after each."""
         if seconds < 0:
             raise ValueError(f"cannot move a clock backwards ({seconds} s)")
         target = self._now + seconds
         await anyio.wait_all_tasks_blocked()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            deadline, _, event = heapq.heappop(self._sleepers)
+        while (deadline := self._next()) is not None and deadline <= target:
             self._now = max(self._now, deadline)
-            event.set()
+            if self._calls and self._calls[0][0] == deadline:
+                _, _, handle, callback = heapq.heappop(self._calls)
+                handle.cancelled = True
+                callback()
+            else:
+                heapq.heappop(self._sleepers)[2].set()
             await anyio.wait_all_tasks_blocked()
         self._now = target
         await anyio.wait_all_tasks_blocked()

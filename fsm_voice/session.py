@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import anyio
@@ -21,12 +21,13 @@ import attrs
 from anyio.abc import TaskGroup
 from statemachine.exceptions import TransitionNotAllowed
 
-from fsm_voice.clock import Clock, RealClock
+from fsm_voice.clock import Clock, RealClock, TimerHandle
 from fsm_voice.effects import (
     ArmTimer,
     CancelTimer,
     CloseTransport,
     Effect,
+    OpenReason,
     OpenTransport,
     ReportError,
     Timer,
@@ -39,7 +40,7 @@ from fsm_voice.errors import (
     classify_server_event,
 )
 from fsm_voice.fastpath import FastLifecycle
-from fsm_voice.machine import ACTIVE_STATES, LifecycleMachine
+from fsm_voice.machine import ACTIVE_STATES, CONNECTING_STATES, LifecycleMachine
 from fsm_voice.policy import QualityAlert, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics, Transport, TransportSignal
 
@@ -126,6 +127,9 @@ class VoiceSession:
         rng: random.Random | None = None,
         machine: type[LifecycleMachine] = LifecycleMachine,
         trace_limit: int = 10_000,
+        session_config: Mapping[str, Any] | None = None,
+        replay_history: bool = True,
+        history_limit: int = 200,
     ) -> None:
         if not isinstance(transport, Transport):
             raise TypeError(
@@ -158,11 +162,21 @@ class VoiceSession:
         self._generation = 0
         self._transport_scope: anyio.CancelScope | None = None
         self._transport_open = False
-        self._timers: dict[Timer, tuple[int, anyio.CancelScope]] = {}
+        self._timers: dict[Timer, tuple[int, TimerHandle]] = {}
         self._timer_seq = 0
-        self._status_changed = anyio.Event()
+        self._status_waiters: list[anyio.Event] = []
         self._outbox: collections.deque[Mapping[str, Any]] = collections.deque()
         self._barriers: dict[int, anyio.Event] = {}
+        self.session_config = dict(session_config) if session_config is not None else None
+        """Sent as ``session.update`` each time a connection comes up (re-applied on restart)."""
+        self.replay_history = replay_history
+        self.history: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        """Conversation items that can be replayed (text and transcripts), by item id."""
+        self._history_limit = history_limit
+        self._open_reason: OpenReason = OpenReason.START
+        self.closers: list[Callable[[], Awaitable[Any]]] = []
+        """Async callables run (in order, each guarded) when the session context exits."""
+        self.replayed_items = 0
         self.sent_events = 0
         self.delivered_events = 0
 
@@ -211,8 +225,17 @@ class VoiceSession:
             with anyio.CancelScope(shield=True):
                 await self.stop()
         finally:
+            for _token, handle in self._timers.values():
+                handle.cancel()
+            self._timers.clear()
+            with anyio.CancelScope(shield=True):
+                for closer in self.closers:
+                    try:
+                        await closer()
+                    except Exception as exc:
+                        log.warning("closer %r failed (continuing): %r", closer, exc)
             self._tg.cancel_scope.cancel()
-            result = await self._tg.__aexit__(*exc)  # type: ignore[arg-type]
+            result = await self._tg.__aexit__(*exc)
             self._tg = None
         return result
 
@@ -233,7 +256,9 @@ class VoiceSession:
         """Wait until the status is one of ``statuses`` (raises TimeoutError after ``timeout``)."""
         with anyio.fail_after(timeout):
             while self.status not in statuses:
-                await self._status_changed.wait()
+                waiter = anyio.Event()
+                self._status_waiters.append(waiter)
+                await waiter.wait()
         return self.status
 
     def send_event(self, event: Mapping[str, Any]) -> None:
@@ -249,8 +274,11 @@ class VoiceSession:
                                "call start() first")
         self.sent_events += 1
         if self.machine.state_id in ACTIVE_STATES and not self._outbox:
-            self._deliver(event)
-            return
+            try:
+                self._deliver(event)
+                return
+            except Exception as exc:  # the channel went away under us: queue, never lose it
+                log.info("send failed (%r); queued until the session is up again", exc)
         if len(self._outbox) >= self.policy.event_queue_limit:
             self.sent_events -= 1
             raise QueueOverflowError(
@@ -319,11 +347,14 @@ class VoiceSession:
             else:
                 self._execute(effect)
         if target in ACTIVE_STATES:
+            if source in CONNECTING_STATES:
+                self._on_session_up()
             self._flush_outbox()
         if self.machine.status != previous_status:
             change = StatusChange(now, previous_status, self.machine.status, target, item.event)
-            self._status_changed.set()
-            self._status_changed = anyio.Event()
+            waiters, self._status_waiters = self._status_waiters, []
+            for w in waiters:
+                w.set()
             for cb in self._status_cbs:
                 self._call(cb, change)
 
@@ -342,14 +373,17 @@ class VoiceSession:
         assert self._tg is not None
         if isinstance(effect, ArmTimer):
             self._timer_seq += 1
-            scope = anyio.CancelScope()
-            self._timers[effect.timer] = (self._timer_seq, scope)
-            self._tg.start_soon(self._run_timer, effect.timer, effect.delay, self._timer_seq, scope)
+            token, timer = self._timer_seq, effect.timer
+            handle = self.clock.call_later(
+                effect.delay, lambda: self._post(_Posted(timer.value, token=token, timer=timer))
+            )
+            self._timers[timer] = (token, handle)
         elif isinstance(effect, CancelTimer):
             entry = self._timers.pop(effect.timer, None)
             if entry is not None:
                 entry[1].cancel()
         elif isinstance(effect, OpenTransport):
+            self._open_reason = effect.reason
             self._generation += 1
             self._transport_open = True
             scope = anyio.CancelScope()
@@ -369,12 +403,6 @@ class VoiceSession:
             )
             err.__cause__ = cause
             self._report(err)
-
-    async def _run_timer(self, timer: Timer, delay: float, token: int, scope: anyio.CancelScope
-                         ) -> None:
-        with scope:
-            await self.clock.sleep(delay)
-            self._post(_Posted(timer.value, token=token, timer=timer))
 
     async def _open_transport(self, generation: int, scope: anyio.CancelScope) -> None:
         with scope:
@@ -403,6 +431,9 @@ class VoiceSession:
         for cb in self._event_cbs:
             self._call(cb, event)
         etype = event.get("type")
+        if etype in ("conversation.item.done", "conversation.item.created",
+                     "conversation.item.added", "response.output_item.done"):
+            self._remember_item(event.get("item"))
         mapped = SERVER_EVENT_MAP.get(etype) if isinstance(etype, str) else None
         if mapped:
             self._post(_Posted(mapped, token=generation))
@@ -417,6 +448,44 @@ class VoiceSession:
             else:
                 self._post(_Posted("server_error", severity=str(err.severity), code=err.code,
                                    error=err, token=generation))
+
+    def _on_session_up(self) -> None:
+        """A new connection is up: re-apply the configuration, then (after a restart or
+        reconnect) replay the conversation, before any queued application event."""
+        try:
+            if self.session_config is not None:
+                self.transport.send_event({"type": "session.update",
+                                           "session": self.session_config})
+            if self._open_reason is not OpenReason.START and self.replay_history:
+                for item in list(self.history.values()):
+                    self.transport.send_event({"type": "conversation.item.create",
+                                               "item": item})
+                    self.replayed_items += 1
+        except Exception as exc:
+            log.warning("re-establishing the session failed: %r", exc)
+
+    def _remember_item(self, item: Any) -> None:
+        """Keep a replayable text copy of a conversation item (assistant audio cannot be replayed,
+        its transcript can)."""
+        if not isinstance(item, Mapping) or item.get("type") != "message":
+            return
+        role = item.get("role")
+        if role not in ("user", "assistant", "system"):
+            return
+        texts = []
+        for part in item.get("content") or ():
+            if isinstance(part, Mapping):
+                text = part.get("text") or part.get("transcript")
+                if isinstance(text, str) and text:
+                    texts.append(text)
+        if not texts:
+            return
+        kind = "output_text" if role == "assistant" else "input_text"
+        key = str(item.get("id") or f"local_{len(self.history)}")
+        self.history[key] = {"type": "message", "role": role,
+                             "content": [{"type": kind, "text": t} for t in texts]}
+        while len(self.history) > self._history_limit:
+            self.history.popitem(last=False)
 
     def _deliver(self, event: Mapping[str, Any]) -> None:
         self.transport.send_event(event)

@@ -240,3 +240,32 @@ def test_runtime_properties_hold_under_random_faults(script: list[str],
                     assert x.delay in (2.0, 4.0, 8.0)
 
     anyio.run(body)
+
+
+async def test_restart_reapplies_config_and_replays_history_before_queued_events() -> None:
+    config = {"type": "realtime", "instructions": "be brief"}
+    async for r in rig(["ok", "hang", "ok"], session_config=config):
+        await r.s.start()
+        await r.clock.settle()
+        assert r.t.sent[0] == {"type": "session.update", "session": config}
+        r.t.server({"type": "conversation.item.done", "item": {
+            "id": "item_1", "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "hello"}]}})
+        r.t.server({"type": "conversation.item.done", "item": {
+            "id": "item_2", "type": "message", "role": "assistant",
+            "content": [{"type": "output_audio", "transcript": "hi there"}]}})
+        r.t.server({"type": "conversation.item.done", "item": {
+            "id": "item_3", "type": "message", "role": "user",
+            "content": [{"type": "input_audio"}]}})  # audio only: nothing to replay
+        r.t.emit(TransportSignal.FAILED)
+        await r.clock.settle()
+        r.s.send_event({"type": "response.create"})
+        r.t.sent.clear()
+        await r.clock.advance(30)  # restart hangs -> backoff 2 s -> reconnect ok
+        assert r.s.status == "active"
+        assert [e["type"] for e in r.t.sent] == [
+            "session.update", "conversation.item.create", "conversation.item.create",
+            "response.create"]
+        assert r.t.sent[2]["item"] == {"type": "message", "role": "assistant",
+                                       "content": [{"type": "output_text", "text": "hi there"}]}
+        assert r.s.replayed_items == 2

@@ -1,0 +1,50 @@
+"""Wiring helpers: one call builds a :class:`VoiceSession` on the real aiortc transport."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from fsm_voice.policy import SessionPolicy
+from fsm_voice.session import VoiceSession
+from fsm_voice.signaling import HttpSignaling
+from fsm_voice.transport import AiortcTransport
+from fsm_voice.transport.audio import AudioSinkFactory, AudioSourceFactory
+
+
+def realtime_session(
+    base_url: str,
+    token: str | Callable[[], Awaitable[str]],
+    *,
+    policy: SessionPolicy | None = None,
+    model: str | None = None,
+    session_config: Mapping[str, Any] | None = None,
+    audio_source: AudioSourceFactory | None = None,
+    audio_sink: AudioSinkFactory | None = None,
+    host_addresses: Sequence[str] | None = None,
+    http: aiohttp.ClientSession | None = None,
+    **session_kw: Any,
+) -> VoiceSession:
+    """A session against an OpenAI-Realtime-compatible backend at ``base_url``.
+
+    ``token`` is a key or an async provider of fresh ephemeral keys (awaited per SDP exchange).
+    The ICE servers, relay policy and liveness timing come from ``policy``; ``host_addresses``
+    forces the host candidates (``["127.0.0.1"]`` for a peer on this machine).
+    """
+    policy = policy or SessionPolicy()
+    signaling = HttpSignaling(base_url, token, model=model, session=http)
+    transport = AiortcTransport(
+        signaling,
+        ice_servers=policy.ice_servers,
+        relay_only=policy.relay_only,
+        audio_source=audio_source,
+        audio_sink=audio_sink,
+        host_addresses=host_addresses,
+        liveness_interval=policy.ice.liveness_interval,
+        liveness_stall=policy.ice.liveness_stall,
+    )
+    session = VoiceSession(transport, policy=policy, session_config=session_config, **session_kw)
+    session.closers.append(signaling.aclose)
+    return session

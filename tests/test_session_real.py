@@ -1,0 +1,182 @@
+"""Real sessions: VoiceSession + aiortc transport + HTTP signaling against the local peer.
+
+Everything runs on 127.0.0.1 with real peer connections, Opus audio and the data channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+from aiortc import RTCPeerConnection
+
+from fsm_voice.client import realtime_session
+from fsm_voice.demo import run_demo
+from fsm_voice.errors import VoiceError
+from fsm_voice.peer.server import RealtimePeer
+from fsm_voice.policy import IcePolicy, MonitorPolicy, RetryPolicy, SessionPolicy
+from fsm_voice.session import VoiceSession
+from fsm_voice.transport import NullSink, SilenceSource, UtteranceSource
+
+pytestmark = pytest.mark.anyio
+
+FAST = SessionPolicy(
+    retry=RetryPolicy(base_delay=0.2, factor=2.0, max_attempts=3),
+    ice=IcePolicy(disconnected_grace=1.0, connect_timeout=5.0, restart_timeout=5.0),
+    monitor=MonitorPolicy(metrics_interval=0.5, health_interval=5.0),
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def session_for(peer: RealtimePeer, *, policy: SessionPolicy = FAST, speak: bool = False,
+                **kw: Any) -> VoiceSession:
+    source = (lambda: UtteranceSource(lead_silence=0.3, speech_seconds=1.0, trail_silence=3.0,
+                                      repeat=True)) if speak else SilenceSource
+    return realtime_session(peer.base_url, "ek_test", policy=policy,
+                            host_addresses=["127.0.0.1"], audio_source=source,
+                            audio_sink=NullSink, **kw)
+
+
+async def test_connects_and_reaches_active() -> None:
+    async with RealtimePeer() as peer:
+        s = session_for(peer)
+        statuses: list[str] = []
+        s.on_status(lambda c: statuses.append(c.status))
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            assert peer.stats()["calls_active"] == 1
+        assert statuses == ["connecting", "active", "idle"]
+        assert s.status == "idle"
+
+
+async def test_listening_and_speaking_from_real_audio() -> None:
+    async with RealtimePeer(reply="echo") as peer:
+        s = session_for(peer, speak=True)
+        seen: list[str] = []
+        s.on_status(lambda c: seen.append(c.status))
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            await s.wait_for("listening", timeout=10)
+            await s.wait_for("speaking", timeout=10)
+            await s.wait_for("active", timeout=10)
+        i = seen.index("listening")
+        assert seen[i:i + 4] == ["listening", "active", "speaking", "active"]
+
+
+async def test_nonfatal_error_event_keeps_session_fatal_ends_it_without_reconnect() -> None:
+    async with RealtimePeer() as peer:
+        s = session_for(peer)
+        errors: list[VoiceError] = []
+        s.on_error(errors.append)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            peer.send_error("server_error", "server_error", "transient hiccup")
+            peer.send_error("invalid_request_error", "response_cancel_not_active", "race")
+            with anyio.move_on_after(1.0):
+                await s.wait_for("error", "reconnecting")
+            assert s.status == "active"
+            assert [e.code for e in errors] == ["server_error"]
+            offers = peer.stats()["offers_received"]
+            peer.send_error("invalid_request_error", "invalid_api_key", "Incorrect API key")
+            await s.wait_for("error", timeout=5)
+            await anyio.sleep(1.0)  # longer than every backoff delay of the FAST policy
+            assert s.status == "error"
+            assert peer.stats()["offers_received"] == offers  # never retried
+            assert errors[-1].code == "invalid_api_key"
+
+
+async def test_http_401_on_offer_is_fatal() -> None:
+    async with RealtimePeer() as peer:
+        peer.reject_offers(1, 401, code="invalid_api_key")
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("error", timeout=10)
+            assert s.errors[-1].http_status == 401
+            assert peer.stats()["offers_received"] == 1
+
+
+async def test_http_503_then_success_backs_off_then_active() -> None:
+    async with RealtimePeer() as peer:
+        peer.reject_offers(2, 503)
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=15)
+        backoffs = [e for e in s.trace if e.target == "backoff" and e.source != "backoff"]
+        assert len(backoffs) == 2
+        retries = [e for e in s.trace if e.event == "backoff_expired"]
+        assert [r.effects[1].attempt for r in retries] == [1, 2]  # type: ignore[attr-defined]
+        assert peer.stats()["offers_received"] == 3
+
+
+async def test_peer_going_silent_is_detected_and_restarted() -> None:
+    async with RealtimePeer() as peer:
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            peer.go_silent()
+            t0 = anyio.current_time()
+            await s.wait_for("reconnecting", timeout=10)
+            await s.wait_for("active", timeout=10)
+            elapsed = anyio.current_time() - t0
+        states = [e.target for e in s.trace]
+        assert "ice_grace" in states and "restarting" in states
+        assert elapsed < 8  # ~1 s detection + 1 s grace + reconnect, far below aiortc's ~30 s
+
+
+async def test_demo_recovers_from_each_fault(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    for fault in ("close", "server-error"):
+        code = await run_demo(8.0, fault, None, Console(width=100))
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "demo passed" in out
+
+
+def _live_pcs() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, RTCPeerConnection))
+
+
+async def test_no_leak_over_repeated_sessions() -> None:
+    cycles = int(os.environ.get("FSM_VOICE_SESSION_CYCLES", "20"))
+    async with RealtimePeer() as peer:
+
+        async def one() -> None:
+            s = session_for(peer)
+            async with s:
+                await s.start()
+                await s.wait_for("active", timeout=10)
+
+        await one()
+        await anyio.sleep(0.2)
+        fds0 = len(os.listdir("/proc/self/fd"))
+        tasks0 = len(asyncio.all_tasks())
+        threads0 = threading.active_count()
+        for _ in range(cycles):
+            await one()
+        await anyio.sleep(0.5)
+        assert _live_pcs() <= 1  # at most the peer's side of a call still closing
+        assert len(asyncio.all_tasks()) <= tasks0
+        assert len(os.listdir("/proc/self/fd")) <= fds0 + 2
+        assert threading.active_count() <= threads0 + 2  # default executor may add threads
+
+
+def _unused(_: Mapping[str, Any]) -> None:  # pragma: no cover
+    pass
