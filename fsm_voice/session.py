@@ -177,6 +177,8 @@ class VoiceSession:
         self.closers: list[Callable[[], Awaitable[Any]]] = []
         """Async callables run (in order, each guarded) when the session context exits."""
         self.replayed_items = 0
+        self.rate_limits: list[Any] = []
+        """The last ``rate_limits.updated`` the server sent (OpenAI Realtime shape)."""
         self.sent_events = 0
         self.delivered_events = 0
 
@@ -431,6 +433,8 @@ class VoiceSession:
         for cb in self._event_cbs:
             self._call(cb, event)
         etype = event.get("type")
+        if etype == "rate_limits.updated" and isinstance(event.get("rate_limits"), list):
+            self.rate_limits = list(event["rate_limits"])
         if etype in ("conversation.item.done", "conversation.item.created",
                      "conversation.item.added", "response.output_item.done"):
             self._remember_item(event.get("item"))
