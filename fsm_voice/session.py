@@ -55,7 +55,9 @@ SERVER_EVENT_MAP: dict[str, str] = {
     "output_audio_buffer.cleared": "audio_stopped",
 }
 
-Outcome = Literal["taken", "refused", "stale"]
+Outcome = Literal["taken", "refused", "stale", "observed"]
+"""``taken``/``refused`` by the machine; ``stale`` dropped (closed transport, cancelled timer);
+``observed``: a metrics sample or quality alert recorded for the record (no machine event)."""
 
 
 @attrs.frozen
@@ -534,10 +536,17 @@ class VoiceSession:
             if m is None:
                 continue
             self.metrics_history.append(m)
+            state = self.machine.state_id
+            self.trace.append(TraceEntry(
+                self.clock.now(), "metrics", state, state, (), "observed",
+                f"rtt_ms={m.latency_ms} jitter_ms={m.jitter_ms} lost={m.packets_lost}"))
             for cb in self._metrics_cbs:
                 self._call(cb, m)
             for alert in self.policy.quality.violations(m):
                 self.alerts.append(alert)
+                self.trace.append(TraceEntry(
+                    self.clock.now(), "quality_alert", state, state, (), "observed",
+                    f"{alert.kind}={alert.value:.1f} > {alert.threshold:.1f}"))
                 log.warning("quality alert: %s %.1f > %.1f", alert.kind, alert.value,
                             alert.threshold)
                 for acb in self._alert_cbs:

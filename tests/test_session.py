@@ -269,3 +269,14 @@ async def test_restart_reapplies_config_and_replays_history_before_queued_events
         assert r.t.sent[2]["item"] == {"type": "message", "role": "assistant",
                                        "content": [{"type": "output_text", "text": "hi there"}]}
         assert r.s.replayed_items == 2
+
+
+async def test_metrics_and_alerts_are_in_the_trace() -> None:
+    async for r in rig(["ok"]):
+        r.t.metrics_sample = ConnectionMetrics(latency_ms=20.0, packets_lost=150, jitter_ms=5.0,
+                                               timestamp=0.0)
+        await r.s.start()
+        await r.clock.advance(5.1)
+        observed = [e for e in r.s.trace if e.outcome == "observed"]
+        assert [e.event for e in observed] == ["metrics", "quality_alert"]
+        assert "packets_lost=150.0 > 100.0" in observed[1].detail
