@@ -180,3 +180,32 @@ async def test_no_leak_over_repeated_sessions() -> None:
 
 def _unused(_: Mapping[str, Any]) -> None:  # pragma: no cover
     pass
+
+
+async def test_no_app_event_lost_across_a_restart_and_fresh_key_per_attempt() -> None:
+    keys: list[str] = []
+
+    async def token() -> str:
+        keys.append(f"ek_{len(keys)}")
+        return keys[-1]
+
+    async with RealtimePeer() as peer:
+        s = realtime_session(peer.base_url, token, policy=FAST, host_addresses=["127.0.0.1"],
+                             audio_source=SilenceSource, audio_sink=NullSink)
+        sent = 0
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            peer.go_silent()
+            with anyio.fail_after(15):
+                while not any(e.target == "restarting" for e in s.trace) or sent < 40:
+                    s.send_event({"type": "conversation.item.delete", "item_id": f"x{sent}"})
+                    sent += 1
+                    await anyio.sleep(0.05)
+            await s.wait_for("active", timeout=15)
+            with anyio.fail_after(5):
+                while peer.stats()["events_received"].get("conversation.item.delete", 0) < sent:
+                    await anyio.sleep(0.05)
+        assert peer.stats()["events_received"]["conversation.item.delete"] == sent
+        assert s.sent_events == s.delivered_events == sent
+        assert len(keys) >= 2 and len(set(keys)) == len(keys)  # one fresh key per SDP exchange
