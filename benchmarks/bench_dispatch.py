@@ -107,6 +107,43 @@ def bench_runtime(n: int = 200_000) -> float:
     return anyio.run(main)
 
 
+def bench_many_sessions(sessions: int = 1000, per_session: int = 200) -> float:
+    """1,000 sessions in one process, each fed a burst of server events: aggregate events/s."""
+
+    async def main() -> float:
+        async with anyio.create_task_group() as tg:
+            live: list[tuple[VoiceSession, ScriptedTransport]] = []
+            ready = anyio.Event()
+            done = anyio.Event()
+
+            async def hold(s: VoiceSession) -> None:
+                async with s:
+                    await s.start()
+                    if len(live) == sessions:
+                        ready.set()
+                    await done.wait()
+
+            for _ in range(sessions):
+                t = ScriptedTransport(["ok"])
+                s = VoiceSession(t, clock=VirtualClock())
+                live.append((s, t))
+                tg.start_soon(hold, s)
+            await ready.wait()
+            await anyio.wait_all_tasks_blocked()
+            t0 = time.perf_counter()
+            for s, _t in live:
+                for i in range(per_session):
+                    s._post(_Posted(CYCLE[i % len(CYCLE)], token=s._generation))
+            for s, _t in live:
+                await s._drain()
+            dt = time.perf_counter() - t0
+            assert all(s.status == "active" for s, _ in live)
+            done.set()
+        return sessions * per_session / dt
+
+    return anyio.run(main)
+
+
 def main() -> None:
     rows = [
         ("toggle", "transitions 0.9", bench_toggle_transitions()),
@@ -118,6 +155,8 @@ def main() -> None:
         ("lifecycle", "fsm_voice FastLifecycle (compiled table)", bench_lifecycle(FastLifecycle)),
         ("lifecycle", "fsm_voice VoiceSession runtime (queue + dispatch + trace)",
          bench_runtime()),
+        ("lifecycle", "fsm_voice runtime, 1,000 sessions in one process (aggregate)",
+         bench_many_sessions()),
     ]
     print(f"{'machine':10} {'engine':58} {'events/s':>12}")
     for kind, name, r in rows:
