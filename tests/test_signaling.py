@@ -250,3 +250,53 @@ def test_bad_arguments_rejected() -> None:
         HttpSignaling("https://h", "k", timeout=0)
     with pytest.raises(ConfigError):
         HttpSignaling("https://h", "k", model=" ")
+
+
+@pytest.mark.anyio
+async def test_401_with_refreshable_provider_retries_once_with_a_fresh_key() -> None:
+    seen: list[str] = []
+
+    async def calls(request: web.Request) -> web.Response:
+        auth = request.headers["Authorization"]
+        seen.append(auth)
+        if auth == "Bearer ek_expired":
+            return web.json_response({"error": {"type": "invalid_request_error",
+                                                 "code": "invalid_api_key",
+                                                 "message": "expired"}}, status=401)
+        return web.Response(status=201, text="v=0\r\n", content_type="application/sdp",
+                            headers={"Location": "/v1/realtime/calls/rtc_1"})
+
+    class Provider:
+        def __init__(self) -> None:
+            self.key = "ek_expired"
+            self.invalidated = 0
+
+        async def __call__(self) -> str:
+            return self.key
+
+        def invalidate(self) -> None:
+            self.invalidated += 1
+            self.key = "ek_fresh"
+
+    app = web.Application()
+    app.router.add_post("/v1/realtime/calls", calls)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    provider = Provider()
+    try:
+        async with HttpSignaling(f"http://127.0.0.1:{port}", provider) as sig:
+            answer = await sig.exchange("v=0\r\n")
+        assert answer.call_id == "rtc_1"
+        assert seen == ["Bearer ek_expired", "Bearer ek_fresh"]
+        assert provider.invalidated == 1
+        # A plain string key cannot be refreshed: 401 stays fatal after one attempt.
+        seen.clear()
+        async with HttpSignaling(f"http://127.0.0.1:{port}", "ek_expired") as sig:
+            with pytest.raises(VoiceError) as info:
+                await sig.exchange("v=0\r\n")
+        assert info.value.severity is Severity.FATAL and len(seen) == 1
+    finally:
+        await runner.cleanup()

@@ -134,7 +134,36 @@ class HttpSignaling:
         return self._session
 
     async def exchange(self, offer_sdp: str) -> SdpAnswer:
-        """POST the offer, return the answer. Raises a classified :class:`VoiceError`."""
+        """POST the offer, return the answer. Raises a classified :class:`VoiceError`.
+
+        A 401 with a refreshable token provider (one with an ``invalidate()`` method, such as
+        :class:`fsm_voice.tokens.EphemeralKeyProvider`) is retried once with a fresh key: an
+        ephemeral key that expired (e.g. during a reconnect) is refreshed, not fatal.
+        """
+        status, body, resp_headers, location = await self._post(offer_sdp)
+        invalidate = getattr(self._token, "invalidate", None)
+        if status == 401 and callable(invalidate):
+            log.info("signaling got 401; refreshing the ephemeral key and retrying once")
+            invalidate()
+            status, body, resp_headers, location = await self._post(offer_sdp)
+        if status not in (200, 201):
+            err = classify_http(status, body, resp_headers)
+            log.info("signaling POST %s refused: %s", self.url, err)
+            raise err
+        sdp = body.decode("utf-8", errors="replace")
+        if not sdp.lstrip().startswith("v="):
+            raise VoiceError(
+                Severity.RECOVERABLE,
+                "invalid_answer",
+                f"HTTP {status} answer is not SDP: {sdp[:120]!r}",
+                ErrorSource.SIGNALING,
+                http_status=status,
+            )
+        call_id = call_id_from_location(location)
+        log.debug("signaling answer received (call_id=%s)", call_id)
+        return SdpAnswer(sdp=sdp, call_id=call_id)
+
+    async def _post(self, offer_sdp: str) -> tuple[int, bytes, dict[str, str], str | None]:
         try:
             key = await self._key()
         except VoiceError:
@@ -157,32 +186,18 @@ class HttpSignaling:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
-                status = response.status
-                resp_headers = dict(response.headers)
-                location = response.headers.get("Location")
+                return (
+                    response.status,
+                    await response.read(),
+                    dict(response.headers),
+                    response.headers.get("Location"),
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             err = classify_exception(exc)
             log.info("signaling POST %s failed: %s", self.url, err)
             raise err from exc
-        if status not in (200, 201):
-            err = classify_http(status, body, resp_headers)
-            log.info("signaling POST %s refused: %s", self.url, err)
-            raise err
-        sdp = body.decode("utf-8", errors="replace")
-        if not sdp.lstrip().startswith("v="):
-            raise VoiceError(
-                Severity.RECOVERABLE,
-                "invalid_answer",
-                f"HTTP {status} answer is not SDP: {sdp[:120]!r}",
-                ErrorSource.SIGNALING,
-                http_status=status,
-            )
-        call_id = call_id_from_location(location)
-        log.debug("signaling answer received (call_id=%s)", call_id)
-        return SdpAnswer(sdp=sdp, call_id=call_id)
 
     async def aclose(self) -> None:
         """Close the owned HTTP session (idempotent); a given session is left open."""
