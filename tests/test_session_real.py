@@ -209,3 +209,21 @@ async def test_no_app_event_lost_across_a_restart_and_fresh_key_per_attempt() ->
         assert peer.stats()["events_received"]["conversation.item.delete"] == sent
         assert s.sent_events == s.delivered_events == sent
         assert len(keys) >= 2 and len(set(keys)) == len(keys)  # one fresh key per SDP exchange
+
+
+async def test_offer_prefers_opus_and_has_the_oai_events_channel() -> None:
+    async with RealtimePeer() as peer:
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            transport: Any = s.transport
+            offer = transport._conn.pc.localDescription.sdp
+        audio = next(line for line in offer.splitlines() if line.startswith("m=audio"))
+        payloads = audio.split()[3:]
+        rtpmap = dict(line[len("a=rtpmap:"):].split(" ", 1) for line in offer.splitlines()
+                      if line.startswith("a=rtpmap:"))
+        names = [rtpmap[p].split("/")[0].lower() for p in payloads if p in rtpmap]
+        assert names[0] == "opus" and {"pcmu", "pcma"} <= set(names)
+        assert "a=sendrecv" in offer and "m=application" in offer
+        assert "candidate" in offer and " 127.0.0.1 " in offer
