@@ -95,6 +95,8 @@ class _Posted:
     token: int | None = None
     """Generation of the transport or timer that posted it (None for the application)."""
     timer: Timer | None = None
+    barrier: anyio.Event | None = None
+    """Not an event: set when the dispatcher reaches it (see ``_drain``)."""
 
 
 class _Sink:
@@ -168,7 +170,6 @@ class VoiceSession:
         self._timer_seq = 0
         self._status_waiters: list[anyio.Event] = []
         self._outbox: collections.deque[Mapping[str, Any]] = collections.deque()
-        self._barriers: dict[int, anyio.Event] = {}
         self.session_config = dict(session_config) if session_config is not None else None
         """Sent as ``session.update`` each time a connection comes up (re-applied on restart)."""
         self.replay_history = replay_history
@@ -307,8 +308,7 @@ class VoiceSession:
     async def _drain(self) -> None:
         """Wait until the dispatcher has handled everything queued so far."""
         done = anyio.Event()
-        self._barriers[id(done)] = done
-        self._post(_Posted("__barrier__", code=str(id(done))))
+        self._post(_Posted("", barrier=done))
         await done.wait()
 
     async def _dispatch_loop(self) -> None:
@@ -319,10 +319,8 @@ class VoiceSession:
                 await self._wakeup.wait()
                 continue
             item = queue.popleft()
-            if item.event == "__barrier__":
-                ev = self._barriers.pop(int(item.code), None)
-                if ev is not None:
-                    ev.set()
+            if item.barrier is not None:
+                item.barrier.set()
                 continue
             await self._dispatch(item)
 
