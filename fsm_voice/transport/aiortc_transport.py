@@ -11,7 +11,11 @@ What aiortc 1.16 does and does not do (verified), and what this adapter does abo
   :attr:`TransportSignal.ICE_RECOVERED`. The runtime/machine decides what to do (restart = a new
   ``open``).
 * only the first STUN and the first TURN server are used; ``iceServers=None`` makes aiortc add a
-  public Google STUN server, so an explicit list (possibly empty) is always passed.
+  public Google STUN server, so an explicit list (possibly empty) is always passed. With a
+  :class:`~fsm_voice.ice.IceServerProber` (automatic when more than one STUN or more than one
+  TURN URL is configured) each ``open()`` first probes the servers (<= 0.5 s) and hands aiortc
+  a list whose first STUN and first TURN are healthy ones, rotating with the number of opens so
+  that a reconnect starts from a different server.
 * a remote track nobody reads buffers without bound: the remote audio track is always drained by
   a reader task, into the configured sink or a :class:`~fsm_voice.transport.audio.NullSink`.
 
@@ -27,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import av
@@ -44,6 +48,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.sdp import SessionDescription
 
 from fsm_voice.errors import ConfigError, ErrorSource, Severity, VoiceError, classify_exception
+from fsm_voice.ice import IceServerProber
 from fsm_voice.ports import ConnectionMetrics, Signaling, TransportSignal, TransportSink
 from fsm_voice.transport import loopback
 from fsm_voice.transport.audio import AudioSink, AudioSinkFactory, AudioSourceFactory, NullSink
@@ -138,6 +143,11 @@ class AiortcTransport:
     nothing; without a sink received audio is counted and discarded. ``host_addresses`` forces
     the host ICE candidates (e.g. ``["127.0.0.1"]`` for a local peer). ``clock`` is a monotonic
     seconds clock used for liveness and metric timestamps.
+
+    ``prober``: an :class:`~fsm_voice.ice.IceServerProber` consulted before every ``open()``
+    (its servers are used when ``ice_servers`` is empty); ``"auto"`` (default) creates one when
+    more than one STUN or more than one TURN URL is configured; None never probes (aiortc gets
+    ``ice_servers`` as given).
     """
 
     def __init__(
@@ -149,6 +159,7 @@ class AiortcTransport:
         audio_source: AudioSourceFactory | None = None,
         audio_sink: AudioSinkFactory | None = None,
         host_addresses: Sequence[str] | None = None,
+        prober: IceServerProber | Literal["auto"] | None = "auto",
         liveness_interval: float = 0.25,
         liveness_stall: float = 0.75,
         clock: Callable[[], float] = time.monotonic,
@@ -163,6 +174,17 @@ class AiortcTransport:
                 liveness_stall,
                 f"seconds >= liveness_interval ({liveness_interval})",
             )
+        if isinstance(prober, IceServerProber):
+            if not ice_servers:
+                ice_servers = prober.servers
+            elif tuple(ice_servers) != prober.servers:
+                raise ConfigError.invalid(
+                    "prober", prober, "a prober of the same servers as ice_servers"
+                )
+        elif prober == "auto":
+            prober = _auto_prober(ice_servers)
+        elif prober is not None:
+            raise ConfigError.invalid("prober", prober, "an IceServerProber, 'auto' or None")
         if relay_only and not any(s.is_relay for s in ice_servers):
             raise ConfigError.invalid(
                 "relay_only", relay_only, "a TURN server in ice_servers when relay_only is set"
@@ -173,6 +195,9 @@ class AiortcTransport:
                 pass
         self._signaling = signaling
         self._ice_servers = tuple(ice_servers)
+        self._prober: IceServerProber | None = prober
+        self._opens = 0
+        self._servers_in_use: tuple[IceServer, ...] = ()
         self._relay_only = relay_only
         self._audio_source = audio_source
         self._audio_sink = audio_sink
@@ -195,9 +220,28 @@ class AiortcTransport:
         conn = self._conn
         return conn.pc.connectionState if conn is not None and conn.pc is not None else "idle"
 
-    def _configuration(self) -> RTCConfiguration:
+    @property
+    def prober(self) -> IceServerProber | None:
+        """The ICE server prober consulted before each ``open()``, if any."""
+        return self._prober
+
+    @property
+    def ice_servers_in_use(self) -> tuple[IceServer, ...]:
+        """The servers handed to aiortc by the latest ``open()`` (aiortc uses the first STUN
+        and the first TURN of them)."""
+        return self._servers_in_use
+
+    async def _select_servers(self) -> tuple[IceServer, ...]:
+        attempt = self._opens
+        self._opens += 1
+        if self._prober is None:
+            return self._ice_servers
+        return tuple(await self._prober.select(attempt, relay_only=self._relay_only))
+
+    def _configuration(self, servers: Sequence[IceServer] | None = None) -> RTCConfiguration:
+        chosen = self._ice_servers if servers is None else servers
         return RTCConfiguration(
-            iceServers=[s.to_aiortc() for s in self._ice_servers],  # ALWAYS a list
+            iceServers=[s.to_aiortc() for s in chosen],  # ALWAYS a list
             iceTransportPolicy=(
                 RTCIceTransportPolicy.RELAY if self._relay_only else RTCIceTransportPolicy.ALL
             ),
@@ -224,7 +268,10 @@ class AiortcTransport:
             raise classify_exception(exc) from exc
 
     async def _open(self, conn: _Connection) -> None:
-        pc = RTCPeerConnection(self._configuration())
+        servers = await self._select_servers()
+        self._servers_in_use = servers
+        _check_not_closed(conn)
+        pc = RTCPeerConnection(self._configuration(servers))
         conn.pc = pc
 
         @pc.on("connectionstatechange")  # type: ignore[untyped-decorator,unused-ignore]
@@ -508,6 +555,15 @@ async def _cancel_and_wait(task: asyncio.Task[None], what: str) -> None:
 # ------------------------------------------------------------------------------------ helpers
 
 
+def _auto_prober(servers: Sequence[IceServer]) -> IceServerProber | None:
+    """A prober when some kind (STUN / TURN) has more than one URL: only then is there a choice
+    to make (with one server, probing would only add latency)."""
+    urls = [u for s in servers for u in s.parsed_urls]
+    stun = sum(1 for u in urls if not u.is_relay)
+    turn = len(urls) - stun
+    return IceServerProber(servers) if stun > 1 or turn > 1 else None
+
+
 def _check_not_closed(conn: _Connection) -> None:
     if conn.closing:
         raise VoiceError(
@@ -531,7 +587,7 @@ def parse_server_message(message: str | bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         return _invalid(f"JSON {type(value).__name__} is not an event object", raw)
     if not isinstance(value.get("type"), str):
-        value = dict(value)  # keep it, but it has no event type: still an object, report as is
+        return _invalid("event object has no string 'type'", raw)
     return value
 
 
