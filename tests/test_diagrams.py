@@ -34,3 +34,22 @@ def test_diagrams_show_every_state_and_transition_event() -> None:
 def test_svg_is_valid_xml() -> None:
     root = ET.fromstring((ROOT / "diagrams" / "lifecycle.svg").read_text())
     assert root.tag.endswith("svg")
+
+
+def test_scxml_reads_back_equal_with_python_statemachine() -> None:
+    from statemachine.io import load
+
+    from fsm_voice.diagrams import scxml
+    from fsm_voice.fastpath import compile_machine
+
+    cls = load(scxml(), format="scxml")
+    got = [(t.source.id, str(e), t.target.id, bool(t.internal),
+            tuple(c.func.action for c in t.cond))
+           for s in cls.states for t in s.transitions for e in t.events]
+    def cond(guards: tuple[tuple[str, bool], ...]) -> tuple[str, ...]:
+        return (" and ".join(g if exp else f"not {g}" for g, exp in guards),) if guards else ()
+
+    want = [(ct.source, ct.event, ct.target, ct.internal, cond(ct.guards))
+            for cands in compile_machine().values() for ct in cands]
+    assert sorted(got) == sorted(want)
+    assert cls.initial_state.id == "idle"
