@@ -1,8 +1,9 @@
 """State diagrams generated from the machine's table (``fsm-voice diagram``).
 
 Writes ``diagrams/lifecycle.mmd`` (Mermaid), ``lifecycle.dot`` and ``lifecycle.svg`` (Graphviz),
-``lifecycle.scxml`` (W3C SCXML, readable by ``statemachine.io.load``) and the Promela model ``specs/lifecycle.pml``. ``tests/test_diagrams.py`` fails when the committed
-files differ from what the machine generates now.
+``lifecycle.scxml`` (W3C SCXML, readable by ``statemachine.io.load``) and the Promela model
+``specs/lifecycle.pml``. ``tests/test_diagrams.py`` fails when the committed files differ from
+what the machine generates now.
 """
 
 from __future__ import annotations
