@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from aiohttp import ClientSession, TCPConnector
 
 from fsm_voice.errors import ConfigError
 from fsm_voice.ice import IceServerProber
@@ -115,8 +116,13 @@ class RecordingSink:
 
 
 @contextlib.asynccontextmanager
-async def client(peer: RealtimePeer, **kwargs: Any) -> AsyncIterator[AiortcTransport]:
-    signaling = HttpSignaling(peer.base_url, "ek_test")
+async def client(
+    peer: RealtimePeer, *, keep_alive: bool = True, **kwargs: Any
+) -> AsyncIterator[AiortcTransport]:
+    """An :class:`AiortcTransport` to ``peer``; ``keep_alive=False``: signaling closes its HTTP
+    connection after each exchange (no idle socket or server task to tell from leaks)."""
+    session = None if keep_alive else ClientSession(connector=TCPConnector(force_close=True))
+    signaling = HttpSignaling(peer.base_url, "ek_test", session=session)
     kwargs.setdefault("host_addresses", LOOPBACK)
     transport = AiortcTransport(signaling, **kwargs)
     try:
@@ -124,6 +130,8 @@ async def client(peer: RealtimePeer, **kwargs: Any) -> AsyncIterator[AiortcTrans
     finally:
         await transport.close()
         await signaling.aclose()
+        if session is not None:
+            await session.close()
 
 
 async def connect(transport: AiortcTransport, timeout: float = 15.0) -> tuple[RecordingSink, float]:
@@ -133,6 +141,11 @@ async def connect(transport: AiortcTransport, timeout: float = 15.0) -> tuple[Re
     await transport.open(sink)
     await sink.wait_any({TransportSignal.CHANNEL_OPEN}, timeout)
     return sink, time.monotonic() - start
+
+
+def open_fds() -> int:
+    """Number of file descriptors open in this process."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def nominated_pair(transport: AiortcTransport) -> Any:
@@ -374,7 +387,11 @@ async def test_killed_turn_server_mid_session_then_reopen_uses_the_other(
 ) -> None:
     with coturn_server() as first, coturn_server() as second:
         servers = [first.turn(), second.turn()]
-        async with client(peer, ice_servers=servers, relay_only=True) as transport:
+        async with client(
+            peer, ice_servers=servers, relay_only=True, keep_alive=False
+        ) as transport:
+            fds_before = open_fds()
+            tasks_before = asyncio.all_tasks()
             sink, _ = await connect(transport)
             assert transport.ice_servers_in_use[0] == first.turn()
             assert nominated_pair(transport).local_candidate.type == "relay"
@@ -386,10 +403,21 @@ async def test_killed_turn_server_mid_session_then_reopen_uses_the_other(
             detected = time.monotonic() - killed_at
             assert detected < 2.0, detected
 
-            # What the runtime's transport restart does: close, then a new open(). The close
-            # takes ~5 s here: aiortc's pc.close() awaits aioice's TURN deallocation (Refresh
-            # lifetime=0) to the dead server, retried for ~30 s, cut by the adapter's 5 s bound.
+            # What the runtime's transport restart does: close, then a new open(). aiortc's
+            # pc.close() alone would wait for aioice to delete the TURN allocation on the dead
+            # server (Refresh lifetime=0, retransmitted for ~60 s); the adapter aborts it.
+            start = time.monotonic()
             await transport.close()
+            close_took = time.monotonic() - start
+            assert close_took < 1.5, f"close() took {close_took:.2f}s"
+            # The server side of the call is not ours: close it too, then nothing of the
+            # connection may remain: no task, no socket (+1 fd of tolerance).
+            await peer.close_call()
+            await asyncio.sleep(0.3)
+            leftover = asyncio.all_tasks() - tasks_before - {asyncio.current_task()}
+            assert not leftover, leftover
+            assert open_fds() <= fds_before + 1, (fds_before, open_fds())
+
             sink2, elapsed = await connect(transport)
             assert transport.ice_servers_in_use[0] == second.turn()
             assert transport.ice_servers_in_use[1] == first.turn()

@@ -19,6 +19,15 @@ What aiortc 1.16 does and does not do (verified), and what this adapter does abo
 * a remote track nobody reads buffers without bound: the remote audio track is always drained by
   a reader task, into the configured sink or a :class:`~fsm_voice.transport.audio.NullSink`.
 
+* ``pc.close()`` deletes each TURN allocation (a Refresh with lifetime 0) and waits for the
+  answer; when the TURN server is unreachable (crashed, path dead) aioice retransmits it for
+  ~60 s, and aiortc's close waits all that time. :meth:`AiortcTransport.close` therefore gives
+  ``pc.close()`` a short grace (:data:`_CLOSE_GRACE`, or :data:`_CLOSE_GRACE_DEAD` once the
+  path is known dead) and then aborts this connection's TURN allocations
+  (:func:`_abort_turn_allocations`): their sockets are closed and their aioice tasks cancelled
+  and awaited, so the close finishes at once and nothing of it is left running (the server
+  frees an allocation nobody refreshes when its lifetime ends).
+
 Every task this adapter creates belongs to the current connection and is cancelled and awaited by
 :meth:`AiortcTransport.close`; callbacks of an old connection can never reach a newer one.
 """
@@ -35,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import av
+from aioice.turn import TurnTransport
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -75,6 +85,12 @@ _RAW_LIMIT = 200
 _CODEC_ORDER = ("audio/opus", "audio/PCMU", "audio/PCMA")
 _CLOSE_TIMEOUT = 5.0
 """Upper bound of each awaited close step (a wedged aiortc close must not hang ``close()``)."""
+_CLOSE_GRACE = 1.0
+"""How long ``pc.close()`` may run on its own before the connection's TURN allocations are
+aborted (a healthy close, TURN deallocation included, takes a few round trips)."""
+_CLOSE_GRACE_DEAD = 0.25
+"""The same grace once the path is known dead (liveness reported ICE_DISCONNECTED, or the
+connection failed): a deallocation over it will most likely never be answered."""
 
 
 class ChannelNotOpenError(VoiceError):
@@ -105,6 +121,7 @@ class _Connection:
         self.closed = asyncio.Event()
         self.connected = False
         self.failed = False
+        self.path_dead = False
         self.channel_open_reported = False
         self.messages_in = 0
         self.frames_in = 0
@@ -124,6 +141,7 @@ class _Connection:
         if self.failed or self.closing:
             return
         self.failed = True
+        self.path_dead = True
         self.report(TransportSignal.FAILED, detail)
 
     def event(self, event: Mapping[str, Any]) -> None:
@@ -426,9 +444,11 @@ class AiortcTransport:
                 last_change = now
                 if stalled:
                     stalled = False
+                    conn.path_dead = False
                     conn.report(TransportSignal.ICE_RECOVERED, "inbound packets flow again")
             elif not stalled and now - last_change >= self._liveness_stall:
                 stalled = True
+                conn.path_dead = True
                 conn.report(
                     TransportSignal.ICE_DISCONNECTED,
                     f"no inbound packets for {now - last_change:.2f}s",
@@ -506,13 +526,10 @@ class AiortcTransport:
                 conn.dc.close()
             except Exception as exc:
                 log.warning("closing the data channel failed: %r", exc)
-        # 3. peer connection
+        # 3. peer connection (its TURN allocations aborted if it takes longer than the grace)
         if conn.pc is not None:
-            try:
-                with anyio.fail_after(_CLOSE_TIMEOUT):
-                    await conn.pc.close()
-            except Exception as exc:
-                log.warning("closing the peer connection failed: %r", exc)
+            grace = _CLOSE_GRACE_DEAD if conn.path_dead else _CLOSE_GRACE
+            await _close_peer_connection(conn.pc, grace)
             try:
                 conn.pc.remove_all_listeners()
             except Exception as exc:  # pragma: no cover
@@ -550,6 +567,102 @@ async def _cancel_and_wait(task: asyncio.Task[None], what: str) -> None:
             log.warning("%s had failed: %r", what, task.exception())
     except Exception as exc:
         log.warning("stopping %s failed: %r", what, exc)
+
+
+async def _close_peer_connection(pc: RTCPeerConnection, grace: float) -> None:
+    """``pc.close()``, bounded: after ``grace`` s its TURN allocations are aborted (which lets
+    the close finish at once), after :data:`_CLOSE_TIMEOUT` more it is given up. Never raises;
+    when it returns, no task of the close or of the connection's TURN allocations is left."""
+    # aioice forgets its sockets at the end of its close: list the allocations first.
+    allocations = _turn_allocations(pc)
+    closing: asyncio.Task[None] = asyncio.create_task(pc.close(), name="fsm_voice.aiortc.close")
+    aborted: list[asyncio.Task[Any]] = []
+    try:
+        done, _ = await asyncio.wait({closing}, timeout=grace)
+        if not done:
+            allocations += [t for t in _turn_allocations(pc) if t not in allocations]
+            log.info(
+                "pc.close() not done after %.2fs (TURN deallocation unanswered?): "
+                "aborting %d TURN allocation(s)",
+                grace,
+                len(allocations),
+            )
+            aborted = _abort_turn_allocations(allocations)
+            done, _ = await asyncio.wait({closing}, timeout=_CLOSE_TIMEOUT)
+        if not done:
+            log.warning("closing the peer connection did not finish within its bound; cancelled")
+            closing.cancel()
+            await asyncio.wait({closing}, timeout=_CLOSE_TIMEOUT)
+        elif not closing.cancelled() and closing.exception() is not None:
+            log.warning("closing the peer connection failed: %r", closing.exception())
+        if aborted:
+            # The deallocations were cancelled; wait until they have run their cleanup.
+            await asyncio.wait(aborted, timeout=_CLOSE_TIMEOUT)
+    except Exception as exc:  # pragma: no cover - defensive: close() must go on
+        log.warning("closing the peer connection failed: %r", exc)
+
+
+def _turn_allocations(pc: RTCPeerConnection) -> list[TurnTransport]:
+    """The TURN allocations (aioice ``TurnTransport``) of the ICE transport(s) of ``pc``.
+
+    Uses private attributes of aiortc 1.16 / aioice 0.13 - ``RTCIceTransport._connection`` (the
+    aioice ``Connection``) and ``Connection._protocols`` (one ``StunProtocol`` per local
+    candidate; its ``transport`` is a ``TurnTransport`` for a relayed one) - so it never raises:
+    with another layout it finds nothing and the close is merely bounded, not sped up.
+    """
+    found: list[TurnTransport] = []
+    try:
+        ice_transports: dict[int, Any] = {}
+        for transceiver in pc.getTransceivers():
+            ice = transceiver.receiver.transport.transport
+            ice_transports[id(ice)] = ice
+        if pc.sctp is not None:
+            ice = pc.sctp.transport.transport
+            ice_transports[id(ice)] = ice
+        for ice in ice_transports.values():
+            connection = getattr(ice, "_connection", None)
+            for protocol in list(getattr(connection, "_protocols", None) or ()):
+                transport = getattr(protocol, "transport", None)
+                if isinstance(transport, TurnTransport) and transport not in found:
+                    found.append(transport)
+    except Exception as exc:  # pragma: no cover - other aiortc / aioice versions
+        log.debug("listing the TURN allocations failed: %r", exc)
+    return found
+
+
+def _abort_turn_allocations(allocations: Sequence[TurnTransport]) -> list[asyncio.Task[Any]]:
+    """Give up ``allocations`` at once, without waiting for the TURN server.
+
+    For each: its socket to the TURN server is aborted (``connection_lost`` then tells aioice
+    the candidate's transport is closed, which is what aiortc's close waits for) and its tasks -
+    deallocation (``TurnTransport._close``), refresh, pending sends (channel binds) - are
+    cancelled. Returns the cancelled tasks, to be awaited. Private aioice 0.13 attributes:
+    ``TurnTransport.__inner_protocol``/``__close_task``/``__send_tasks`` (name-mangled); the
+    inner protocol's ``transport`` and ``refresh_task`` are public. Never raises.
+    """
+    cancelled: list[asyncio.Task[Any]] = []
+    for allocation in allocations:
+        try:
+            inner = getattr(allocation, "_TurnTransport__inner_protocol", None)
+            tasks = [
+                getattr(allocation, "_TurnTransport__close_task", None),
+                getattr(inner, "refresh_task", None),
+                *list(getattr(allocation, "_TurnTransport__send_tasks", None) or ()),
+            ]
+            for task in tasks:
+                if isinstance(task, asyncio.Task) and not task.done():
+                    task.cancel()
+                    cancelled.append(task)
+            socket_transport = getattr(inner, "transport", None)
+            if isinstance(socket_transport, asyncio.BaseTransport):
+                abort = getattr(socket_transport, "abort", None)
+                if callable(abort):
+                    abort()
+                else:  # pragma: no cover - every asyncio socket transport has abort()
+                    socket_transport.close()
+        except Exception as exc:  # pragma: no cover - other aioice versions
+            log.debug("aborting a TURN allocation failed: %r", exc)
+    return cancelled
 
 
 # ------------------------------------------------------------------------------------ helpers
