@@ -130,7 +130,12 @@ class HttpSignaling:
         if self._closed:
             raise RuntimeError("HttpSignaling is closed")
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # A fresh TCP connection per exchange: exchanges are rare (one per connection attempt)
+            # and a pooled keep-alive connection can belong to an address that no longer works
+            # (network change), which would stall the restart until its timeout.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)
+            )
         return self._session
 
     async def exchange(self, offer_sdp: str) -> SdpAnswer:
