@@ -24,7 +24,7 @@ from fsm_voice.policy import RetryPolicy
 console = Console()
 
 #: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo",)
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.broker.cli")
 
 
 def _find_spec(explicit: str | None) -> Path | None:

@@ -6,7 +6,9 @@ with the answer SDP and ``Location: /v1/realtime/calls/<call_id>``. Each call is
 answerer (:class:`~fsm_voice.peer.call.Call`): the ``oai-events`` data channel carries the
 JSON events, the audio track is consumed by an energy VAD, and replies are played back as audio.
 ``POST /v1/realtime/calls/<call_id>/hangup`` ends a call. ``/control/...`` injects faults
-(see :mod:`fsm_voice.peer.control`).
+(see :mod:`fsm_voice.peer.control`). ``POST /v1/realtime/client_secrets`` mints ephemeral ``ek_``
+keys (see :mod:`fsm_voice.peer.secrets`); with ``require_ephemeral=True`` the calls endpoint
+accepts only those keys, while unexpired.
 
 Every peer connection is created inside :func:`fsm_voice.transport.loopback.loopback` with an
 explicit empty ICE server list, so no packet leaves 127.0.0.1 and no public STUN server is used.
@@ -20,7 +22,8 @@ import ipaddress
 import json
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +32,7 @@ from aiohttp import BodyPartReader, web
 from . import protocol as p
 from .call import Call, Reply, reply_tone
 from .control import add_control_routes
+from .secrets import ClientSecretStore, add_client_secret_routes, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,12 @@ _STATUS_ERROR_TYPE = {
 }
 
 
-def loopback_host(host: str) -> str:
+def loopback_host(host: str, allow: Collection[str] = ()) -> str:
     """Check that ``host`` is a loopback address; 'localhost' means 127.0.0.1.
 
     Raises ValueError for anything else: the peer must never listen on a real interface.
+    ``allow`` lists extra literal addresses explicitly opted in (e.g. the address of a test's
+    own network namespace).
     """
     if host == "localhost":
         return "127.0.0.1"
@@ -60,7 +66,7 @@ def loopback_host(host: str) -> str:
             f"RealtimePeer binds to loopback only; {host!r} is not a literal IP address "
             "(use 127.0.0.1 or ::1)"
         ) from None
-    if not ip.is_loopback:
+    if not ip.is_loopback and str(ip) not in {str(ipaddress.ip_address(a)) for a in allow}:
         raise ValueError(
             f"RealtimePeer binds to loopback only (127.0.0.0/8 or ::1); refusing {host!r}"
         )
@@ -101,6 +107,12 @@ class RealtimePeer:
 
     ``reply``: "echo" replays the caller's last utterance; "tone" plays a ~1 s voiced tone.
     ``tokens``: predicate on bearer tokens (default: any non-empty token is accepted).
+    ``api_keys``: API keys allowed to mint client secrets (default: any ``sk-`` key).
+    ``require_ephemeral``: the calls endpoints accept only unexpired minted ``ek_`` keys.
+    ``now``: epoch-seconds clock for client-secret expiry (injectable for tests).
+    ``allow_bind``: non-loopback addresses ``host`` may explicitly be (opt-in; the namespace
+    tests bind to their namespace's own address). ICE candidates stay loopback unless the
+    caller overrides them (see ``tests/netns_agent.py``).
     """
 
     def __init__(
@@ -117,6 +129,10 @@ class RealtimePeer:
         max_calls: int = 64,
         connect_timeout: float = 30.0,
         tone_seconds: float = 1.0,
+        api_keys: Collection[str] | None = None,
+        require_ephemeral: bool = False,
+        now: Callable[[], float] = time.time,
+        allow_bind: Collection[str] = (),
     ) -> None:
         if not 0.05 <= tone_seconds <= 60:
             raise ValueError(f"tone_seconds must be in [0.05, 60], got {tone_seconds!r}")
@@ -128,7 +144,7 @@ class RealtimePeer:
             raise ValueError(f"vad_threshold_dbfs must be in (-120, 0), got {vad_threshold_dbfs}")
         if max_body_bytes <= 0 or max_calls <= 0 or connect_timeout <= 0:
             raise ValueError("max_body_bytes, max_calls and connect_timeout must be positive")
-        self.host = loopback_host(host)
+        self.host = loopback_host(host, allow_bind)
         self.port = port
         self.reply: Reply = reply
         self.vad_threshold_dbfs = vad_threshold_dbfs
@@ -139,10 +155,15 @@ class RealtimePeer:
         self.connect_timeout = connect_timeout
         self.tone_seconds = tone_seconds
         self._tokens = tokens
+        self.require_ephemeral = require_ephemeral
+        self.client_secrets = ClientSecretStore(
+            api_keys=api_keys, now=now, model=model, voice=voice
+        )
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._calls: dict[str, Call] = {}
-        self._ended: collections.deque[Call] = collections.deque(maxlen=64)
+        # Snapshots of ended calls (not the calls: they hold closed peer connections).
+        self._ended: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
         self._rejections: collections.deque[_Rejection] = collections.deque()
         self.answer_delay = 0.0
         self._stopping = False
@@ -172,6 +193,7 @@ class RealtimePeer:
         app.router.add_post(CALLS_PATH, self._handle_offer)
         app.router.add_post(CALLS_PATH + "/{call_id}/hangup", self._handle_hangup)
         add_control_routes(app, self)
+        add_client_secret_routes(app, self.client_secrets)
         runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         try:
@@ -227,7 +249,7 @@ class RealtimePeer:
 
     def list_calls(self) -> list[dict[str, Any]]:
         """Live calls then recently ended ones, with state and counters."""
-        return [c.info() for c in self._calls.values()] + [c.info() for c in self._ended]
+        return [c.info() for c in self._calls.values()] + list(self._ended)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -241,6 +263,8 @@ class RealtimePeer:
             "events_received": dict(self._events_received),
             "pending_rejections": self.pending_rejections,
             "answer_delay": self.answer_delay,
+            "client_secrets_minted": self.client_secrets.minted,
+            "client_secrets_refused": self.client_secrets.refused,
         }
 
     # ----------------------------------------------------------------- faults
@@ -311,6 +335,10 @@ class RealtimePeer:
             raise ValueError("seconds must be in [0, 3600]")
         self.answer_delay = float(seconds)
 
+    def expire_all_keys(self) -> int:
+        """Expire every minted client secret now. Returns how many were still valid."""
+        return self.client_secrets.expire_all()
+
     def reset_faults(self) -> None:
         self._rejections.clear()
         self.answer_delay = 0.0
@@ -344,6 +372,16 @@ class RealtimePeer:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 None,
             )
+        if self.require_ephemeral:
+            status = self.client_secrets.status(token)
+            if status != "valid":
+                # Expired and unknown keys get the same answer (no key-state oracle).
+                return self._error(
+                    401,
+                    "Incorrect API key provided: an unexpired client secret (ek_) is required.",
+                    "invalid_api_key",
+                )
+            return None
         accept = self._tokens if self._tokens is not None else bool
         if not accept(token):
             return self._error(401, "Incorrect API key provided.", "invalid_api_key")
@@ -478,7 +516,13 @@ class RealtimePeer:
             await asyncio.sleep(self.answer_delay)
         if self._stopping:
             return self._error(503, "The local peer is shutting down.", "server_shutting_down")
-        model = request.query.get("model") or (session_cfg or {}).get("model") or self.model
+        minted = self.client_secrets.lookup(bearer_token(request) or "")
+        model = (
+            request.query.get("model")
+            or (session_cfg or {}).get("model")
+            or (minted.session.get("model") if minted is not None else None)
+            or self.model
+        )
         call = Call(
             model=str(model),
             reply=self.reply,
@@ -489,6 +533,8 @@ class RealtimePeer:
             connect_timeout=self.connect_timeout,
             tone_seconds=self.tone_seconds,
         )
+        if minted is not None:  # the client secret's session configuration applies first
+            call.session = p.merge_session(call.session, minted.session)
         if session_cfg is not None:
             call.session = p.merge_session(call.session, session_cfg)
         self._calls[call.id] = call
@@ -526,7 +572,7 @@ class RealtimePeer:
 
     def _call_closed(self, call: Call) -> None:
         if self._calls.pop(call.id, None) is not None:
-            self._ended.append(call)
+            self._ended.append(call.info())
             self._counters["calls_ended"] += 1
 
 
