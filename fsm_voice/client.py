@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,9 +33,13 @@ def realtime_session(
 
     ``token`` is a key or an async provider of fresh ephemeral keys (awaited per SDP exchange).
     The ICE servers, relay policy and liveness timing come from ``policy``; ``host_addresses``
-    forces the host candidates (``["127.0.0.1"]`` for a peer on this machine).
+    forces the host candidates. When it is not given and ``base_url`` points at a loopback
+    address (a peer on this machine), the candidates are ``["127.0.0.1"]``: aioice would
+    otherwise offer only the machine's other addresses, which a loopback peer cannot reach.
     """
     policy = policy or SessionPolicy()
+    if host_addresses is None and _is_loopback_url(base_url):
+        host_addresses = ["127.0.0.1"]
     signaling = HttpSignaling(base_url, token, model=model, session=http)
     transport = AiortcTransport(
         signaling,
@@ -48,3 +54,13 @@ def realtime_session(
     session = VoiceSession(transport, policy=policy, session_config=session_config, **session_kw)
     session.closers.append(signaling.aclose)
     return session
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from fsm_voice.peer.server import RealtimePeer, run_peer
 from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.session import StatusChange, VoiceSession
+from fsm_voice.tokens import EphemeralKeyProvider
 from fsm_voice.transport import NullSink, UtteranceSource, WavRecorder
 from fsm_voice.transport.audio import AudioSink
 
@@ -190,15 +192,21 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
     return 0 if ok else 1
 
 
-async def run_connect(base_url: str, token: str, duration: float, model: str | None,
-                      console: Console) -> int:
+async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
+                      model: str | None, console: Console) -> int:
     """Run a session against any OpenAI-compatible backend and print status changes as JSON."""
     session = realtime_session(base_url, token, model=model,
                                audio_source=lambda: UtteranceSource(repeat=True),
                                audio_sink=NullSink)
-    session.on_status(lambda c: console.print(json.dumps(
-        {"t": round(c.time, 3), "status": c.status, "state": c.state, "event": c.event})))
-    session.on_error(lambda e: console.print(json.dumps({"error": str(e)})))
+    if isinstance(token, EphemeralKeyProvider):
+        session.closers.append(token.aclose)
+    def emit(obj: dict[str, Any]) -> None:  # JSON lines, never wrapped
+        print(json.dumps(obj), flush=True)
+
+    session.on_status(lambda c: emit(
+        {"t": round(c.time, 3), "status": c.status, "state": c.state, "event": c.event}))
+    session.on_error(lambda e: emit({"error": str(e), "code": e.code,
+                                     "severity": str(e.severity)}))
     async with session:
         await session.start()
         await anyio.sleep(duration)
@@ -221,13 +229,39 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--reply", choices=("echo", "tone"), default="echo")
     p.set_defaults(func=_serve_peer)
 
-    c = sub.add_parser("connect", help="run a session against an OpenAI-compatible backend")
-    c.add_argument("--base-url", required=True)
-    c.add_argument("--token", required=True, help="an ephemeral key (ek_...)")
+    c = sub.add_parser("connect", help="run a session against an OpenAI-compatible backend; "
+                       "the key comes from a token broker (--token-url) or --token-env")
+    c.add_argument("--base-url", required=True, help="backend base URL (POST /v1/realtime/calls)")
+    c.add_argument("--token-url", help="token broker endpoint handing out ephemeral keys")
+    c.add_argument("--client-id", help="this app's client id at the broker")
+    c.add_argument("--client-secret-env", default="FSM_VOICE_CLIENT_SECRET",
+                   help="env var holding the broker client secret")
+    c.add_argument("--token-env", default="FSM_VOICE_TOKEN",
+                   help="env var holding an ephemeral key (when no --token-url)")
     c.add_argument("--model")
     c.add_argument("--duration", type=float, default=30.0)
-    c.set_defaults(func=lambda a: anyio.run(run_connect, a.base_url, a.token, a.duration,
-                                            a.model, Console()))
+    c.set_defaults(func=_connect)
+
+
+def _connect(a: argparse.Namespace) -> int:
+    """Secrets come from the environment, never from argv (visible in process lists)."""
+    console = Console()
+    token: str | EphemeralKeyProvider
+    if a.token_url:
+        secret = os.environ.get(a.client_secret_env)
+        if not a.client_id or not secret:
+            console.print(f"[red]--token-url needs --client-id and the client secret in "
+                          f"${a.client_secret_env}[/]")
+            return 2
+        token = EphemeralKeyProvider(a.token_url, client_id=a.client_id, client_secret=secret)
+    else:
+        key = os.environ.get(a.token_env)
+        if not key:
+            console.print(f"[red]give --token-url (a token broker) or an ephemeral key in "
+                          f"${a.token_env}[/]")
+            return 2
+        token = key
+    return int(anyio.run(run_connect, a.base_url, token, a.duration, a.model, console))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from fsm_voice.broker.app import BrokerConfig, ClientRegistry, TokenBroker
@@ -71,3 +72,29 @@ async def test_brokered_session_survives_session_expiry_and_key_expiry(tmp_path:
             assert minted >= 2 and refused >= 1
             rows = await broker.audit.rows()
             assert [r["outcome"] for r in rows].count("issued") == minted
+
+
+async def test_cli_connect_through_a_broker(tmp_path: Path) -> None:
+    import json
+    import os
+    import sys
+
+    async with RealtimePeer(api_keys={API_KEY}, require_ephemeral=True) as peer:
+        broker = TokenBroker(
+            BrokerConfig(upstream_base=peer.base_url),
+            api_key=API_KEY,
+            clients=ClientRegistry.from_secrets({"app": CLIENT_SECRET}),
+            audit=tmp_path / "audit.sqlite3",
+        )
+        async with broker:
+            env = {**os.environ, "FSM_VOICE_CLIENT_SECRET": CLIENT_SECRET}
+            result = await anyio.run_process(
+                [sys.executable, "-m", "fsm_voice.cli", "connect", "--base-url", peer.base_url,
+                 "--token-url", broker.token_url, "--client-id", "app", "--duration", "2"],
+                env=env, check=False)
+    out = result.stdout.decode()
+    statuses = [json.loads(line)["status"] for line in out.splitlines()
+                if line.startswith("{") and '"status"' in line]
+    assert result.returncode == 0, (out, result.stderr.decode()[-2000:])
+    assert statuses[:2] == ["connecting", "active"] and statuses[-1] == "idle"
+    assert CLIENT_SECRET not in out and API_KEY not in out
