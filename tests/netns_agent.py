@@ -49,7 +49,6 @@ from fsm_voice.policy import (
     SessionPolicy,
 )
 from fsm_voice.ports import ConnectionMetrics
-from fsm_voice.transport.loopback import host_addresses as force_host_addresses
 
 _out_lock = threading.Lock()
 
@@ -88,18 +87,16 @@ _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+) (\d+)( typ host.*
 
 
 async def run_peer(args: argparse.Namespace) -> None:
-    from fsm_voice.peer import call as call_module
     from fsm_voice.peer.server import RealtimePeer
 
     host = args.host
-    # Call.accept_offer gathers inside ``loopback()``; in a namespace the candidates must be the
-    # namespace's address instead (RealtimePeer has no option for it yet).
-    call_module.loopback = lambda: force_host_addresses([host])  # type: ignore[attr-defined]
 
     relays: list[Any] = []
     impairment = {"delay": 0.0, "jitter": 0.0, "loss": 0.0}
     if args.relay:
         from udp_relay import UdpRelay  # tests/ is sys.path[0] when run as a script
+
+        from fsm_voice.peer import call as call_module
 
         original = call_module.Call.accept_offer
 

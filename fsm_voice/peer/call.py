@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal
 
 import av
@@ -24,7 +24,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from fsm_voice.transport.loopback import loopback
+from fsm_voice.transport.loopback import LOOPBACK, host_addresses
 
 from . import protocol as p
 from .audio import FrameConverter, PcmPlayerTrack, pcm_ms, tone
@@ -96,8 +96,10 @@ class Call:
         on_closed: Callable[[Call], None] | None = None,
         connect_timeout: float = 30.0,
         tone_seconds: float = 1.0,
+        candidate_addresses: Sequence[str] = LOOPBACK,
     ) -> None:
         self.id = p.new_call_id()
+        self.candidate_addresses = tuple(candidate_addresses)
         self.model = model
         self.reply: Reply = reply
         self.created_at = time.time()
@@ -207,11 +209,12 @@ class Call:
             )
 
     async def accept_offer(self, sdp: str) -> str:
-        """Apply the client's offer and return the answer SDP (ICE gathered on loopback only).
+        """Apply the client's offer and return the answer SDP (ICE host candidates: exactly
+        ``candidate_addresses``, loopback by default).
 
         Raises ValueError when the offer cannot be applied.
         """
-        with loopback():
+        with host_addresses(self.candidate_addresses):
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             self.pc = pc
             pc.on("datachannel", self._on_datachannel)

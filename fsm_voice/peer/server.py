@@ -110,6 +110,8 @@ class RealtimePeer:
     ``api_keys``: API keys allowed to mint client secrets (default: any ``sk-`` key).
     ``require_ephemeral``: the calls endpoints accept only unexpired minted ``ek_`` keys.
     ``now``: epoch-seconds clock for client-secret expiry (injectable for tests).
+    ``candidate_addresses``: the calls' ICE host candidates (default: 127.0.0.1, or ``host``
+    when it is an opted-in non-loopback address).
     ``allow_bind``: non-loopback addresses ``host`` may explicitly be (opt-in; the namespace
     tests bind to their namespace's own address). ICE candidates stay loopback unless the
     caller overrides them (see ``tests/netns_agent.py``).
@@ -133,6 +135,7 @@ class RealtimePeer:
         require_ephemeral: bool = False,
         now: Callable[[], float] = time.time,
         allow_bind: Collection[str] = (),
+        candidate_addresses: Collection[str] | None = None,
     ) -> None:
         if not 0.05 <= tone_seconds <= 60:
             raise ValueError(f"tone_seconds must be in [0.05, 60], got {tone_seconds!r}")
@@ -145,6 +148,10 @@ class RealtimePeer:
         if max_body_bytes <= 0 or max_calls <= 0 or connect_timeout <= 0:
             raise ValueError("max_body_bytes, max_calls and connect_timeout must be positive")
         self.host = loopback_host(host, allow_bind)
+        # The calls' ICE host candidates: loopback, or the bound address when opted in.
+        self.candidate_addresses = tuple(candidate_addresses) if candidate_addresses else (
+            ("127.0.0.1",) if ipaddress.ip_address(self.host).is_loopback else (self.host,)
+        )
         self.port = port
         self.reply: Reply = reply
         self.vad_threshold_dbfs = vad_threshold_dbfs
@@ -532,6 +539,7 @@ class RealtimePeer:
             on_closed=self._call_closed,
             connect_timeout=self.connect_timeout,
             tone_seconds=self.tone_seconds,
+            candidate_addresses=self.candidate_addresses,
         )
         if minted is not None:  # the client secret's session configuration applies first
             call.session = p.merge_session(call.session, minted.session)
