@@ -32,12 +32,12 @@ import math
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Any, Final, Protocol, Self, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import aiohttp
 import attrs
 
+from fsm_voice._lifetime import OwnedHttpClient
 from fsm_voice.errors import (
     ConfigError,
     ErrorSource,
@@ -149,7 +149,7 @@ def _check_positive(name: str, value: object, *, zero: bool = False) -> float:
     return float(value)
 
 
-class _CachingProvider:
+class _CachingProvider(OwnedHttpClient):
     """Caches one key until ``expires_at - refresh_margin``; one fetch at a time (concurrent
     callers share it). Subclasses implement :meth:`_fetch`."""
 
@@ -165,12 +165,10 @@ class _CachingProvider:
         self.refresh_margin = _check_positive("refresh_margin", refresh_margin, zero=True)
         self.timeout = _check_positive("timeout", timeout)
         self._now = now
-        self._session = session
-        self._owns_session = session is None
+        self._init_http(session)
         self._secret = secret
         self._cached: EphemeralKey | None = None
         self._lock = asyncio.Lock()
-        self._closed = False
         self.fetches = 0
         """How many keys were fetched (for tests and metrics)."""
 
@@ -212,13 +210,6 @@ class _CachingProvider:
         raise NotImplementedError
 
     # -- HTTP ----------------------------------------------------------------------------
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -299,23 +290,9 @@ class _CachingProvider:
     # -- lifetime ------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the owned HTTP session (idempotent); a given session is left open."""
-        self._closed = True
+        """Forget the cached key and close the owned HTTP session (idempotent)."""
         self._cached = None
-        session, self._session = self._session, None
-        if session is not None and self._owns_session:
-            await session.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        await super().aclose()
 
 
 class EphemeralKeyProvider(_CachingProvider):

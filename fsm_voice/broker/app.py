@@ -48,13 +48,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Final
 
 import aiohttp
 import attrs
 from aiohttp import web
 
+from fsm_voice._lifetime import LocalService
 from fsm_voice.errors import ConfigError, VoiceError, redact
 from fsm_voice.tokens import EphemeralKey, OpenAIClientSecrets, check_api_base
 
@@ -292,7 +293,7 @@ def _refuse(
     return _Refusal(_Outcome(response, outcome, client_id, code))
 
 
-class TokenBroker:
+class TokenBroker(LocalService):
     """The broker. ``async with TokenBroker(config, api_key=..., clients=..., audit=...)``.
 
     ``api_key``: the upstream API key (read it from the environment, never from argv).
@@ -409,27 +410,6 @@ class TokenBroker:
             self._bound_port = None
             await self._close_resources()
 
-    async def __aenter__(self) -> TokenBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
-        """Start, report ``base_url`` to ``ready``, run until cancelled, then stop."""
-        await self.start()
-        try:
-            if ready is not None:
-                ready(self.base_url)
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -24,10 +24,11 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection
-from types import TracebackType
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+
+from fsm_voice._lifetime import LocalService
 
 from . import protocol as p
 from .call import Call, Reply, reply_tone
@@ -102,7 +103,7 @@ class _Rejection:
         self.message = message
 
 
-class RealtimePeer:
+class RealtimePeer(LocalService):
     """The local realtime-compatible server. Use as ``async with RealtimePeer() as peer:``.
 
     ``reply``: "echo" replays the caller's last utterance; "tone" plays a ~1 s voiced tone.
@@ -225,27 +226,6 @@ class RealtimePeer:
             await runner.cleanup()
         self._bound_port = None
 
-    async def __aenter__(self) -> RealtimePeer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
-        """Start, report ``base_url`` to ``ready``, run until cancelled, then stop."""
-        await self.start()
-        try:
-            if ready is not None:
-                ready(self.base_url)
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
 
     # ----------------------------------------------------------------- inspection
 

@@ -12,10 +12,10 @@ import inspect
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 import aiohttp
 
+from fsm_voice._lifetime import OwnedHttpClient
 from fsm_voice.errors import (
     ConfigError,
     ErrorSource,
@@ -73,7 +73,7 @@ def call_id_from_location(location: str | None) -> str | None:
     return urllib.parse.unquote(segment) or None
 
 
-class HttpSignaling:
+class HttpSignaling(OwnedHttpClient):
     """:class:`fsm_voice.ports.Signaling` over HTTP (OpenAI Realtime ``/v1/realtime/calls``).
 
     ``token`` is a static key or an async callable awaited for every exchange (ephemeral keys).
@@ -103,9 +103,7 @@ class HttpSignaling:
         self._token = token
         self.model = model
         self.timeout = float(timeout)
-        self._session = session
-        self._owns_session = session is None
-        self._closed = False
+        self._init_http(session)
         query = f"?{urllib.parse.urlencode({'model': model})}" if model else ""
         self.url = f"{self.base_url}{CALLS_PATH}{query}"
 
@@ -125,18 +123,6 @@ class HttpSignaling:
                 ErrorSource.CONFIG,
             )
         return key
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError("HttpSignaling is closed")
-        if self._session is None:
-            # A fresh TCP connection per exchange: exchanges are rare (one per connection attempt)
-            # and a pooled keep-alive connection can belong to an address that no longer works
-            # (network change), which would stall the restart until its timeout.
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True)
-            )
-        return self._session
 
     async def exchange(self, offer_sdp: str) -> SdpAnswer:
         """POST the offer, return the answer. Raises a classified :class:`VoiceError`.
@@ -204,20 +190,3 @@ class HttpSignaling:
             log.info("signaling POST %s failed: %s", self.url, err)
             raise err from exc
 
-    async def aclose(self) -> None:
-        """Close the owned HTTP session (idempotent); a given session is left open."""
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None and self._owns_session:
-            await session.close()
-
-    async def __aenter__(self) -> HttpSignaling:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -1,0 +1,87 @@
+"""Shared lifetimes: an owned aiohttp client session, and a local aiohttp service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+
+
+class OwnedHttpClient:
+    """Uses the given :class:`aiohttp.ClientSession`, or creates (and later closes) its own.
+
+    Own sessions open a fresh TCP connection per request: requests here are rare (one per
+    connection attempt or key) and a pooled keep-alive connection can belong to an address that
+    no longer works after a network change, which would stall a restart until its timeout.
+    """
+
+    def _init_http(self, session: aiohttp.ClientSession | None) -> None:
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the owned HTTP session (idempotent); a given session is left open."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class LocalService:
+    """``start``/``stop`` as an async context manager and as ``serve_forever``."""
+
+    @property
+    def base_url(self) -> str:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
+        """Start, report ``base_url`` to ``ready``, run until cancelled, then stop."""
+        await self.start()
+        try:
+            if ready is not None:
+                ready(self.base_url)
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
