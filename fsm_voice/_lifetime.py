@@ -52,11 +52,18 @@ class OwnedHttpClient:
 
 
 class LocalService:
-    """``start``/``stop`` as an async context manager and as ``serve_forever``."""
+    """``start``/``stop`` as an async context manager and as ``serve_forever``; ``base_url``
+    from ``host`` and the port bound by ``start`` (``_bound_port``, None when stopped)."""
+
+    host: str
+    _bound_port: int | None
 
     @property
     def base_url(self) -> str:
-        raise NotImplementedError
+        if self._bound_port is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._bound_port}"
 
     async def start(self) -> None:
         raise NotImplementedError

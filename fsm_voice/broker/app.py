@@ -344,13 +344,6 @@ class TokenBroker(LocalService):
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
-    def base_url(self) -> str:
-        if self._bound_port is None:
-            raise RuntimeError("TokenBroker is not started")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port}"
-
-    @property
     def token_url(self) -> str:
         return self.base_url + TOKEN_PATH
 

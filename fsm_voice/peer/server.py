@@ -181,13 +181,6 @@ class RealtimePeer(LocalService):
     # ----------------------------------------------------------------- lifecycle
 
     @property
-    def base_url(self) -> str:
-        if self._bound_port is None:
-            raise RuntimeError("RealtimePeer is not started")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port}"
-
-    @property
     def calls_url(self) -> str:
         return self.base_url + CALLS_PATH
 
