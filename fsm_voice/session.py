@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
@@ -135,6 +136,8 @@ class VoiceSession:
         session_config: Mapping[str, Any] | None = None,
         replay_history: bool = True,
         history_limit: int = 200,
+        rollover_margin: float = 30.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(transport, Transport):
             raise TypeError(
@@ -181,6 +184,11 @@ class VoiceSession:
         self.closers: list[Callable[[], Awaitable[Any]]] = []
         """Async callables run (in order, each guarded) when the session context exits."""
         self.replayed_items = 0
+        self.rollover_margin = rollover_margin
+        """Roll a session over this many seconds before the server's ``expires_at``."""
+        self._wall_clock = wall_clock
+        self._rollover: TimerHandle | None = None
+        self.rollovers = 0
         self.rate_limits: list[Any] = []
         """The last ``rate_limits.updated`` the server sent (OpenAI Realtime shape)."""
         self.sent_events = 0
@@ -234,6 +242,8 @@ class VoiceSession:
             for _token, handle in self._timers.values():
                 handle.cancel()
             self._timers.clear()
+            if self._rollover is not None:
+                self._rollover.cancel()
             with anyio.CancelScope(shield=True):
                 for closer in self.closers:
                     try:
@@ -420,6 +430,9 @@ class VoiceSession:
                                    error=err, token=generation))
 
     async def _close_transport(self) -> None:
+        if self._rollover is not None:
+            self._rollover.cancel()
+            self._rollover = None
         if self._transport_scope is not None:
             self._transport_scope.cancel()
             self._transport_scope = None
@@ -434,6 +447,8 @@ class VoiceSession:
         for cb in self._event_cbs:
             self._call(cb, event)
         etype = event.get("type")
+        if etype in ("session.created", "session.updated"):
+            self._schedule_rollover(event.get("session"), generation)
         if etype == "rate_limits.updated" and isinstance(event.get("rate_limits"), list):
             self.rate_limits = list(event["rate_limits"])
         if etype in ("conversation.item.done", "conversation.item.created",
@@ -491,6 +506,30 @@ class VoiceSession:
                              "content": [{"type": kind, "text": t} for t in texts]}
         while len(self.history) > self._history_limit:
             self.history.popitem(last=False)
+
+    def _schedule_rollover(self, session: Any, generation: int) -> None:
+        """Before the server's time limit, restart onto a new session (history replayed), at a
+        moment when nobody speaks if one comes before the limit."""
+        expires_at = session.get("expires_at") if isinstance(session, Mapping) else None
+        if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+            return
+        if self._rollover is not None:
+            self._rollover.cancel()
+        deadline = self.clock.now() + (float(expires_at) - self._wall_clock())
+        quiet_from = deadline - self.rollover_margin
+
+        def attempt() -> None:
+            self._rollover = None
+            if generation != self._generation or not self._transport_open:
+                return  # that connection is gone already
+            if self.machine.state_id == "active" or self.clock.now() >= deadline - 2.0:
+                self.rollovers += 1
+                self._post(_Posted("session_expired", code="rollover", token=generation))
+            else:  # someone is speaking: wait for a pause, but not past the limit
+                self._rollover = self.clock.call_later(0.5, attempt)
+
+        if quiet_from > self.clock.now():
+            self._rollover = self.clock.call_later(quiet_from - self.clock.now(), attempt)
 
     def _deliver(self, event: Mapping[str, Any]) -> None:
         self.transport.send_event(event)

@@ -280,3 +280,23 @@ async def test_metrics_and_alerts_are_in_the_trace() -> None:
         observed = [e for e in r.s.trace if e.outcome == "observed"]
         assert [e.event for e in observed] == ["metrics", "quality_alert"]
         assert "packets_lost=150.0 > 100.0" in observed[1].detail
+
+
+async def test_rollover_before_the_session_time_limit_waits_for_a_pause() -> None:
+    wall0 = 1_700_000_000.0
+    clock = VirtualClock()
+    t = ScriptedTransport(["ok", "ok"])
+    async with VoiceSession(t, clock=clock, rollover_margin=30.0,
+                            wall_clock=lambda: wall0 + clock.now()) as s:
+        await s.start()
+        await clock.settle()
+        t.server({"type": "session.created", "session": {"id": "sess_1",
+                                                         "expires_at": int(wall0) + 100}})
+        await clock.advance(60)
+        t.server({"type": "input_audio_buffer.speech_started"})
+        await clock.advance(15)  # 75 s: past the rollover point, but the user is speaking
+        assert s.status == "listening" and t.opens == 1
+        t.server({"type": "input_audio_buffer.speech_stopped"})
+        await clock.advance(1)
+        assert s.rollovers == 1 and t.opens == 2 and s.status == "active"
+        assert any(e.event == "session_expired" for e in s.trace)

@@ -227,3 +227,20 @@ async def test_offer_prefers_opus_and_has_the_oai_events_channel() -> None:
         assert names[0] == "opus" and {"pcmu", "pcma"} <= set(names)
         assert "a=sendrecv" in offer and "m=application" in offer
         assert "candidate" in offer and " 127.0.0.1 " in offer
+
+
+async def test_session_rolls_over_before_the_servers_time_limit() -> None:
+    async with RealtimePeer(max_session_seconds=4.0) as peer:
+        s = session_for(peer, rollover_margin=2.0)
+        server_errors: list[str] = []
+        s.on_server_event(lambda e: server_errors.append(str(e.get("error")))
+                          if e.get("type") == "error" else None)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            first = set(peer.calls)
+            with anyio.fail_after(10):
+                while s.rollovers < 1 or s.status != "active":
+                    await anyio.sleep(0.1)
+            assert set(peer.calls).isdisjoint(first)  # a new call replaced the old one
+        assert server_errors == []  # rolled over before the server had to expire it

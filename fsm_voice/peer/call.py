@@ -97,13 +97,16 @@ class Call:
         connect_timeout: float = 30.0,
         tone_seconds: float = 1.0,
         candidate_addresses: Sequence[str] = LOOPBACK,
+        max_session_seconds: float = 3600.0,
     ) -> None:
         self.id = p.new_call_id()
         self.candidate_addresses = tuple(candidate_addresses)
+        self.max_session_seconds = max_session_seconds
         self.model = model
         self.reply: Reply = reply
         self.created_at = time.time()
         self.session = p.default_session(model, voice)
+        self.session["expires_at"] = int(self.created_at + max_session_seconds)
         self.conversation_id = p.new_id("conv", 12)
         self.history: list[p.JsonObject] = []
         self.vad_threshold_dbfs = vad_threshold_dbfs
@@ -228,7 +231,16 @@ class Call:
             except Exception as exc:
                 raise ValueError(f"cannot apply SDP offer: {exc}") from exc
             self._spawn(self._connect_watchdog(), "connect-watchdog")
+            self._spawn(self._session_limit(), "session-limit")
         return str(pc.localDescription.sdp)
+
+    async def _session_limit(self) -> None:
+        """Like the real service: at the time limit, ``session_expired`` and the call ends."""
+        await asyncio.sleep(self.max_session_seconds)
+        minutes = self.max_session_seconds / 60
+        self.send_error(f"Your session hit the maximum duration of {minutes:g} minutes.",
+                        code="session_expired")
+        self._spawn(self.close("session_expired"), "close")
 
     async def _connect_watchdog(self) -> None:
         await asyncio.sleep(self._connect_timeout)

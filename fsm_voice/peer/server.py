@@ -111,6 +111,8 @@ class RealtimePeer(LocalService):
     ``api_keys``: API keys allowed to mint client secrets (default: any ``sk-`` key).
     ``require_ephemeral``: the calls endpoints accept only unexpired minted ``ek_`` keys.
     ``now``: epoch-seconds clock for client-secret expiry (injectable for tests).
+    ``max_session_seconds``: each call's time limit (``session.expires_at``); at the limit the
+    call gets a ``session_expired`` error event and ends, as on the real service.
     ``candidate_addresses``: the calls' ICE host candidates (default: 127.0.0.1, or ``host``
     when it is an opted-in non-loopback address).
     ``allow_bind``: non-loopback addresses ``host`` may explicitly be (opt-in; the namespace
@@ -137,6 +139,7 @@ class RealtimePeer(LocalService):
         now: Callable[[], float] = time.time,
         allow_bind: Collection[str] = (),
         candidate_addresses: Collection[str] | None = None,
+        max_session_seconds: float = 3600.0,
     ) -> None:
         if not 0.05 <= tone_seconds <= 60:
             raise ValueError(f"tone_seconds must be in [0.05, 60], got {tone_seconds!r}")
@@ -149,6 +152,7 @@ class RealtimePeer(LocalService):
         if max_body_bytes <= 0 or max_calls <= 0 or connect_timeout <= 0:
             raise ValueError("max_body_bytes, max_calls and connect_timeout must be positive")
         self.host = loopback_host(host, allow_bind)
+        self.max_session_seconds = max_session_seconds
         # The calls' ICE host candidates: loopback, or the bound address when opted in.
         self.candidate_addresses = tuple(candidate_addresses) if candidate_addresses else (
             ("127.0.0.1",) if ipaddress.ip_address(self.host).is_loopback else (self.host,)
@@ -513,6 +517,7 @@ class RealtimePeer(LocalService):
             connect_timeout=self.connect_timeout,
             tone_seconds=self.tone_seconds,
             candidate_addresses=self.candidate_addresses,
+            max_session_seconds=self.max_session_seconds,
         )
         if minted is not None:  # the client secret's session configuration applies first
             call.session = p.merge_session(call.session, minted.session)
