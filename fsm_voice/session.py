@@ -336,23 +336,26 @@ class VoiceSession:
             await self._dispatch(item)
 
     async def _dispatch(self, item: _Posted) -> None:
+        machine = self.machine
         now = self.clock.now()
-        source = self.machine.state_id
-        stale = self._stale_reason(item)
-        if stale:
-            self.trace.append(TraceEntry(now, item.event, source, source, (), "stale", stale))
-            return
-        if item.timer is not None:
-            self._timers.pop(item.timer, None)
-        previous_status = self.machine.status
+        source = machine.state_id
+        if item.token is not None:
+            stale = self._stale_reason(item)
+            if stale:
+                self.trace.append(TraceEntry(now, item.event, source, source, (), "stale", stale))
+                return
+            if item.timer is not None:
+                self._timers.pop(item.timer, None)
+        previous_status = machine.status
         try:
-            self.machine.send(item.event, severity=item.severity, code=item.code, error=item.error)
+            machine.send(item.event, severity=item.severity, code=item.code, error=item.error)
         except TransitionNotAllowed:
             self.trace.append(TraceEntry(now, item.event, source, source, (), "refused"))
             log.info("event %s refused in state %s", item.event, source)
             return
-        effects = tuple(self.machine.take_effects())
-        target = self.machine.state_id
+        taken = machine.take_effects()
+        effects = tuple(taken) if taken else ()
+        target = machine.state_id
         self.trace.append(TraceEntry(now, item.event, source, target, effects))
         for effect in effects:
             if isinstance(effect, CloseTransport):
@@ -362,14 +365,17 @@ class VoiceSession:
         if target in ACTIVE_STATES:
             if source in CONNECTING_STATES:
                 self._on_session_up()
-            self._flush_outbox()
-        if self.machine.status != previous_status:
-            change = StatusChange(now, previous_status, self.machine.status, target, item.event)
+            if self._outbox:
+                self._flush_outbox()
+        status = machine.status
+        if status != previous_status:
             waiters, self._status_waiters = self._status_waiters, []
             for w in waiters:
                 w.set()
-            for cb in self._status_cbs:
-                self._call(cb, change)
+            if self._status_cbs:
+                change = StatusChange(now, previous_status, status, target, item.event)
+                for cb in self._status_cbs:
+                    self._call(cb, change)
 
     def _stale_reason(self, item: _Posted) -> str:
         if item.timer is not None:
