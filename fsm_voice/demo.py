@@ -62,6 +62,19 @@ class DemoRecorder:
         return next((t for t, s, _ in self.changes if s == status and t >= after), None)
 
 
+class _KeepOpen:
+    """A per-connection view of a sink that outlives connections (close is left to its owner)."""
+
+    def __init__(self, inner: AudioSink) -> None:
+        self.inner = inner
+
+    async def write(self, frame: Any) -> None:
+        await self.inner.write(frame)
+
+    def close(self) -> None:
+        pass
+
+
 def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
     m = rec.metrics
     rtt = f"{m.latency_ms:.0f} ms" if m and m.latency_ms is not None else "-"
@@ -85,8 +98,11 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
     t0 = time.monotonic()
     rec = DemoRecorder(t0)
 
+    # One recording for the whole session: every connection (restarts included) appends to it.
+    recorder = WavRecorder(record) if record else None
+
     def sink() -> AudioSink:
-        return WavRecorder(record) if record else NullSink()
+        return _KeepOpen(recorder) if recorder is not None else NullSink()
 
     async with RealtimePeer(reply="echo") as peer:
         session = realtime_session(
@@ -149,6 +165,8 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
                 await session.stop()
                 live.update(_line(session, rec, "stopped"))
         stopped_clean = session.status == "idle" and not session.armed_timers
+    if recorder is not None:
+        recorder.close()
     return _summary(console, rec, session, fault, fault_at, recovered_at, connected_at,
                     stopped_clean, record)
 

@@ -139,14 +139,22 @@ async def test_peer_going_silent_is_detected_and_restarted() -> None:
         assert elapsed < 8  # ~1 s detection + 1 s grace + reconnect, far below aiortc's ~30 s
 
 
-async def test_demo_recovers_from_each_fault(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_demo_recovers_from_each_fault(capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Any) -> None:
+    import wave
+
     from rich.console import Console
 
     for fault in ("close", "server-error"):
-        code = await run_demo(8.0, fault, None, Console(width=100))
+        record = str(tmp_path / f"{fault}.wav")
+        code = await run_demo(8.0, fault, record, Console(width=100))
         out = capsys.readouterr().out
         assert code == 0, out
         assert "demo passed" in out
+        with wave.open(record) as w:
+            seconds = w.getnframes() / w.getframerate()
+        # One recording across the restart: longer than the first connection alone (~4 s).
+        assert seconds > (4.5 if fault == "close" else 2.0), seconds
 
 
 def _live_pcs() -> int:
