@@ -37,11 +37,12 @@ from fsm_voice.machine import (
     STATUSES,
     TIMER_OF,
     LifecycleMachine,
+    Snapshot,
 )
 from fsm_voice.policy import RetryPolicy
 
 TIMER_EVENTS = frozenset(t.value for t in Timer)
-MachineConfig = tuple[str, int, bool, bool, bool]
+MachineConfig = Snapshot
 
 
 @attrs.frozen

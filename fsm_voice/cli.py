@@ -64,7 +64,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(f"[red]rows never taken:[/] {sorted(dead)}")
     spec = _find_spec(args.spec)
     if spec is not None and not args.planted:
-        spec_rows = parse_spec_table(spec.read_text())
+        try:
+            spec_rows = parse_spec_table(spec.read_text())
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]cannot read the spec table from {spec}: {exc}[/]")
+            return 1
         if spec_rows != [tuple(r) for r in rows]:
             ok = False
             missing = set(rows) - set(spec_rows)

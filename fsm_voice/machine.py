@@ -61,6 +61,9 @@ CONNECTING_STATES: Final = frozenset({"connecting", "restarting", "reconnecting"
 #: States with a working session.
 ACTIVE_STATES: Final = frozenset({"active", "listening", "speaking"})
 
+#: A machine configuration: (state, attempts, quick_used, media_up, channel_up, resume).
+Snapshot = tuple[str, int, bool, bool, bool, str]
+
 #: Events that carry an error severity (``severity=`` keyword).
 SEVERITY_EVENTS: Final = frozenset({"signaling_failed", "server_error"})
 SEVERITIES: Final = ("transient", "recoverable", "fatal")
@@ -90,13 +93,17 @@ class LifecycleLogic:
         """Whether the episode's one immediate retry after a transient error is spent."""
         self.media_up = False
         self.channel_up = False
+        self.resume = "active"
+        """Where ``ice_recovered`` returns to: the speech status, kept up to date during the
+        grace period (SPEC-ICE-4)."""
 
-    def snapshot(self, state: str) -> tuple[str, int, bool, bool, bool]:
+    def snapshot(self, state: str) -> Snapshot:
         """Everything that decides future behaviour, as a hashable value."""
-        return (state, self.attempts, self.quick_used, self.media_up, self.channel_up)
+        return (state, self.attempts, self.quick_used, self.media_up, self.channel_up,
+                self.resume)
 
-    def restore(self, config: tuple[str, int, bool, bool, bool]) -> None:
-        _, self.attempts, self.quick_used, self.media_up, self.channel_up = config
+    def restore(self, config: Snapshot) -> None:
+        _, self.attempts, self.quick_used, self.media_up, self.channel_up, self.resume = config
 
     # -- guards ---------------------------------------------------------------------------
     def is_fatal(self, severity: str | None = None, code: str = "", error: Any = None) -> bool:
@@ -116,9 +123,21 @@ class LifecycleLogic:
     def media_is_up(self, severity: str | None = None, code: str = "", error: Any = None) -> bool:
         return self.media_up
 
+    def resume_listening(
+        self, severity: str | None = None, code: str = "", error: Any = None
+    ) -> bool:
+        return self.resume == "listening"
+
+    def resume_speaking(
+        self, severity: str | None = None, code: str = "", error: Any = None
+    ) -> bool:
+        return self.resume == "speaking"
+
     # -- generic entry / exit: timers (SPEC-TIMER-1) --------------------------------------
     def _enter(self, state_id: str) -> None:
         timer = TIMER_OF.get(state_id)
+        if state_id != "ice_grace":
+            self.resume = "active"  # only meaningful during the grace period
         if state_id in CONNECTING_STATES:
             self.media_up = self.channel_up = False
         if timer is not None:
@@ -157,6 +176,34 @@ class LifecycleLogic:
         self.media_up = self.channel_up = True
         self.attempts = 0
         self.quick_used = False
+
+    # SPEC-ICE-4: the speech status survives a short outage.
+    def remember_active(
+        self, severity: str | None = None, code: str = "", error: Any = None
+    ) -> None:
+        self.resume = "active"
+
+    def remember_listening(
+        self, severity: str | None = None, code: str = "", error: Any = None
+    ) -> None:
+        self.resume = "listening"
+
+    def remember_speaking(
+        self, severity: str | None = None, code: str = "", error: Any = None
+    ) -> None:
+        self.resume = "speaking"
+
+    def note_speech_stopped(
+        self, severity: str | None = None, code: str = "", error: Any = None
+    ) -> None:
+        if self.resume == "listening":
+            self.resume = "active"
+
+    def note_audio_stopped(
+        self, severity: str | None = None, code: str = "", error: Any = None
+    ) -> None:
+        if self.resume == "speaking":
+            self.resume = "active"
 
     def restart_transport(
         self, severity: str | None = None, code: str = "", error: Any = None
@@ -252,8 +299,16 @@ class LifecycleMachine(LifecycleLogic, StateMachine):
         | reconnecting.to(active, cond="media_is_up", on="session_up")
         | reconnecting.to.itself(internal=True, on="mark_channel_up")
     )
-    ice_disconnected = active.to(ice_grace) | listening.to(ice_grace) | speaking.to(ice_grace)
-    ice_recovered = ice_grace.to(active)
+    ice_disconnected = (
+        active.to(ice_grace, on="remember_active")
+        | listening.to(ice_grace, on="remember_listening")
+        | speaking.to(ice_grace, on="remember_speaking")
+    )
+    ice_recovered = (
+        ice_grace.to(listening, cond="resume_listening")
+        | ice_grace.to(speaking, cond="resume_speaking")
+        | ice_grace.to(active)
+    )
     transport_failed = (
         active.to(restarting, on="restart_transport")
         | listening.to(restarting, on="restart_transport")
@@ -291,20 +346,28 @@ class LifecycleMachine(LifecycleLogic, StateMachine):
 
     # -- server events ----------------------------------------------------------------------------
     speech_started = (
-        active.to(listening) | speaking.to(listening) | listening.to.itself(internal=True)
+        active.to(listening)
+        | speaking.to(listening)
+        | listening.to.itself(internal=True)
+        | ice_grace.to.itself(internal=True, on="remember_listening")
     )
     speech_stopped = (
         listening.to(active)
         | active.to.itself(internal=True)
         | speaking.to.itself(internal=True)
+        | ice_grace.to.itself(internal=True, on="note_speech_stopped")
     )
     audio_started = (
-        active.to(speaking) | listening.to(speaking) | speaking.to.itself(internal=True)
+        active.to(speaking)
+        | listening.to(speaking)
+        | speaking.to.itself(internal=True)
+        | ice_grace.to.itself(internal=True, on="remember_speaking")
     )
     audio_stopped = (
         speaking.to(active)
         | active.to.itself(internal=True)
         | listening.to.itself(internal=True)
+        | ice_grace.to.itself(internal=True, on="note_audio_stopped")
     )
     server_error = (
         connecting.to(error, cond="is_fatal", on="fail_fatal")

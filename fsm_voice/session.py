@@ -12,6 +12,8 @@ expiry of a cancelled timer is recorded as stale, never fed to the machine.
 from __future__ import annotations
 
 import collections
+import inspect
+import json
 import logging
 import random
 import time
@@ -42,7 +44,14 @@ from fsm_voice.errors import (
     classify_server_event,
 )
 from fsm_voice.fastpath import FastLifecycle
-from fsm_voice.machine import ACTIVE_STATES, CONNECTING_STATES, LifecycleMachine
+from fsm_voice.machine import (
+    ACTIVE_STATES,
+    CONNECTING_STATES,
+    EVENTS,
+    SEVERITIES,
+    STATUSES,
+    LifecycleMachine,
+)
 from fsm_voice.policy import QualityAlert, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics, Transport, TransportSignal
 
@@ -84,6 +93,15 @@ class StatusChange:
     event: str
 
 
+class _StatusWaiter:
+    __slots__ = ("event", "hit", "statuses")
+
+    def __init__(self, statuses: frozenset[str]) -> None:
+        self.statuses = statuses
+        self.event = anyio.Event()
+        self.hit: str | None = None
+
+
 class QueueOverflowError(RuntimeError):
     """More application events were queued during a reconnect than the policy allows."""
 
@@ -99,6 +117,27 @@ class _Posted:
     timer: Timer | None = None
     barrier: anyio.Event | None = None
     """Not an event: set when the dispatcher reaches it (see ``_drain``)."""
+
+
+def _sync_callback(cb: Any) -> Any:
+    if not callable(cb):
+        raise TypeError(f"a subscriber must be callable, got {type(cb).__name__}")
+    if inspect.iscoroutinefunction(cb) or inspect.iscoroutinefunction(
+        getattr(cb, "__call__", None)  # noqa: B004 - async callable objects too
+    ):
+        raise TypeError(
+            f"{getattr(cb, '__name__', cb)!r} is async; subscribers are called synchronously "
+            "from the dispatcher. Pass a plain function (e.g. one that puts the value on an "
+            "anyio memory stream your own task reads)."
+        )
+    return cb
+
+
+def _internal_error(code: str, exc: BaseException) -> VoiceError:
+    err = VoiceError(severity=Severity.RECOVERABLE, code=code,
+                     message=f"{type(exc).__name__}: {exc}", source=ErrorSource.CLIENT)
+    err.__cause__ = exc
+    return err
 
 
 class _Sink:
@@ -167,12 +206,13 @@ class VoiceSession:
         self._queue: collections.deque[_Posted] = collections.deque()
         self._wakeup = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._dispatcher_done = False
         self._generation = 0
         self._transport_scope: anyio.CancelScope | None = None
         self._transport_open = False
         self._timers: dict[Timer, tuple[int, TimerHandle]] = {}
         self._timer_seq = 0
-        self._status_waiters: list[anyio.Event] = []
+        self._status_waiters: list[_StatusWaiter] = []
         self._outbox: collections.deque[Mapping[str, Any]] = collections.deque()
         self.session_config = dict(session_config) if session_config is not None else None
         """Sent as ``session.update`` each time a connection comes up (re-applied on restart)."""
@@ -193,6 +233,8 @@ class VoiceSession:
         """The last ``rate_limits.updated`` the server sent (OpenAI Realtime shape)."""
         self.sent_events = 0
         self.delivered_events = 0
+        self.dropped_events = 0
+        """Queued client events that could not be sent (reported through ``on_error``)."""
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -211,22 +253,25 @@ class VoiceSession:
     def armed_timers(self) -> frozenset[Timer]:
         return frozenset(self._timers)
 
-    def on_status(self, cb: Callable[[StatusChange], Any]) -> None:
-        self._status_cbs.append(cb)
+    # Subscriptions: plain (non-async) callables, called in order from the dispatcher; an
+    # exception in one is logged and does not affect the session or the other subscribers.
+    def on_status(self, cb: Callable[[StatusChange], object]) -> None:
+        self._status_cbs.append(_sync_callback(cb))
 
-    def on_error(self, cb: Callable[[VoiceError], Any]) -> None:
-        self._error_cbs.append(cb)
+    def on_error(self, cb: Callable[[VoiceError], object]) -> None:
+        self._error_cbs.append(_sync_callback(cb))
 
-    def on_server_event(self, cb: Callable[[Mapping[str, Any]], Any]) -> None:
-        self._event_cbs.append(cb)
+    def on_server_event(self, cb: Callable[[Mapping[str, Any]], object]) -> None:
+        self._event_cbs.append(_sync_callback(cb))
 
-    def on_metrics(self, cb: Callable[[ConnectionMetrics], Any]) -> None:
-        self._metrics_cbs.append(cb)
+    def on_metrics(self, cb: Callable[[ConnectionMetrics], object]) -> None:
+        self._metrics_cbs.append(_sync_callback(cb))
 
-    def on_alert(self, cb: Callable[[QualityAlert], Any]) -> None:
-        self._alert_cbs.append(cb)
+    def on_alert(self, cb: Callable[[QualityAlert], object]) -> None:
+        self._alert_cbs.append(_sync_callback(cb))
 
     async def __aenter__(self) -> VoiceSession:
+        self._dispatcher_done = False
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._dispatch_loop, name="fsm_voice.dispatch")
@@ -269,13 +314,24 @@ class VoiceSession:
         await self._drain()
 
     async def wait_for(self, *statuses: str, timeout: float | None = None) -> str:
-        """Wait until the status is one of ``statuses`` (raises TimeoutError after ``timeout``)."""
-        with anyio.fail_after(timeout):
-            while self.status not in statuses:
-                waiter = anyio.Event()
-                self._status_waiters.append(waiter)
-                await waiter.wait()
-        return self.status
+        """Wait until the status is one of ``statuses``, or passes through one of them (raises
+        TimeoutError after ``timeout``); returns the status reached."""
+        unknown = [x for x in statuses if x not in STATUSES]
+        if unknown or not statuses:
+            raise ValueError(f"wait_for needs statuses among {', '.join(STATUSES)}; "
+                             f"got {', '.join(map(repr, unknown)) or 'none'}")
+        if self.status in statuses:
+            return self.status
+        waiter = _StatusWaiter(frozenset(statuses))
+        self._status_waiters.append(waiter)
+        try:
+            with anyio.fail_after(timeout):
+                await waiter.event.wait()
+        finally:
+            if waiter in self._status_waiters:
+                self._status_waiters.remove(waiter)
+        assert waiter.hit is not None
+        return waiter.hit
 
     def send_event(self, event: Mapping[str, Any]) -> None:
         """Send a client event; while reconnecting it is queued (bounded) and sent in order later.
@@ -288,6 +344,11 @@ class VoiceSession:
         if self.status in ("idle", "error"):
             raise RuntimeError(f"cannot send {event['type']!r}: session is {self.status}; "
                                "call start() first")
+        try:
+            json.dumps(event, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"client event {event['type']!r} is not JSON-serialisable: {exc}"
+                            ) from exc
         self.sent_events += 1
         if self.machine.state_id in ACTIVE_STATES and not self._outbox:
             try:
@@ -303,9 +364,14 @@ class VoiceSession:
             )
         self._outbox.append(event)
 
-    def post(self, event: str, **kw: Any) -> None:
+    def post(self, event: str, *, severity: str | None = None, code: str = "",
+             error: VoiceError | None = None) -> None:
         """Feed a raw machine event (for embedding apps and tests)."""
-        self._post(_Posted(event, **kw))
+        if event not in EVENTS:
+            raise ValueError(f"unknown machine event {event!r}; known: {', '.join(EVENTS)}")
+        if severity is not None and severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+        self._post(_Posted(event, severity=severity, code=code, error=error))
 
     # -- internals ------------------------------------------------------------------------------
     def _require_running(self) -> None:
@@ -317,23 +383,39 @@ class VoiceSession:
         self._wakeup.set()
 
     async def _drain(self) -> None:
-        """Wait until the dispatcher has handled everything queued so far."""
-        done = anyio.Event()
-        self._post(_Posted("", barrier=done))
-        await done.wait()
+        """Wait until everything queued so far is handled. If the dispatcher is gone (cancelled
+        from outside, or it failed), handle the queue here, in this task: ``stop`` must always
+        complete its cleanup."""
+        if not self._dispatcher_done:
+            done = anyio.Event()
+            self._post(_Posted("", barrier=done))
+            await done.wait()  # set by the dispatcher, or by its ``finally`` if it ends first
+        if self._dispatcher_done:
+            while self._queue:
+                item = self._queue.popleft()
+                if item.barrier is not None:
+                    item.barrier.set()
+                else:
+                    await self._dispatch(item)
 
     async def _dispatch_loop(self) -> None:
         queue = self._queue
-        while True:
-            if not queue:
-                self._wakeup = anyio.Event()
-                await self._wakeup.wait()
-                continue
-            item = queue.popleft()
-            if item.barrier is not None:
-                item.barrier.set()
-                continue
-            await self._dispatch(item)
+        try:
+            while True:
+                if not queue:
+                    self._wakeup = anyio.Event()
+                    await self._wakeup.wait()
+                    continue
+                item = queue.popleft()
+                if item.barrier is not None:
+                    item.barrier.set()
+                    continue
+                await self._dispatch(item)
+        finally:
+            self._dispatcher_done = True
+            for item in queue:  # wake every waiter: _drain takes over
+                if item.barrier is not None:
+                    item.barrier.set()
 
     async def _dispatch(self, item: _Posted) -> None:
         machine = self.machine
@@ -353,15 +435,29 @@ class VoiceSession:
             self.trace.append(TraceEntry(now, item.event, source, source, (), "refused"))
             log.info("event %s refused in state %s", item.event, source)
             return
+        except Exception as exc:  # a bug in a machine callback: report it, keep dispatching
+            log.exception("machine failed on %s in %s", item.event, source)
+            self.trace.append(TraceEntry(now, item.event, source, machine.state_id, (),
+                                         "refused", f"machine error: {exc!r}"))
+            self._report(_internal_error("machine_error", exc))
+            return
         taken = machine.take_effects()
         effects = tuple(taken) if taken else ()
         target = machine.state_id
+        if item.event == "start":
+            self.history.clear()  # a new session starts a new conversation
+        elif target in ("idle", "error") and self._outbox:
+            self._drop_outbox(f"the session went {target}")
         self.trace.append(TraceEntry(now, item.event, source, target, effects))
         for effect in effects:
-            if isinstance(effect, CloseTransport):
-                await self._close_transport()
-            else:
-                self._execute(effect)
+            try:
+                if isinstance(effect, CloseTransport):
+                    await self._close_transport()
+                else:
+                    self._execute(effect)
+            except Exception as exc:  # one failed effect must not stop the others
+                log.exception("effect %r failed", effect)
+                self._report(_internal_error("effect_failed", exc))
         if target in ACTIVE_STATES:
             if source in CONNECTING_STATES:
                 self._on_session_up()
@@ -369,9 +465,11 @@ class VoiceSession:
                 self._flush_outbox()
         status = machine.status
         if status != previous_status:
-            waiters, self._status_waiters = self._status_waiters, []
-            for w in waiters:
-                w.set()
+            if self._status_waiters:
+                for w in [w for w in self._status_waiters if status in w.statuses]:
+                    w.hit = status
+                    w.event.set()
+                    self._status_waiters.remove(w)
             if self._status_cbs:
                 change = StatusChange(now, previous_status, status, target, item.event)
                 for cb in self._status_cbs:
@@ -513,6 +611,16 @@ class VoiceSession:
         while len(self.history) > self._history_limit:
             self.history.popitem(last=False)
 
+    def _drop_outbox(self, why: str) -> None:
+        """Queued client events that can no longer be sent are reported, never lost silently."""
+        n = len(self._outbox)
+        self._outbox.clear()
+        self.dropped_events += n
+        self._report(VoiceError(
+            severity=Severity.RECOVERABLE, code="client_events_dropped",
+            message=f"{n} queued client event(s) were not sent: {why}",
+            source=ErrorSource.CLIENT))
+
     def _schedule_rollover(self, session: Any, generation: int) -> None:
         """Before the server's time limit, restart onto a new session (history replayed), at a
         moment when nobody speaks if one comes before the limit."""
@@ -521,6 +629,7 @@ class VoiceSession:
             return
         if self._rollover is not None:
             self._rollover.cancel()
+            self._rollover = None
         deadline = self.clock.now() + (float(expires_at) - self._wall_clock())
         quiet_from = deadline - self.rollover_margin
 
@@ -534,8 +643,8 @@ class VoiceSession:
             else:  # someone is speaking: wait for a pause, but not past the limit
                 self._rollover = self.clock.call_later(0.5, attempt)
 
-        if quiet_from > self.clock.now():
-            self._rollover = self.clock.call_later(quiet_from - self.clock.now(), attempt)
+        # Inside the margin already (a late session.updated, a short session): try at once.
+        self._rollover = self.clock.call_later(max(0.0, quiet_from - self.clock.now()), attempt)
 
     def _deliver(self, event: Mapping[str, Any]) -> None:
         self.transport.send_event(event)

@@ -133,12 +133,16 @@ active proctype environment() {
         :: cfg == 21 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* ice_recovered */
         :: cfg == 21 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* transport_failed */
         :: cfg == 21 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* session_expired */
+        :: cfg == 21 -> cfg = 38; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_started */
+        :: cfg == 21 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_stopped */
+        :: cfg == 21 -> cfg = 39; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* audio_started */
+        :: cfg == 21 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* audio_stopped */
         :: cfg == 21 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
         :: cfg == 21 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
         :: cfg == 21 -> cfg = 25; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 22 -> cfg = 0; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 22 -> cfg = 38; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 22 -> cfg = 39; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 22 -> cfg = 40; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 22 -> cfg = 41; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
         :: cfg == 22 -> cfg = 4; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
         :: cfg == 22 -> cfg = 5; st = ST_reconnecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
         :: cfg == 22 -> cfg = 4; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
@@ -147,7 +151,7 @@ active proctype environment() {
         :: cfg == 22 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
         :: cfg == 22 -> cfg = 6; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 23 -> cfg = 20; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 23 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* ice_disconnected */
+        :: cfg == 23 -> cfg = 38; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* ice_disconnected */
         :: cfg == 23 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* transport_failed */
         :: cfg == 23 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* session_expired */
         :: cfg == 23 -> cfg = 23; st = ST_listening; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_started */
@@ -158,7 +162,7 @@ active proctype environment() {
         :: cfg == 23 -> cfg = 23; st = ST_listening; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
         :: cfg == 23 -> cfg = 25; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 24 -> cfg = 20; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 24 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* ice_disconnected */
+        :: cfg == 24 -> cfg = 39; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* ice_disconnected */
         :: cfg == 24 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* transport_failed */
         :: cfg == 24 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* session_expired */
         :: cfg == 24 -> cfg = 23; st = ST_listening; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_started */
@@ -172,37 +176,37 @@ active proctype environment() {
         :: cfg == 25 -> cfg = 20; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 26 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 26 -> cfg = 26; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 27 -> cfg = 40; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 27 -> cfg = 42; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 27 -> cfg = 27; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
         :: cfg == 27 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 27 -> cfg = 41; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 27 -> cfg = 43; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
         :: cfg == 27 -> cfg = 30; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 27 -> cfg = 41; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 27 -> cfg = 42; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 27 -> cfg = 43; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 27 -> cfg = 44; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
         :: cfg == 27 -> cfg = 27; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
         :: cfg == 27 -> cfg = 27; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 27 -> cfg = 42; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 28 -> cfg = 43; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 27 -> cfg = 44; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 28 -> cfg = 45; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 28 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
         :: cfg == 28 -> cfg = 28; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 28 -> cfg = 44; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 28 -> cfg = 46; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
         :: cfg == 28 -> cfg = 30; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 28 -> cfg = 44; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 28 -> cfg = 45; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 28 -> cfg = 46; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 28 -> cfg = 47; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
         :: cfg == 28 -> cfg = 28; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
         :: cfg == 28 -> cfg = 28; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 28 -> cfg = 45; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 28 -> cfg = 47; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 29 -> cfg = 26; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 30 -> cfg = 47; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 30 -> cfg = 48; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 30 -> cfg = 49; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 30 -> cfg = 50; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 30 -> cfg = 50; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 30 -> cfg = 50; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 30 -> cfg = 51; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 30 -> cfg = 49; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 30 -> cfg = 50; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 30 -> cfg = 51; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 30 -> cfg = 52; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 30 -> cfg = 52; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 30 -> cfg = 52; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 30 -> cfg = 53; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
         :: cfg == 30 -> cfg = 30; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
         :: cfg == 30 -> cfg = 30; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 30 -> cfg = 51; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 30 -> cfg = 53; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 31 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 31 -> cfg = 26; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 32 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
@@ -215,245 +219,267 @@ active proctype environment() {
         :: cfg == 36 -> cfg = 35; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 37 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 37 -> cfg = 35; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 38 -> cfg = 7; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 38 -> cfg = 38; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 38 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 38 -> cfg = 9; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 38 -> cfg = 5; st = ST_reconnecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 38 -> cfg = 9; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 38 -> cfg = 10; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 38 -> cfg = 38; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 38 -> cfg = 38; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 38 -> cfg = 10; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 39 -> cfg = 11; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 39 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 39 -> cfg = 39; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 39 -> cfg = 12; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 39 -> cfg = 5; st = ST_reconnecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 39 -> cfg = 12; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 39 -> cfg = 13; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 39 -> cfg = 39; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 39 -> cfg = 39; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 39 -> cfg = 13; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 40 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 40 -> cfg = 40; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 41 -> cfg = 40; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 38 -> cfg = 20; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 38 -> cfg = 23; st = ST_listening; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* ice_recovered */
+        :: cfg == 38 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 38 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* session_expired */
+        :: cfg == 38 -> cfg = 38; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_started */
+        :: cfg == 38 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_stopped */
+        :: cfg == 38 -> cfg = 39; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* audio_started */
+        :: cfg == 38 -> cfg = 38; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* audio_stopped */
+        :: cfg == 38 -> cfg = 38; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 38 -> cfg = 38; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 38 -> cfg = 25; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 39 -> cfg = 20; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 39 -> cfg = 24; st = ST_speaking; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* ice_recovered */
+        :: cfg == 39 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 39 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* session_expired */
+        :: cfg == 39 -> cfg = 38; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_started */
+        :: cfg == 39 -> cfg = 39; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* speech_stopped */
+        :: cfg == 39 -> cfg = 39; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* audio_started */
+        :: cfg == 39 -> cfg = 21; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* audio_stopped */
+        :: cfg == 39 -> cfg = 39; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 39 -> cfg = 39; st = ST_ice_grace; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 39 -> cfg = 25; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 40 -> cfg = 7; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 40 -> cfg = 40; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 40 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 40 -> cfg = 9; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 40 -> cfg = 5; st = ST_reconnecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 40 -> cfg = 9; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 40 -> cfg = 10; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 40 -> cfg = 40; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 40 -> cfg = 40; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 40 -> cfg = 10; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 41 -> cfg = 11; st = ST_idle; attempts = 0; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 41 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 41 -> cfg = 41; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 41 -> cfg = 12; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 41 -> cfg = 5; st = ST_reconnecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 41 -> cfg = 12; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 41 -> cfg = 13; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 41 -> cfg = 41; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 41 -> cfg = 41; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 41 -> cfg = 13; st = ST_error; attempts = 0; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 42 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 42 -> cfg = 40; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 43 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 43 -> cfg = 43; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 44 -> cfg = 43; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 42 -> cfg = 42; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 43 -> cfg = 42; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 44 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 44 -> cfg = 42; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 45 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 45 -> cfg = 43; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 46 -> cfg = 52; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 46 -> cfg = 53; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 46 -> cfg = 54; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 46 -> cfg = 55; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 46 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 46 -> cfg = 55; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 46 -> cfg = 57; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 46 -> cfg = 46; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 46 -> cfg = 46; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 46 -> cfg = 57; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 45 -> cfg = 45; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 46 -> cfg = 45; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 47 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 47 -> cfg = 47; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 48 -> cfg = 58; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 48 -> cfg = 48; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 48 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 48 -> cfg = 59; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 48 -> cfg = 59; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 48 -> cfg = 59; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 48 -> cfg = 60; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 48 -> cfg = 48; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 48 -> cfg = 48; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 48 -> cfg = 60; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 49 -> cfg = 61; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 49 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 49 -> cfg = 49; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 49 -> cfg = 62; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 49 -> cfg = 62; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 49 -> cfg = 62; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 49 -> cfg = 63; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 49 -> cfg = 49; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 49 -> cfg = 49; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 49 -> cfg = 63; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 50 -> cfg = 47; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 51 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 51 -> cfg = 47; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 52 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 52 -> cfg = 52; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 53 -> cfg = 64; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 53 -> cfg = 53; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 53 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 53 -> cfg = 65; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 53 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 53 -> cfg = 65; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 53 -> cfg = 66; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 53 -> cfg = 53; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 53 -> cfg = 53; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 53 -> cfg = 66; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 54 -> cfg = 67; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 54 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 54 -> cfg = 54; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 54 -> cfg = 68; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 54 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 54 -> cfg = 68; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 54 -> cfg = 69; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 54 -> cfg = 54; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 54 -> cfg = 54; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 54 -> cfg = 69; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 55 -> cfg = 52; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 56 -> cfg = 71; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 56 -> cfg = 72; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 56 -> cfg = 73; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 56 -> cfg = 74; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 56 -> cfg = 74; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 56 -> cfg = 74; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 56 -> cfg = 75; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 47 -> cfg = 45; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 48 -> cfg = 54; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 48 -> cfg = 55; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 48 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 48 -> cfg = 57; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 48 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 48 -> cfg = 57; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 48 -> cfg = 59; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 48 -> cfg = 48; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 48 -> cfg = 48; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 48 -> cfg = 59; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 49 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 49 -> cfg = 49; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 50 -> cfg = 60; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 50 -> cfg = 50; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 50 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 50 -> cfg = 61; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 50 -> cfg = 61; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 50 -> cfg = 61; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 50 -> cfg = 62; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 50 -> cfg = 50; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 50 -> cfg = 50; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 50 -> cfg = 62; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 51 -> cfg = 63; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 51 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 51 -> cfg = 51; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 51 -> cfg = 64; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 51 -> cfg = 64; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 51 -> cfg = 64; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 51 -> cfg = 65; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 51 -> cfg = 51; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 51 -> cfg = 51; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 51 -> cfg = 65; st = ST_error; attempts = 1; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 52 -> cfg = 49; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 53 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 53 -> cfg = 49; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 54 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 54 -> cfg = 54; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 55 -> cfg = 66; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 55 -> cfg = 55; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 55 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 55 -> cfg = 67; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 55 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 55 -> cfg = 67; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 55 -> cfg = 68; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 55 -> cfg = 55; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 55 -> cfg = 55; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 55 -> cfg = 68; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 56 -> cfg = 69; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 56 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 56 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 56 -> cfg = 70; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 56 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 56 -> cfg = 70; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 56 -> cfg = 71; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
         :: cfg == 56 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
         :: cfg == 56 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 56 -> cfg = 75; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 57 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 57 -> cfg = 52; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 58 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 58 -> cfg = 58; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 59 -> cfg = 58; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 56 -> cfg = 71; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 57 -> cfg = 54; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 58 -> cfg = 73; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 58 -> cfg = 74; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 58 -> cfg = 75; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 58 -> cfg = 76; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 58 -> cfg = 76; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 58 -> cfg = 76; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 58 -> cfg = 77; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 58 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 58 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 58 -> cfg = 77; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 59 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 59 -> cfg = 54; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 60 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 60 -> cfg = 58; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 61 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 61 -> cfg = 61; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 62 -> cfg = 61; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 60 -> cfg = 60; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 61 -> cfg = 60; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 62 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 62 -> cfg = 60; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 63 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 63 -> cfg = 61; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 64 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 64 -> cfg = 64; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 65 -> cfg = 64; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 63 -> cfg = 63; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 64 -> cfg = 63; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 65 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 65 -> cfg = 63; st = ST_idle; attempts = 1; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 66 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 66 -> cfg = 64; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 67 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 67 -> cfg = 67; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 68 -> cfg = 67; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 66 -> cfg = 66; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 67 -> cfg = 66; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 68 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 68 -> cfg = 66; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 69 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 69 -> cfg = 67; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 70 -> cfg = 76; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 70 -> cfg = 77; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 70 -> cfg = 78; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 70 -> cfg = 79; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 70 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 70 -> cfg = 79; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 70 -> cfg = 79; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 70 -> cfg = 70; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 70 -> cfg = 70; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 70 -> cfg = 79; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 69 -> cfg = 69; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 70 -> cfg = 69; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 71 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 71 -> cfg = 71; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 72 -> cfg = 81; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 72 -> cfg = 72; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 72 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 72 -> cfg = 82; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 72 -> cfg = 82; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 72 -> cfg = 82; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 72 -> cfg = 83; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 72 -> cfg = 72; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 72 -> cfg = 72; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 72 -> cfg = 83; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 73 -> cfg = 84; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 73 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 73 -> cfg = 73; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 73 -> cfg = 85; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 73 -> cfg = 85; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 73 -> cfg = 85; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 73 -> cfg = 86; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 73 -> cfg = 73; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 73 -> cfg = 73; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 73 -> cfg = 86; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 74 -> cfg = 71; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 75 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 75 -> cfg = 71; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 76 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 76 -> cfg = 76; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 77 -> cfg = 87; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 77 -> cfg = 77; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 77 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 77 -> cfg = 88; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 77 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 77 -> cfg = 88; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 77 -> cfg = 88; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 77 -> cfg = 77; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 77 -> cfg = 77; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 77 -> cfg = 88; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 78 -> cfg = 89; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 78 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 78 -> cfg = 78; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 78 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 78 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 78 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 78 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 78 -> cfg = 78; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 78 -> cfg = 78; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 78 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 79 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 79 -> cfg = 76; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 71 -> cfg = 69; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 72 -> cfg = 78; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 72 -> cfg = 79; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 72 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 72 -> cfg = 81; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 72 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 72 -> cfg = 81; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 72 -> cfg = 81; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 72 -> cfg = 72; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 72 -> cfg = 72; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 72 -> cfg = 81; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 73 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 73 -> cfg = 73; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 74 -> cfg = 83; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 74 -> cfg = 74; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 74 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 74 -> cfg = 84; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 74 -> cfg = 84; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 74 -> cfg = 84; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 74 -> cfg = 85; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 74 -> cfg = 74; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 74 -> cfg = 74; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 74 -> cfg = 85; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 75 -> cfg = 86; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 75 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 75 -> cfg = 75; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 75 -> cfg = 87; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 75 -> cfg = 87; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 75 -> cfg = 87; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 75 -> cfg = 88; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 75 -> cfg = 75; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 75 -> cfg = 75; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 75 -> cfg = 88; st = ST_error; attempts = 2; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 76 -> cfg = 73; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 77 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 77 -> cfg = 73; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 78 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 78 -> cfg = 78; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 79 -> cfg = 89; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 79 -> cfg = 79; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 79 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 79 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 79 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 79 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 79 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 79 -> cfg = 79; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 79 -> cfg = 79; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 79 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 80 -> cfg = 91; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 80 -> cfg = 92; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 80 -> cfg = 93; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 80 -> cfg = 94; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 80 -> cfg = 94; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 80 -> cfg = 94; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 80 -> cfg = 94; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 80 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 80 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 80 -> cfg = 92; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 80 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 80 -> cfg = 92; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 80 -> cfg = 92; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
         :: cfg == 80 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
         :: cfg == 80 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 80 -> cfg = 94; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 80 -> cfg = 92; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 81 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 81 -> cfg = 81; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 82 -> cfg = 81; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 81 -> cfg = 78; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 82 -> cfg = 93; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 82 -> cfg = 94; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 82 -> cfg = 95; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 82 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 82 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 82 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 82 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 82 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 82 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 82 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 83 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 83 -> cfg = 81; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 84 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 84 -> cfg = 84; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 85 -> cfg = 84; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 83 -> cfg = 83; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 84 -> cfg = 83; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 85 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 85 -> cfg = 83; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 86 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 86 -> cfg = 84; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 87 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 87 -> cfg = 87; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 86 -> cfg = 86; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 87 -> cfg = 86; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 88 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 88 -> cfg = 87; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 88 -> cfg = 86; st = ST_idle; attempts = 2; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 89 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 89 -> cfg = 89; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 90 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 90 -> cfg = 89; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 91 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 91 -> cfg = 91; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 92 -> cfg = 95; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 92 -> cfg = 92; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 92 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 92 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 92 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 92 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 92 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 92 -> cfg = 92; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 92 -> cfg = 92; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 92 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 93 -> cfg = 97; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 93 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
-        :: cfg == 93 -> cfg = 93; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
-        :: cfg == 93 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
-        :: cfg == 93 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
-        :: cfg == 93 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
-        :: cfg == 93 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
-        :: cfg == 93 -> cfg = 93; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
-        :: cfg == 93 -> cfg = 93; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
-        :: cfg == 93 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
-        :: cfg == 94 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 94 -> cfg = 91; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
-        :: cfg == 95 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 95 -> cfg = 95; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 92 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 92 -> cfg = 91; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 93 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 93 -> cfg = 93; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 94 -> cfg = 97; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 94 -> cfg = 94; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 94 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 94 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 94 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 94 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 94 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 94 -> cfg = 94; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 94 -> cfg = 94; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 94 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
+        :: cfg == 95 -> cfg = 99; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 95 -> cfg = 8; st = ST_active; attempts = 0; armed = 0; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_connected */
+        :: cfg == 95 -> cfg = 95; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* channel_open */
+        :: cfg == 95 -> cfg = 100; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* transport_failed */
+        :: cfg == 95 -> cfg = 100; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[transient] */
+        :: cfg == 95 -> cfg = 100; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* signaling_failed[recoverable] */
+        :: cfg == 95 -> cfg = 100; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* signaling_failed[fatal] */
+        :: cfg == 95 -> cfg = 95; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[transient] */
+        :: cfg == 95 -> cfg = 95; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 0; started = 0; stopped = 0 /* server_error[recoverable] */
+        :: cfg == 95 -> cfg = 100; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 1; opened = 0; started = 0; stopped = 0 /* server_error[fatal] */
         :: cfg == 96 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
-        :: cfg == 96 -> cfg = 95; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 96 -> cfg = 93; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 97 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 97 -> cfg = 97; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         :: cfg == 98 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
         :: cfg == 98 -> cfg = 97; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 99 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 99 -> cfg = 99; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
+        :: cfg == 100 -> cfg = 1; st = ST_connecting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 1; stopped = 0 /* start */
+        :: cfg == 100 -> cfg = 99; st = ST_idle; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 1 /* stop */
         fi
     }
     od
@@ -476,39 +502,41 @@ active proctype clock() {
         :: cfg == 18 -> cfg = 30; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
         :: cfg == 21 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* ice_grace_expired */
         :: cfg == 22 -> cfg = 4; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* restart_timeout */
-        :: cfg == 27 -> cfg = 41; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 28 -> cfg = 44; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 29 -> cfg = 46; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 30 -> cfg = 50; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 27 -> cfg = 43; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 28 -> cfg = 46; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 29 -> cfg = 48; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 30 -> cfg = 52; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
         :: cfg == 33 -> cfg = 30; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
         :: cfg == 36 -> cfg = 30; st = ST_reconnecting; attempts = 1; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 38 -> cfg = 9; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* restart_timeout */
-        :: cfg == 39 -> cfg = 12; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* restart_timeout */
-        :: cfg == 41 -> cfg = 46; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 44 -> cfg = 46; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 46 -> cfg = 55; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 48 -> cfg = 59; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 49 -> cfg = 62; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 50 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 53 -> cfg = 65; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 54 -> cfg = 68; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 55 -> cfg = 70; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 56 -> cfg = 74; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 59 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 62 -> cfg = 56; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 65 -> cfg = 70; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 68 -> cfg = 70; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 70 -> cfg = 79; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 72 -> cfg = 82; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 73 -> cfg = 85; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 74 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 77 -> cfg = 88; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 78 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 80 -> cfg = 94; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 82 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 85 -> cfg = 80; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
-        :: cfg == 92 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
-        :: cfg == 93 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 38 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* ice_grace_expired */
+        :: cfg == 39 -> cfg = 22; st = ST_restarting; attempts = 0; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* ice_grace_expired */
+        :: cfg == 40 -> cfg = 9; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* restart_timeout */
+        :: cfg == 41 -> cfg = 12; st = ST_backoff; attempts = 0; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* restart_timeout */
+        :: cfg == 43 -> cfg = 48; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 46 -> cfg = 48; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 48 -> cfg = 57; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 50 -> cfg = 61; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 51 -> cfg = 64; st = ST_backoff; attempts = 1; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 52 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 55 -> cfg = 67; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 56 -> cfg = 70; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 57 -> cfg = 72; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 58 -> cfg = 76; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 61 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 64 -> cfg = 58; st = ST_reconnecting; attempts = 2; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 67 -> cfg = 72; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 70 -> cfg = 72; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 72 -> cfg = 81; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 74 -> cfg = 84; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 75 -> cfg = 87; st = ST_backoff; attempts = 2; armed = 1; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 76 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 79 -> cfg = 90; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 80 -> cfg = 92; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 82 -> cfg = 96; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 84 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 87 -> cfg = 82; st = ST_reconnecting; attempts = 3; armed = 1; topen = 1; fatal = 0; opened = 1; started = 0; stopped = 0 /* backoff_expired */
+        :: cfg == 94 -> cfg = 98; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
+        :: cfg == 95 -> cfg = 100; st = ST_error; attempts = 3; armed = 0; topen = 0; fatal = 0; opened = 0; started = 0; stopped = 0 /* connect_timeout */
         fi
     }
     od

@@ -214,3 +214,16 @@ class MachineRules(RuleBasedStateMachine):
 
 TestMachineRules = MachineRules.TestCase
 TestMachineRules.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_speech_status_survives_a_short_outage() -> None:  # SPEC-ICE-4
+    m = LifecycleMachine()
+    drive(m, "start", "transport_connected", "channel_open", "ice_disconnected")
+    drive(m, "speech_started")
+    assert m.status == "active" and m.state_id == "ice_grace"
+    drive(m, "ice_recovered")
+    assert m.status == "listening"
+    drive(m, "audio_started", "ice_disconnected", "audio_stopped", "ice_recovered")
+    assert m.status == "active"
+    drive(m, "ice_disconnected", "ice_grace_expired", "transport_connected", "channel_open")
+    assert m.status == "active"  # after a restart the speech state starts afresh

@@ -300,3 +300,114 @@ async def test_rollover_before_the_session_time_limit_waits_for_a_pause() -> Non
         await clock.advance(1)
         assert s.rollovers == 1 and t.opens == 2 and s.status == "active"
         assert any(e.event == "session_expired" for e in s.trace)
+
+
+# -- robustness (findings of the code review) --------------------------------------------------
+
+
+async def test_outside_cancellation_still_cleans_up_and_never_hangs() -> None:
+    clock = VirtualClock()
+    t = ScriptedTransport(["ok"])
+    with anyio.fail_after(5):  # the bug was a shielded wait that never returned
+        with anyio.CancelScope() as outer:
+            async with VoiceSession(t, clock=clock) as s:
+                await s.start()
+                await clock.settle()
+                assert s.status == "active"
+                outer.cancel()
+                await anyio.sleep(1)
+    assert s.status == "idle" and not t.is_open and t.opens == t.closes == 1
+    assert s.armed_timers == frozenset()
+
+
+async def test_a_failing_machine_callback_is_reported_and_dispatch_goes_on() -> None:
+    from fsm_voice.machine import LifecycleMachine
+
+    class Broken(LifecycleMachine):
+        def report_nonfatal(self, severity: str | None = None, code: str = "",
+                            error: Any = None) -> None:
+            raise RuntimeError("bug in an action")
+
+    async for r in rig(["ok"], machine=Broken):
+        await r.s.start()
+        await r.clock.settle()
+        r.t.server({"type": "error", "error": {"type": "server_error", "code": "server_error"}})
+        r.t.server({"type": "input_audio_buffer.speech_started"})
+        await r.clock.settle()
+        assert r.errors[0].code == "machine_error" and "bug in an action" in r.errors[0].message
+        assert r.s.status == "listening"  # the next event was still dispatched
+        with pytest.raises(ValueError, match="severity"):
+            r.s.post("server_error", severity="warning")
+        with pytest.raises(ValueError, match="unknown machine event"):
+            r.s.post("connected")
+
+
+async def test_a_new_start_does_not_inherit_queue_or_history() -> None:
+    async for r in rig(["ok", "hang", failure("transient"), "ok"]):
+        await r.s.start()
+        await r.clock.settle()
+        r.t.server({"type": "conversation.item.done", "item": {
+            "id": "i1", "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "from the first session"}]}})
+        await r.s.stop()
+        await r.s.start()  # hangs in connecting
+        await r.clock.settle()
+        r.s.send_event({"type": "response.create"})
+        await r.s.stop()
+        assert r.s.dropped_events == 1 and r.errors[-1].code == "client_events_dropped"
+        r.t.sent.clear()
+        await r.s.start()  # transient failure, quick reconnect, up
+        await r.clock.advance(1)
+        assert r.s.status == "active"
+        assert r.t.sent == []  # nothing replayed from earlier sessions
+
+
+async def test_client_events_must_be_json() -> None:
+    async for r in rig(["ok"]):
+        await r.s.start()
+        await r.clock.settle()
+        with pytest.raises(TypeError, match="not JSON-serialisable"):
+            r.s.send_event({"type": "conversation.item.create", "item": {"ts": {1, 2}}})
+        r.s.send_event({"type": "response.create"})
+        assert [e["type"] for e in r.t.sent] == ["response.create"]
+
+
+async def test_wait_for_sees_a_status_passed_through_and_refuses_unknown_ones() -> None:
+    async for r in rig(["ok"]):
+        await r.s.start()
+        await r.clock.settle()
+        with pytest.raises(ValueError, match="connected"):
+            await r.s.wait_for("connected")
+        seen: list[str] = []
+
+        async def waiter(s: VoiceSession) -> None:
+            seen.append(await s.wait_for("listening", timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter, r.s)
+            await r.clock.settle()
+            r.t.server({"type": "input_audio_buffer.speech_started"})
+            r.t.server({"type": "input_audio_buffer.speech_stopped"})  # same dispatcher run
+        assert seen == ["listening"] and r.s.status == "active"
+
+
+async def test_async_subscribers_are_refused_clearly() -> None:
+    async for r in rig([]):
+        async def cb(change: StatusChange) -> None:
+            pass
+
+        with pytest.raises(TypeError, match="async"):
+            r.s.on_status(cb)
+
+
+async def test_rollover_scheduled_inside_the_margin_happens_at_once() -> None:
+    wall0 = 1_700_000_000.0
+    clock = VirtualClock()
+    t = ScriptedTransport(["ok", "ok"])
+    async with VoiceSession(t, clock=clock, rollover_margin=30.0,
+                            wall_clock=lambda: wall0 + clock.now()) as s:
+        await s.start()
+        await clock.advance(75)
+        t.server({"type": "session.updated", "session": {"expires_at": int(wall0) + 100}})
+        await clock.advance(0.1)
+        assert s.rollovers == 1 and t.opens == 2
