@@ -380,11 +380,11 @@ async def test_wait_for_sees_a_status_passed_through_and_refuses_unknown_ones() 
             await r.s.wait_for("connected")
         seen: list[str] = []
 
-        async def waiter(s: VoiceSession) -> None:
-            seen.append(await s.wait_for("listening", timeout=5))
+        async def waiter(s: VoiceSession, out: list[str]) -> None:
+            out.append(await s.wait_for("listening", timeout=5))
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter, r.s)
+            tg.start_soon(waiter, r.s, seen)
             await r.clock.settle()
             r.t.server({"type": "input_audio_buffer.speech_started"})
             r.t.server({"type": "input_audio_buffer.speech_stopped"})  # same dispatcher run
