@@ -30,7 +30,7 @@ from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.session import StatusChange, VoiceSession
 from fsm_voice.tokens import EphemeralKeyProvider
-from fsm_voice.transport import NullSink, UtteranceSource, WavRecorder
+from fsm_voice.transport import KeepOpen, NullSink, UtteranceSource, WavRecorder
 from fsm_voice.transport.audio import AudioSink
 
 FAULTS = ("silent", "close", "server-error", "none")
@@ -62,19 +62,6 @@ class DemoRecorder:
         return next((t for t, s, _ in self.changes if s == status and t >= after), None)
 
 
-class _KeepOpen:
-    """A per-connection view of a sink that outlives connections (close is left to its owner)."""
-
-    def __init__(self, inner: AudioSink) -> None:
-        self.inner = inner
-
-    async def write(self, frame: Any) -> None:
-        await self.inner.write(frame)
-
-    def close(self) -> None:
-        pass
-
-
 def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
     m = rec.metrics
     rtt = f"{m.latency_ms:.0f} ms" if m and m.latency_ms is not None else "-"
@@ -102,7 +89,7 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
     recorder = WavRecorder(record) if record else None
 
     def sink() -> AudioSink:
-        return _KeepOpen(recorder) if recorder is not None else NullSink()
+        return KeepOpen(recorder) if recorder is not None else NullSink()
 
     async with RealtimePeer(reply="echo") as peer:
         session = realtime_session(

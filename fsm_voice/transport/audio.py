@@ -361,6 +361,21 @@ AudioSinkFactory = Callable[[], AudioSink]
 """Builds a fresh sink for each connection (closed on close)."""
 
 
+class KeepOpen:
+    """A per-connection view of a sink that lives for the whole session: every connection
+    (restarts included) writes to the same sink, and closing the view leaves it open, e.g.
+    ``rec = WavRecorder("a.wav"); audio_sink=lambda: KeepOpen(rec)``; close ``rec`` yourself."""
+
+    def __init__(self, inner: AudioSink) -> None:
+        self.inner = inner
+
+    async def write(self, frame: av.AudioFrame) -> None:
+        await self.inner.write(frame)
+
+    def close(self) -> None:
+        pass
+
+
 class NullSink:
     """Discards audio, counting frames and seconds received."""
 
