@@ -185,7 +185,7 @@ async def test_bad_input_is_refused_clearly() -> None:
 steps = st.lists(st.sampled_from(["ok", "hang", "transient", "recoverable", "fatal"]),
                  max_size=8)
 actions = st.lists(st.tuples(st.sampled_from(["fail", "ice", "recover", "speech", "audio",
-                                              "server_err", "stop", "start", "tick"]),
+                                              "server_err", "stop", "start", "tick", "stale"]),
                              st.floats(0, 20)), max_size=25)
 
 
@@ -201,7 +201,18 @@ def test_runtime_properties_hold_under_random_faults(script: list[str],
         async with VoiceSession(t, clock=clock) as s:
             s.on_status(changes.append)
             await s.start()
+            old_sinks: list[Any] = []
             for action, dt in plan:
+                if t.sink is not None and (not old_sinks or old_sinks[-1] is not t.sink):
+                    old_sinks.append(t.sink)
+                if action == "stale" and len(old_sinks) > 1:
+                    # A late signal from a transport that was closed since: never reaches the
+                    # machine (recorded as stale).
+                    before = (s.state, s.attempts)
+                    old_sinks[0].signal(TransportSignal.FAILED, "late")
+                    await clock.settle()
+                    assert (s.state, s.attempts) == before
+                    assert s.trace[-1].outcome == "stale"
                 if t.sink is not None and t.is_open:
                     if action == "fail":
                         t.emit(TransportSignal.FAILED)
