@@ -700,10 +700,19 @@ class VoiceSession:
                 self.trace.append(TraceEntry(
                     self.clock.now(), "quality_alert", state, state, (), "observed",
                     f"{alert.kind}={alert.value:.1f} > {alert.threshold:.1f}"))
-                log.warning("quality alert: %s %.1f > %.1f", alert.kind, alert.value,
-                            alert.threshold)
+                log.warning(
+                    "quality_alert kind=%s value=%.1f threshold=%.1f status=%s", alert.kind,
+                    alert.value, alert.threshold, self.status,
+                    extra={"fsm_voice": {"event": "quality_alert", "kind": alert.kind,
+                                         "value": alert.value, "threshold": alert.threshold,
+                                         "status": self.status}})
                 for acb in self._alert_cbs:
                     self._call(acb, alert)
             if n % health_every == 0:
-                log.info("health: status=%s rtt=%s jitter=%s lost=%s", self.status,
-                         m.latency_ms, m.jitter_ms, m.packets_lost)
+                log.info(
+                    "health status=%s rtt_ms=%s jitter_ms=%s packets_lost=%s loss=%.3f",
+                    self.status, m.latency_ms, m.jitter_ms, m.packets_lost, m.loss_fraction,
+                    extra={"fsm_voice": {"event": "health", "status": self.status,
+                                         "rtt_ms": m.latency_ms, "jitter_ms": m.jitter_ms,
+                                         "packets_lost": m.packets_lost,
+                                         "loss_fraction": m.loss_fraction}})

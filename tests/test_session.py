@@ -158,7 +158,7 @@ async def test_stop_from_backoff_cancels_everything() -> None:  # SPEC-STOP-1
         assert r.t.opens == 1  # the cancelled backoff never fired
 
 
-async def test_quality_alerts_from_metrics() -> None:
+async def test_quality_alerts_from_metrics(caplog: pytest.LogCaptureFixture) -> None:
     policy = SessionPolicy(quality=QualityThresholds(max_rtt_ms=300))
     async for r in rig(["ok"], policy=policy):
         alerts: list[Any] = []
@@ -169,6 +169,9 @@ async def test_quality_alerts_from_metrics() -> None:
         await r.clock.advance(5.1)
         assert {a.kind for a in alerts} == {"rtt", "jitter"}
         assert r.s.metrics_history[-1].latency_ms == 420.0
+        logged = [rec.fsm_voice for rec in caplog.records if hasattr(rec, "fsm_voice")]
+        assert {"event": "quality_alert", "kind": "rtt", "value": 420.0, "threshold": 300.0,
+                "status": "active"} in logged
 
 
 async def test_bad_input_is_refused_clearly() -> None:
