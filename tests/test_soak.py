@@ -97,6 +97,14 @@ def _resources() -> tuple[int, int, int]:
     return (len(os.listdir("/proc/self/fd")), len(asyncio.all_tasks()), threading.active_count())
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 @pytest.mark.slow
 async def test_200_sequential_real_sessions() -> None:
     async with RealtimePeer() as peer:
@@ -109,14 +117,20 @@ async def test_200_sequential_real_sessions() -> None:
                 await s.wait_for("active", timeout=15)
             return s
 
-        await one()
+        for _ in range(20):  # warm up: codecs, caches, the default executor
+            await one()
         await anyio.sleep(0.3)
         before = _resources()
+        rss0 = _rss_mb()
         for _ in range(200):
             s = await one()
             assert_legal(list(s.trace))
         await anyio.sleep(0.5)
         after = _resources()
+        rss1 = _rss_mb()
+        print(f"200 sessions: fds/tasks/threads {before} -> {after}, RSS {rss0:.0f} -> "
+              f"{rss1:.0f} MB")
+        assert rss1 - rss0 < 25, (rss0, rss1)  # stated bound: < 25 MB over 200 sessions
         assert after[0] <= before[0] + 2, (before, after)  # fds
         assert after[1] <= before[1], (before, after)  # tasks
         assert after[2] <= before[2] + 2, (before, after)  # threads (default executor)
