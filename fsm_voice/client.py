@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from fsm_voice.policy import SessionPolicy
+from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import VoiceSession
 from fsm_voice.signaling import HttpSignaling
 from fsm_voice.transport import AiortcTransport
@@ -22,7 +23,7 @@ def realtime_session(
     *,
     policy: SessionPolicy | None = None,
     model: str | None = None,
-    session_config: Mapping[str, Any] | None = None,
+    session_config: RealtimeConfig | Mapping[str, Any] | None = None,
     audio_source: AudioSourceFactory | None = None,
     audio_sink: AudioSinkFactory | None = None,
     host_addresses: Sequence[str] | None = None,
@@ -32,12 +33,16 @@ def realtime_session(
     """A session against an OpenAI-Realtime-compatible backend at ``base_url``.
 
     ``token`` is a key or an async provider of fresh ephemeral keys (awaited per SDP exchange).
+    ``session_config`` (a :class:`~fsm_voice.realtime.RealtimeConfig` or a raw GA session dict)
+    goes out as ``session.update`` after every connect and restart.
     The ICE servers, relay policy and liveness timing come from ``policy``; ``host_addresses``
     forces the host candidates. When it is not given and ``base_url`` points at a loopback
     address (a peer on this machine), the candidates are ``["127.0.0.1"]``: aioice would
     otherwise offer only the machine's other addresses, which a loopback peer cannot reach.
     """
     policy = policy or SessionPolicy()
+    if isinstance(session_config, RealtimeConfig):
+        session_config = session_config.to_session()
     if host_addresses is None and _is_loopback_url(base_url):
         host_addresses = ["127.0.0.1"]
     signaling = HttpSignaling(base_url, token, model=model, session=http)

@@ -28,6 +28,7 @@ from fsm_voice.errors import VoiceError
 from fsm_voice.peer.server import RealtimePeer, run_peer
 from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
+from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import StatusChange, VoiceSession
 from fsm_voice.tokens import EphemeralKeyProvider
 from fsm_voice.transport import KeepOpen, NullSink, UtteranceSource, WavRecorder
@@ -94,7 +95,7 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
     async with RealtimePeer(reply="echo") as peer:
         session = realtime_session(
             peer.base_url, "ek_local_demo", policy=policy, host_addresses=["127.0.0.1"],
-            session_config={"type": "realtime", "instructions": "Echo what you hear."},
+            session_config=RealtimeConfig(instructions="Echo what you hear."),
             audio_source=lambda: UtteranceSource(lead_silence=0.5, speech_seconds=1.2,
                                                  trail_silence=3.5, repeat=True),
             audio_sink=sink,
@@ -198,9 +199,9 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
 
 
 async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
-                      model: str | None, console: Console) -> int:
+                      config: RealtimeConfig, console: Console) -> int:
     """Run a session against any OpenAI-compatible backend and print status changes as JSON."""
-    session = realtime_session(base_url, token, model=model,
+    session = realtime_session(base_url, token, model=config.model, session_config=config,
                                audio_source=lambda: UtteranceSource(repeat=True),
                                audio_sink=NullSink)
     if isinstance(token, EphemeralKeyProvider):
@@ -243,7 +244,13 @@ def add_parsers(sub: Any) -> None:
                    help="env var holding the broker client secret")
     c.add_argument("--token-env", default="FSM_VOICE_TOKEN",
                    help="env var holding an ephemeral key (when no --token-url)")
-    c.add_argument("--model")
+    c.add_argument("--model", default="gpt-realtime")
+    c.add_argument("--voice", default="alloy")
+    c.add_argument("--instructions")
+    c.add_argument("--audio-format", choices=("pcm16", "g711_ulaw", "g711_alaw"),
+                   default="pcm16", help="input and output audio format (telephony: g711_*)")
+    c.add_argument("--turn-detection", choices=("server_vad", "semantic_vad", "none"),
+                   default="server_vad")
     c.add_argument("--duration", type=float, default=30.0)
     c.set_defaults(func=_connect)
 
@@ -266,7 +273,15 @@ def _connect(a: argparse.Namespace) -> int:
                           f"${a.token_env}[/]")
             return 2
         token = key
-    return int(anyio.run(run_connect, a.base_url, token, a.duration, a.model, console))
+    try:
+        config = RealtimeConfig(
+            model=a.model, voice=a.voice, instructions=a.instructions,
+            turn_detection=None if a.turn_detection == "none" else a.turn_detection,
+            input_format=a.audio_format, output_format=a.audio_format)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    return int(anyio.run(run_connect, a.base_url, token, a.duration, config, console))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:

@@ -130,11 +130,14 @@ READ_ONLY_SESSION_KEYS = frozenset({"id", "object", "model", "expires_at"})
 
 
 def merge_session(current: Mapping[str, Any], update: Mapping[str, Any]) -> JsonObject:
-    """Deep-merge a ``session.update`` payload into the session (read-only keys kept)."""
+    """Deep-merge a ``session.update`` payload into the session (read-only keys kept). Typed
+    objects (those with a ``type``, e.g. an audio ``format`` or ``turn_detection``) are replaced
+    whole: ``{"type": "audio/pcmu"}`` must not keep the ``rate`` of ``audio/pcm``."""
 
     def merge(base: JsonObject, patch: Mapping[str, Any]) -> JsonObject:
         for key, value in patch.items():
-            if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            if (isinstance(value, Mapping) and isinstance(base.get(key), dict)
+                    and "type" not in value):
                 base[key] = merge(base[key], value)
             else:
                 base[key] = copy.deepcopy(value)
