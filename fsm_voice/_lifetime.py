@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+from aiohttp import web
 
 
 class OwnedHttpClient:
@@ -56,7 +57,21 @@ class LocalService:
     from ``host`` and the port bound by ``start`` (``_bound_port``, None when stopped)."""
 
     host: str
+    port: int
     _bound_port: int | None
+    _runner: web.AppRunner | None
+
+    async def _serve_app(self, app: web.Application) -> None:
+        """Bind ``app`` on ``host:port`` (port 0: any free one); on failure nothing stays open."""
+        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._bound_port = int(runner.addresses[0][1])
 
     @property
     def base_url(self) -> str:

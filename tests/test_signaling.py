@@ -215,7 +215,7 @@ async def test_given_session_is_not_closed(server: Server) -> None:
     ("location", "expected"),
     [
         ("/v1/realtime/calls/rtc_abc123", "rtc_abc123"),
-        ("https://api.openai.com/v1/realtime/calls/rtc_x?y=1", "rtc_x"),
+        ("https://api.openai.com/v1/realtime/calls/rtc_x?y=1", "rtc_x"),  # outside-address-ok
         ("/v1/realtime/calls/rtc_z/", "rtc_z"),
         ("rtc_bare", "rtc_bare"),
         ("", None),
@@ -228,7 +228,15 @@ def test_call_id_from_location(location: str | None, expected: str | None) -> No
 
 @pytest.mark.parametrize(
     "url",
-    ["", "api.openai.com", "ftp://x", "ws://x/y", "https://", "http://h:99999", "https://h/?a=1"],
+    [
+        "",
+        "api.openai.com",  # outside-address-ok: rejected at construction, never contacted
+        "ftp://x",
+        "ws://x/y",
+        "https://",
+        "http://h:99999",
+        "https://h/?a=1",
+    ],
 )
 def test_bad_base_url_rejected(url: str) -> None:
     with pytest.raises(ConfigError) as info:

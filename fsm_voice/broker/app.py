@@ -369,16 +369,7 @@ class TokenBroker(LocalService):
                 session=self._http,
                 timeout=self.config.upstream_timeout,
             )
-            runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=2.0)
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, self.host, self.port)
-                await site.start()
-            except BaseException:
-                await runner.cleanup()
-                raise
-            self._runner = runner
-            self._bound_port = int(runner.addresses[0][1])
+            await self._serve_app(self.make_app())
         except BaseException:
             await self._close_resources()
             raise

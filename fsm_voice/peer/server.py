@@ -199,16 +199,7 @@ class RealtimePeer(LocalService):
         app.router.add_post(CALLS_PATH + "/{call_id}/hangup", self._handle_hangup)
         add_control_routes(app, self)
         add_client_secret_routes(app, self.client_secrets)
-        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._bound_port = int(runner.addresses[0][1])
+        await self._serve_app(app)
 
     async def stop(self) -> None:
         """Close every call (peer connections, tracks, tasks) and the HTTP server."""
