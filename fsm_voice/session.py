@@ -235,6 +235,11 @@ class VoiceSession:
         self.delivered_events = 0
         self.dropped_events = 0
         """Queued client events that could not be sent (reported through ``on_error``)."""
+        self.resent_events = 0
+        """Client events re-queued because the closed connection had not had them acknowledged
+        (see ``_requeue_unacknowledged``); ``delivered_events`` counts each once."""
+        self._delivered_at_up: int | None = None
+        """``delivered_events`` when the current connection came up (None: not up)."""
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -541,6 +546,7 @@ class VoiceSession:
             self._transport_scope.cancel()
             self._transport_scope = None
         self._transport_open = False
+        self._requeue_unacknowledged()
         with anyio.CancelScope(shield=True):
             try:
                 await self.transport.close()
@@ -573,9 +579,47 @@ class VoiceSession:
                 self._post(_Posted("server_error", severity=str(err.severity), code=err.code,
                                    error=err, token=generation))
 
+    def _requeue_unacknowledged(self) -> None:
+        """Before a connection is closed: the application events it never had acknowledged
+        (optional transport capability ``unacknowledged_events``) go back to the FRONT of the
+        outbox, in order, to be delivered again on the next connection (at-least-once); when the
+        session is going to ``error`` they are reported as dropped instead (on ``stop`` they are
+        left to SCTP). Only the last
+        ``delivered_events - _delivered_at_up`` messages can be application events (the runtime's
+        own ``session.update``/replayed items are sent first on each connection, and are sent
+        again by ``_on_session_up`` anyway). Never raises."""
+        up_at, self._delivered_at_up = self._delivered_at_up, None
+        if up_at is None:
+            return
+        app_events = self.delivered_events - up_at
+        harvest = getattr(self.transport, "unacknowledged_events", None)
+        if app_events <= 0 or not callable(harvest):
+            return
+        try:
+            unacked = list(harvest())[-app_events:]
+        except Exception as exc:
+            log.warning("reading the unacknowledged client events failed: %r", exc)
+            return
+        target = self.machine.state_id
+        if not unacked or target == "idle":
+            return  # on stop (the app's own request) in-flight events are SCTP's best effort
+        n = len(unacked)
+        self.delivered_events -= n
+        if target == "error":
+            self.dropped_events += n
+            self._report(VoiceError(
+                severity=Severity.RECOVERABLE, code="client_events_dropped",
+                message=f"{n} sent client event(s) were never acknowledged by the peer: "
+                f"the session went {target}", source=ErrorSource.CLIENT))
+            return
+        log.info("re-queuing %d client event(s) the closed connection never acknowledged", n)
+        self.resent_events += n
+        self._outbox.extendleft(reversed(unacked))
+
     def _on_session_up(self) -> None:
         """A new connection is up: re-apply the configuration, then (after a restart or
         reconnect) replay the conversation, before any queued application event."""
+        self._delivered_at_up = self.delivered_events
         try:
             if self.session_config is not None:
                 self.transport.send_event({"type": "session.update",

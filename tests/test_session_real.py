@@ -214,8 +214,11 @@ async def test_no_app_event_lost_across_a_restart_and_fresh_key_per_attempt() ->
             with anyio.fail_after(5):
                 while peer.stats()["events_received"].get("conversation.item.delete", 0) < sent:
                     await anyio.sleep(0.05)
-        assert peer.stats()["events_received"]["conversation.item.delete"] == sent
+        # go_silent drops the peer's SACKs too, so events the old call did receive are re-sent
+        # (the client cannot tell them from lost ones): at least once, never fewer.
+        assert peer.stats()["events_received"]["conversation.item.delete"] >= sent
         assert s.sent_events == s.delivered_events == sent
+        assert s.dropped_events == 0
         assert len(keys) >= 2 and len(set(keys)) == len(keys)  # one fresh key per SDP exchange
 
 

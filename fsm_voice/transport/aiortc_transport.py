@@ -476,6 +476,35 @@ class AiortcTransport:
             ) from exc
         dc.send(payload)
 
+    def unacknowledged_events(self) -> list[Mapping[str, Any]]:
+        """The client events sent on the ``oai-events`` channel of the current connection that
+        the peer has not acknowledged yet, oldest first (parsed back from the message bytes).
+
+        Optional capability of a :class:`~fsm_voice.ports.Transport` (the runtime looks it up
+        with ``getattr``). It is a live, non-destructive view of the SCTP association: the
+        runtime must call it just **before** :meth:`close` (after ``close()`` there is no
+        association left and it returns ``[]``). A message counts as unacknowledged while any of
+        its chunks is not cumulatively acknowledged (a gap-acked chunk is not delivered to the
+        peer application until the gap is filled, so it counts too): still in aiortc's
+        data-channel queue, its outbound queue or its sent queue. Messages sent by the runtime
+        itself (``session.update``, replayed items) are included: telling them apart is the
+        caller's business. Never raises (``[]`` on any surprise, see
+        :func:`_unacknowledged_messages`).
+        """
+        conn = self._conn
+        if conn is None or conn.closing or conn.pc is None or conn.dc is None:
+            return []
+        events: list[Mapping[str, Any]] = []
+        for payload in _unacknowledged_messages(conn.pc, conn.dc):
+            try:
+                value = json.loads(payload)
+            except (ValueError, RecursionError):
+                log.debug("unacknowledged message is not JSON; skipped")
+                continue
+            if isinstance(value, dict):
+                events.append(value)
+        return events
+
     async def metrics(self) -> ConnectionMetrics | None:
         conn = self._conn
         if conn is None or conn.pc is None or conn.closing or not conn.connected:
@@ -600,6 +629,66 @@ async def _close_peer_connection(pc: RTCPeerConnection, grace: float) -> None:
             await asyncio.wait(aborted, timeout=_CLOSE_TIMEOUT)
     except Exception as exc:  # pragma: no cover - defensive: close() must go on
         log.warning("closing the peer connection failed: %r", exc)
+
+
+_SCTP_FIRST_FRAG = 0x02
+_SCTP_LAST_FRAG = 0x01
+_PPID_STRING = 51
+_PPID_BINARY = 53
+
+
+def _unacknowledged_messages(pc: RTCPeerConnection, dc: RTCDataChannel) -> list[bytes]:
+    """The user messages of ``dc`` (its payload bytes, oldest first) that the peer has not
+    cumulatively acknowledged. The ONLY place that reads aiortc's SCTP internals, so it never
+    raises: with another layout it logs at debug level and returns ``[]``.
+
+    Private aiortc 1.16 ``RTCSctpTransport`` attributes read (never written):
+
+    * ``_sent_queue``: ``DataChunk`` s sent but not cumulatively acked (acked ones are popped on
+      each SACK; ``tsn <= _last_sacked_tsn`` is filtered anyway), then ``_outbound_queue``: chunks
+      made but not sent yet. Both in TSN order; a message is split into chunks of <= 1200 bytes
+      flagged B (0x02, first) / E (0x01, last), never interleaved with another message (aiortc
+      fragments one whole message at a time). Chunks of ``dc``: ``stream_id == dc.id`` and a
+      string/binary ppid (51/53; DCEP 50 is channel control);
+    * ``_data_channel_queue``: ``(channel, ppid, bytes)`` whole messages not yet fragmented.
+
+    A message whose first chunks were already acked and popped cannot be rebuilt: it is skipped
+    (logged at debug); JSON events are far below 1200 bytes, so in practice this never happens.
+    """
+    try:
+        sctp = pc.sctp
+        stream_id = dc.id
+        if sctp is None:
+            return []
+        last_sacked = int(sctp._last_sacked_tsn)
+        messages: list[bytes] = []
+        parts: list[bytes] | None = None
+        for chunk in [*sctp._sent_queue, *sctp._outbound_queue]:
+            if chunk.stream_id != stream_id or chunk.protocol not in (_PPID_STRING, _PPID_BINARY):
+                continue
+            if not _tsn_after(int(chunk.tsn), last_sacked):
+                continue  # cumulatively acked (not popped yet)
+            if chunk.flags & _SCTP_FIRST_FRAG:
+                parts = []
+            if parts is None:
+                log.debug("unacknowledged chunk tsn=%s has no first fragment; skipped", chunk.tsn)
+                continue
+            parts.append(bytes(chunk.user_data))
+            if chunk.flags & _SCTP_LAST_FRAG:
+                messages.append(b"".join(parts))
+                parts = None
+        for channel, protocol, data in list(sctp._data_channel_queue):
+            if channel is dc and protocol in (_PPID_STRING, _PPID_BINARY):
+                messages.append(bytes(data))
+        return messages
+    except Exception as exc:  # pragma: no cover - other aiortc versions
+        log.debug("reading the unacknowledged data-channel messages failed: %r", exc)
+        return []
+
+
+def _tsn_after(a: int, b: int) -> bool:
+    """Serial-number arithmetic (RFC 1982, 32 bits): ``a`` comes after ``b``."""
+    return a != b and ((a - b) & 0xFFFFFFFF) < 0x80000000
 
 
 def _turn_allocations(pc: RTCPeerConnection) -> list[TurnTransport]:
