@@ -127,17 +127,17 @@ class FastLifecycle(LifecycleLogic):
         if cands is not None:
             for target, internal, guards, actions, ct in cands:
                 for guard, expected in guards:
-                    if bool(guard(severity, code, error)) is not expected:
+                    if bool(guard(severity=severity, code=code, error=error)) is not expected:
                         break
                 else:
                     self.fired = ct
                     if internal:
                         for act in actions:
-                            act(severity, code, error)
+                            act(severity=severity, code=code, error=error)
                         return
                     self._exit_hook(source)
                     for act in actions:
-                        act(severity, code, error)
+                        act(severity=severity, code=code, error=error)
                     self.state_id = target
                     self._enter_hook(target)
                     return
@@ -151,7 +151,8 @@ class FastLifecycle(LifecycleLogic):
         """Whether ``event`` would be accepted now (guards evaluated, nothing changed)."""
         for _t, _internal, guards, _actions, _ct in self._bound.get((self.state_id, event), ()):
             if all(
-                bool(g(kw.get("severity"), kw.get("code", ""), kw.get("error"))) is exp
+                bool(g(severity=kw.get("severity"), code=kw.get("code", ""),
+                       error=kw.get("error"))) is exp
                 for g, exp in guards
             ):
                 return True

@@ -72,9 +72,10 @@ SEVERITIES: Final = ("transient", "recoverable", "fatal")
 class LifecycleLogic:
     """Counters, guards and actions of the lifecycle (no states: see :class:`LifecycleMachine`).
 
-    Callbacks take the same keywords in both engines: ``severity`` (``"transient" |
+    Callbacks are called with keywords in both engines: ``severity`` (``"transient" |
     "recoverable" | "fatal"``, for error-carrying events), ``code`` and ``error`` (the
-    :class:`~fsm_voice.errors.VoiceError`, opaque here).
+    :class:`~fsm_voice.errors.VoiceError`, opaque here); ``**kw`` takes the rest
+    (python-statemachine also passes ``source``, ``target``, ``event_data`` ...).
     """
 
     def _init_logic(
@@ -106,31 +107,25 @@ class LifecycleLogic:
         _, self.attempts, self.quick_used, self.media_up, self.channel_up, self.resume = config
 
     # -- guards ---------------------------------------------------------------------------
-    def is_fatal(self, severity: str | None = None, code: str = "", error: Any = None) -> bool:
+    def is_fatal(self, severity: str | None = None, **kw: Any) -> bool:
         return severity == "fatal"
 
-    def quick_available(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> bool:
+    def quick_available(self, severity: str | None = None, **kw: Any) -> bool:
         return severity == "transient" and not self.quick_used
 
-    def can_retry(self, severity: str | None = None, code: str = "", error: Any = None) -> bool:
+    def can_retry(self, **kw: Any) -> bool:
         return self.attempts < self.retry.max_attempts
 
-    def channel_is_up(self, severity: str | None = None, code: str = "", error: Any = None) -> bool:
+    def channel_is_up(self, **kw: Any) -> bool:
         return self.channel_up
 
-    def media_is_up(self, severity: str | None = None, code: str = "", error: Any = None) -> bool:
+    def media_is_up(self, **kw: Any) -> bool:
         return self.media_up
 
-    def resume_listening(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> bool:
+    def resume_listening(self, **kw: Any) -> bool:
         return self.resume == "listening"
 
-    def resume_speaking(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> bool:
+    def resume_speaking(self, **kw: Any) -> bool:
         return self.resume == "speaking"
 
     # -- generic entry / exit: timers (SPEC-TIMER-1) --------------------------------------
@@ -158,89 +153,71 @@ class LifecycleLogic:
         return self.ice.connect_timeout
 
     # -- actions --------------------------------------------------------------------------
-    def begin_session(self, severity: str | None = None, code: str = "", error: Any = None) -> None:
+    def begin_session(self, **kw: Any) -> None:
         self.attempts = 0
         self.quick_used = False
         self.effects.append(OpenTransport(OpenReason.START))
 
-    def mark_media_up(self, severity: str | None = None, code: str = "", error: Any = None) -> None:
+    def mark_media_up(self, **kw: Any) -> None:
         self.media_up = True
 
-    def mark_channel_up(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def mark_channel_up(self, **kw: Any) -> None:
         self.channel_up = True
 
-    def session_up(self, severity: str | None = None, code: str = "", error: Any = None) -> None:
+    def session_up(self, **kw: Any) -> None:
         # SPEC-RETRY-3: the episode ends only when the session is active again.
         self.media_up = self.channel_up = True
         self.attempts = 0
         self.quick_used = False
 
     # SPEC-ICE-4: the speech status survives a short outage.
-    def remember_active(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def remember_active(self, **kw: Any) -> None:
         self.resume = "active"
 
-    def remember_listening(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def remember_listening(self, **kw: Any) -> None:
         self.resume = "listening"
 
-    def remember_speaking(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def remember_speaking(self, **kw: Any) -> None:
         self.resume = "speaking"
 
-    def note_speech_stopped(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def note_speech_stopped(self, **kw: Any) -> None:
         if self.resume == "listening":
             self.resume = "active"
 
-    def note_audio_stopped(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def note_audio_stopped(self, **kw: Any) -> None:
         if self.resume == "speaking":
             self.resume = "active"
 
-    def restart_transport(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def restart_transport(self, **kw: Any) -> None:
         self.effects.append(CloseTransport())
         self.effects.append(OpenTransport(OpenReason.RESTART))
 
-    def quick_reconnect(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def quick_reconnect(self, **kw: Any) -> None:
         self.quick_used = True
         self.effects.append(CloseTransport())
         self.effects.append(OpenTransport(OpenReason.RECONNECT))
 
-    def wait_to_retry(
-        self, severity: str | None = None, code: str = "", error: Any = None
-    ) -> None:
+    def wait_to_retry(self, **kw: Any) -> None:
         self.effects.append(CloseTransport())
 
-    def retry_now(self, severity: str | None = None, code: str = "", error: Any = None) -> None:
+    def retry_now(self, **kw: Any) -> None:
         self.attempts += 1
         self.effects.append(OpenTransport(OpenReason.RECONNECT, self.attempts))
 
-    def fail_fatal(self, severity: str | None = None, code: str = "", error: Any = None) -> None:
+    def fail_fatal(self, code: str = "", error: Any = None, **kw: Any) -> None:
         self.effects.append(CloseTransport())
         self.effects.append(ReportError(code or "fatal", "fatal", error))
 
-    def give_up(self, severity: str | None = None, code: str = "", error: Any = None) -> None:
+    def give_up(self, error: Any = None, **kw: Any) -> None:
         self.effects.append(CloseTransport())
         self.effects.append(ReportError("retries_exhausted", "fatal", error))
 
     def report_nonfatal(
-        self, severity: str | None = None, code: str = "", error: Any = None
+        self, severity: str | None = None, code: str = "", error: Any = None, **kw: Any
     ) -> None:
         self.effects.append(ReportError(code or "server_error", severity or "recoverable", error))
 
-    def shutdown(self, severity: str | None = None, code: str = "", error: Any = None) -> None:
+    def shutdown(self, **kw: Any) -> None:
         self.effects.append(CloseTransport())
 
 

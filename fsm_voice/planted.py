@@ -14,7 +14,7 @@ from fsm_voice.machine import TIMER_OF, LifecycleLogic, LifecycleMachine
 class OffByOneRetryMachine(LifecycleMachine):
     """Allows one reconnect attempt too many (``<=`` instead of ``<``)."""
 
-    def can_retry(self, severity: str | None = None, code: str = "", error: Any = None) -> bool:
+    def can_retry(self, **kw: Any) -> bool:
         return self.attempts <= self.retry.max_attempts
 
 

@@ -338,8 +338,7 @@ async def test_a_failing_machine_callback_is_reported_and_dispatch_goes_on() -> 
     from fsm_voice.machine import LifecycleMachine
 
     class Broken(LifecycleMachine):
-        def report_nonfatal(self, severity: str | None = None, code: str = "",
-                            error: Any = None) -> None:
+        def report_nonfatal(self, **kw: Any) -> None:
             raise RuntimeError("bug in an action")
 
     async for r in rig(["ok"], machine=Broken):
