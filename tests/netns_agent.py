@@ -10,7 +10,10 @@ machine, so the orchestrator can compare its own fault times with the agents' tr
     candidate of each answer is replaced by a :class:`tests.udp_relay.UdpRelay` listening on
     ``RELAY_IP`` and forwarding to the real candidate. Prints ``ready`` (with ``base_url``).
     Commands: ``{"cmd": "relay", "delay": s, "jitter": s, "loss": p}`` (applies to every relay,
-    present and future), ``{"cmd": "stats"}``, ``{"cmd": "stop"}`` (or EOF).
+    present and future), ``{"cmd": "stats"}``, ``{"cmd": "received"}`` (answers ``received``:
+    per call id, the ``item_id`` of every ``conversation.item.delete`` the call got, in arrival
+    order, duplicates kept - recorded by a wrapper of ``Call._on_message`` in this process),
+    ``{"cmd": "stop"}`` (or EOF).
 
 ``client --base-url URL --host-address A|auto [--policy short|default] [overrides]``
     A :class:`~fsm_voice.session.VoiceSession` over :class:`AiortcTransport` +
@@ -18,9 +21,14 @@ machine, so the orchestrator can compare its own fault times with the agents' tr
     addresses, as aioice discovers them at each gathering - used when the address changes).
     Streams ``status`` (each status change), ``trace`` (each trace entry, with its effects),
     ``alert``, ``metrics`` and ``error`` lines. ``{"cmd": "status"}`` answers ``state`` (status,
-    machine state, attempts and the ICE pair in use, read from aioice internals). On
+    machine state, attempts and the ICE pair in use, read from aioice internals).
+    ``{"cmd": "send", "count": N, "interval": s}`` starts a background task sending N events
+    ``{"type": "conversation.item.delete", "item_id": "ev-<i>"}`` through
+    ``session.send_event``, one every ``interval`` s, whatever the status (while not active they
+    are queued by the session); a :class:`QueueOverflowError` is reported as ``send_overflow``
+    and the task goes on; at the end it reports ``sent`` (``count`` accepted, ``overflows``). On
     ``{"cmd": "stop"}`` or EOF it prints ``summary`` (final status, the whole trace, alerts,
-    errors, metrics), stops the session and exits.
+    errors, metrics, the session's event counters), stops the session and exits.
 """
 
 from __future__ import annotations
@@ -120,6 +128,21 @@ async def run_peer(args: argparse.Namespace) -> None:
 
         call_module.Call.accept_offer = accept_via_relay  # type: ignore[method-assign]
 
+    from fsm_voice.peer import call as calls
+
+    received: dict[str, list[str]] = {}
+    on_message = calls.Call._on_message
+
+    def recording_on_message(self: Any, raw: str | bytes) -> None:
+        if not self.closed:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                event = json.loads(raw)
+                if event.get("type") == "conversation.item.delete":
+                    received.setdefault(self.id, []).append(str(event.get("item_id")))
+        on_message(self, raw)
+
+    calls.Call._on_message = recording_on_message  # type: ignore[method-assign]
+
     peer = RealtimePeer(host, args.port, allow_bind=[host], reply=args.reply)
     queue = _start_commands()
     async with peer:
@@ -138,6 +161,8 @@ async def run_peer(args: argparse.Namespace) -> None:
                 emit("relay_configured", relays=len(relays), **impairment)
             elif name == "stats":
                 emit("stats", peer=peer.stats(), relays=[r.stats() for r in relays])
+            elif name == "received":
+                emit("received", calls={k: list(v) for k, v in received.items()})
             else:
                 emit("bad_command", command=cmd)
         emit("summary", peer=peer.stats(), relays=[r.stats() for r in relays])
@@ -214,7 +239,7 @@ def selected_path(transport: Any) -> dict[str, str] | None:
 
 
 async def run_client(args: argparse.Namespace) -> None:
-    from fsm_voice.session import StatusChange, VoiceSession
+    from fsm_voice.session import QueueOverflowError, StatusChange, VoiceSession
     from fsm_voice.signaling import HttpSignaling
     from fsm_voice.transport import AiortcTransport, NullSink, SilenceSource, UtteranceSource
 
@@ -269,6 +294,23 @@ async def run_client(args: argparse.Namespace) -> None:
                 emit("trace", **_entry(e))
             emitted = len(entries)
 
+        async def send_events(count: int, interval: float) -> None:
+            accepted = overflows = 0
+            for i in range(count):
+                event = {"type": "conversation.item.delete", "item_id": f"ev-{i}"}
+                try:
+                    session.send_event(event)
+                    accepted += 1
+                except QueueOverflowError as exc:
+                    overflows += 1
+                    emit("send_overflow", index=i, status=session.status, message=str(exc))
+                except Exception as exc:  # idle/error: report it, go on
+                    emit("send_error", index=i, status=session.status, message=repr(exc))
+                if interval > 0 and i + 1 < count:
+                    await asyncio.sleep(interval)
+            emit("sent", count=accepted, overflows=overflows, status=session.status)
+
+        senders: list[asyncio.Task[None]] = []
         await session.start()
         emit("started", policy=str(policy))
         get = asyncio.ensure_future(queue.get())
@@ -290,10 +332,18 @@ async def run_client(args: argparse.Namespace) -> None:
                         attempts=session.attempts,
                         path=selected_path(transport),
                     )
+                elif cmd.get("cmd") == "send":
+                    senders.append(
+                        asyncio.ensure_future(
+                            send_events(int(cmd["count"]), float(cmd.get("interval", 0.0)))
+                        )
+                    )
                 else:
                     emit("bad_command", command=cmd)
         finally:
             get.cancel()
+            for task in senders:
+                task.cancel()
         flush_trace()
         history = list(session.metrics_history)
         emit(
@@ -308,6 +358,10 @@ async def run_client(args: argparse.Namespace) -> None:
             errors=[{"code": e.code, "severity": str(e.severity)} for e in session.errors],
             metrics=[_metrics(m) for m in history],
             max_packets_lost=max((m.packets_lost for m in history), default=0),
+            sent_events=session.sent_events,
+            delivered_events=session.delivered_events,
+            resent_events=session.resent_events,
+            dropped_events=session.dropped_events,
         )
         await session.stop()
     await signaling.aclose()
