@@ -11,6 +11,21 @@ import aiohttp
 from aiohttp import web
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes (declared
+    length or bytes actually read): an oversized body is never buffered whole."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.readany():
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class OwnedHttpClient:
     """Uses the given :class:`aiohttp.ClientSession`, or creates (and later closes) its own.
 

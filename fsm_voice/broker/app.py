@@ -55,7 +55,7 @@ import aiohttp
 import attrs
 from aiohttp import web
 
-from fsm_voice._lifetime import LocalService
+from fsm_voice._lifetime import LocalService, read_limited
 from fsm_voice.errors import ConfigError, VoiceError, redact
 from fsm_voice.tokens import EphemeralKey, OpenAIClientSecrets, check_api_base
 
@@ -562,19 +562,9 @@ class TokenBroker(LocalService):
             code="request_too_large",
             client_id=client_id,
         )
-        if request.content_length is not None and request.content_length > limit:
+        raw = await read_limited(request, limit)
+        if raw is None:
             raise too_large
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:
-                raise too_large
-            chunks.append(chunk)
-        raw = b"".join(chunks)
         if not raw.strip():
             return {}
         try:

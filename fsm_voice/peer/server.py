@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from fsm_voice._lifetime import LocalService
+from fsm_voice._lifetime import LocalService, read_limited
 
 from . import protocol as p
 from .call import Call, Reply, reply_tone
@@ -362,27 +362,12 @@ class RealtimePeer(LocalService):
             return self._error(401, "Incorrect API key provided.", "invalid_api_key")
         return None
 
-    async def _read_limited(self, request: web.Request) -> bytes | None:
-        if request.content_length is not None and request.content_length > self.max_body_bytes:
-            return None
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _read_offer(self, request: web.Request) -> tuple[str, dict[str, Any] | None] | (
         web.Response
     ):
         ctype = request.content_type
         if ctype == "application/sdp":
-            raw = await self._read_limited(request)
+            raw = await read_limited(request, self.max_body_bytes)
             if raw is None:
                 return self._error(
                     413,
