@@ -19,18 +19,13 @@ import pytest
 
 from fsm_voice.client import realtime_session
 from fsm_voice.peer.server import RealtimePeer
-from fsm_voice.policy import IcePolicy, MonitorPolicy, RetryPolicy, SessionPolicy
 from fsm_voice.ports import TransportSignal
 from fsm_voice.signaling import HttpSignaling
 from fsm_voice.transport import AiortcTransport, NullSink, SilenceSource
+from tests.test_session_real import FAST  # the short real-session policy
 
 pytestmark = pytest.mark.anyio
 
-FAST = SessionPolicy(
-    retry=RetryPolicy(base_delay=0.2, factor=2.0, max_attempts=3),
-    ice=IcePolicy(disconnected_grace=1.0, connect_timeout=5.0, restart_timeout=5.0),
-    monitor=MonitorPolicy(metrics_interval=0.5, health_interval=5.0),
-)
 
 
 @pytest.fixture
