@@ -10,6 +10,8 @@ from typing import Self
 import aiohttp
 from aiohttp import web
 
+from fsm_voice._http import SafeAppRunner
+
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
     """The request body, or None as soon as it is known to exceed ``limit`` bytes (declared
@@ -75,10 +77,15 @@ class LocalService:
     port: int
     _bound_port: int | None
     _runner: web.AppRunner | None
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a complete request head (slow-loris bound)."""
 
     async def _serve_app(self, app: web.Application) -> None:
-        """Bind ``app`` on ``host:port`` (port 0: any free one); on failure nothing stays open."""
-        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
+        """Bind ``app`` on ``host:port`` (port 0: any free one); on failure nothing stays open.
+        Malformed requests are answered without echoing them (:class:`SafeAppRunner`)."""
+        runner = SafeAppRunner(
+            app, shutdown_timeout=2.0, access_log=None, keepalive_timeout=self.header_timeout
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()

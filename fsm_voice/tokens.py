@@ -37,7 +37,9 @@ from typing import Any, Final, Protocol, runtime_checkable
 import aiohttp
 import attrs
 
+from fsm_voice._http import read_response
 from fsm_voice._lifetime import OwnedHttpClient
+from fsm_voice._text import printable
 from fsm_voice.errors import (
     ConfigError,
     ErrorSource,
@@ -216,7 +218,7 @@ class _CachingProvider(OwnedHttpClient):
 
     def _error(self, err: VoiceError, what: str) -> VoiceError:
         """``err`` with the provider's own secret scrubbed (even if it does not look like one)."""
-        return attrs.evolve(err, message=f"{what}: {self._scrub(err.message)}")
+        return attrs.evolve(err, message=printable(f"{what}: {self._scrub(err.message)}"))
 
     async def _post_json(
         self, url: str, headers: Mapping[str, str], body: Mapping[str, Any] | None, what: str
@@ -230,7 +232,9 @@ class _CachingProvider(OwnedHttpClient):
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 allow_redirects=False,
             ) as response:
-                raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                # The whole body, however many TCP segments it arrives in; bounded after
+                # decompression (a gzip bomb stops at the limit).
+                raw = await read_response(response, MAX_RESPONSE_BYTES)
                 status = response.status
                 resp_headers = dict(response.headers)
         except asyncio.CancelledError:
@@ -239,9 +243,19 @@ class _CachingProvider(OwnedHttpClient):
             err = self._error(classify_exception(exc), what)
             log.info("%s failed: %s", what, err)
             raise err from None
-        text = self._scrub(raw[:MAX_RESPONSE_BYTES].decode("utf-8", errors="replace"))
+        if raw is None:
+            raise VoiceError(
+                Severity.RECOVERABLE,
+                "invalid_token_response",
+                f"{what}: HTTP {status} body larger than {MAX_RESPONSE_BYTES} bytes",
+                ErrorSource.SIGNALING,
+                http_status=status,
+            )
+        text = raw.decode("utf-8", errors="replace")
         if status != 200 and status != 201:
-            err = self._error(classify_http(status, text, resp_headers), what)
+            # Only error text is scrubbed: a success body is parsed as sent (scrubbing a weak
+            # secret such as "1" out of it would corrupt the key or its expiry).
+            err = self._error(classify_http(status, self._scrub(text), resp_headers), what)
             log.info("%s refused: %s", what, err)
             raise err
         try:

@@ -14,8 +14,12 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import attrs
+from aiortc.sdp import SessionDescription
 
+from fsm_voice._http import read_response
 from fsm_voice._lifetime import OwnedHttpClient
+from fsm_voice._text import printable
 from fsm_voice.errors import (
     ConfigError,
     ErrorSource,
@@ -26,11 +30,21 @@ from fsm_voice.errors import (
 )
 from fsm_voice.ports import SdpAnswer
 
-__all__ = ["CALLS_PATH", "HttpSignaling", "TokenSource", "call_id_from_location"]
+__all__ = [
+    "CALLS_PATH",
+    "MAX_ANSWER_BYTES",
+    "HttpSignaling",
+    "TokenSource",
+    "call_id_from_location",
+    "check_answer_sdp",
+]
 
 log = logging.getLogger(__name__)
 
 CALLS_PATH = "/v1/realtime/calls"
+MAX_ANSWER_BYTES = 128 * 1024
+"""Default bound of an answer (or error) body, counted after decompression: a real SDP answer
+is a few KB."""
 
 TokenSource = Callable[[], Awaitable[str]] | str
 """A static key, or an ``async () -> str`` called for a fresh (ephemeral) key per exchange."""
@@ -64,6 +78,32 @@ def _check_base_url(base_url: object) -> str:
     return url.rstrip("/")
 
 
+def _invalid_answer(status: int, why: str) -> VoiceError:
+    return VoiceError(
+        Severity.RECOVERABLE,
+        "invalid_answer",
+        printable(f"HTTP {status} answer {why}", limit=300),
+        ErrorSource.SIGNALING,
+        http_status=status,
+    )
+
+
+def check_answer_sdp(sdp: str, status: int = 201) -> str:
+    """``sdp`` if it is an SDP description aiortc can parse, else a :class:`VoiceError`
+    ``invalid_answer`` (never the parser's own AssertionError / IndexError / ValueError)."""
+    if not sdp.lstrip().startswith("v="):
+        raise _invalid_answer(status, f"is not SDP: {sdp[:120]!r}")
+    if "\x00" in sdp:
+        raise _invalid_answer(status, "contains a NUL character")
+    try:
+        SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser asserts and indexes without checking
+        raise _invalid_answer(
+            status, f"is malformed SDP ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
+    return sdp
+
+
 def call_id_from_location(location: str | None) -> str | None:
     """``/v1/realtime/calls/rtc_abc`` or an absolute URL -> ``rtc_abc``; None when absent."""
     if not location:
@@ -90,8 +130,16 @@ class HttpSignaling(OwnedHttpClient):
         model: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.base_url = _check_base_url(base_url)
+        if (
+            isinstance(max_answer_bytes, bool)
+            or not isinstance(max_answer_bytes, int)
+            or max_answer_bytes <= 0
+        ):
+            raise ConfigError.invalid("max_answer_bytes", max_answer_bytes, "a positive int")
+        self.max_answer_bytes = max_answer_bytes
         if not (isinstance(token, str) and token) and not callable(token):
             raise ConfigError.invalid(
                 "token", "<redacted>", "a non-empty key string or an async callable returning one"
@@ -137,24 +185,21 @@ class HttpSignaling(OwnedHttpClient):
             log.info("signaling got 401; refreshing the ephemeral key and retrying once")
             invalidate()
             status, body, resp_headers, location = await self._post(offer_sdp)
+        if body is None:
+            raise _invalid_answer(status, f"body is larger than {self.max_answer_bytes} bytes")
         if status not in (200, 201):
             err = classify_http(status, body, resp_headers)
+            err = attrs.evolve(err, message=printable(err.message))
             log.info("signaling POST %s refused: %s", self.url, err)
             raise err
-        sdp = body.decode("utf-8", errors="replace")
-        if not sdp.lstrip().startswith("v="):
-            raise VoiceError(
-                Severity.RECOVERABLE,
-                "invalid_answer",
-                f"HTTP {status} answer is not SDP: {sdp[:120]!r}",
-                ErrorSource.SIGNALING,
-                http_status=status,
-            )
+        sdp = check_answer_sdp(body.decode("utf-8", errors="replace"), status)
         call_id = call_id_from_location(location)
         log.debug("signaling answer received (call_id=%s)", call_id)
         return SdpAnswer(sdp=sdp, call_id=call_id)
 
-    async def _post(self, offer_sdp: str) -> tuple[int, bytes, dict[str, str], str | None]:
+    async def _post(
+        self, offer_sdp: str
+    ) -> tuple[int, bytes | None, dict[str, str], str | None]:
         try:
             key = await self._key()
         except VoiceError:
@@ -179,7 +224,7 @@ class HttpSignaling(OwnedHttpClient):
             ) as response:
                 return (
                     response.status,
-                    await response.read(),
+                    await read_response(response, self.max_answer_bytes),
                     dict(response.headers),
                     response.headers.get("Location"),
                 )
