@@ -94,12 +94,15 @@ def make_broker(
     *,
     api_key: str = API_KEY,
     clock: Callable[[], float] | None = None,
+    now: Callable[[], float] | None = None,
     **config: Any,
 ) -> TokenBroker:
     config.setdefault("session_config", SESSION)
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
+    if now is not None:
+        kwargs["now"] = now
     return TokenBroker(
         BrokerConfig(upstream_base=upstream, **config),
         api_key=api_key,
@@ -215,7 +218,9 @@ async def test_expiry_refresh_through_broker(tmp_path: Path) -> None:
     clock = FakeClock(1_700_000_000.0)
     async with (
         RealtimePeer(api_keys={API_KEY}, require_ephemeral=True, now=clock) as peer,
-        make_broker(peer.base_url, tmp_path / "a.sqlite3", default_expires_after=60) as broker,
+        make_broker(
+            peer.base_url, tmp_path / "a.sqlite3", default_expires_after=60, now=clock
+        ) as broker,
     ):
         provider = EphemeralKeyProvider(
             broker.token_url, client_id="app-2", client_secret=CLIENTS["app-2"], now=clock
@@ -293,7 +298,11 @@ async def test_expires_after_is_clamped(http: aiohttp.ClientSession, tmp_path: P
     async with (
         RealtimePeer(api_keys={API_KEY}, now=clock) as peer,
         make_broker(
-            peer.base_url, tmp_path / "a.sqlite3", default_expires_after=45, max_expires_after=300
+            peer.base_url,
+            tmp_path / "a.sqlite3",
+            default_expires_after=45,
+            max_expires_after=300,
+            now=clock,
         ) as broker,
     ):
         cases = [(None, 45), (100, 100), (100_000, 300), (1, 10), (-5, 10), (10**30, 300)]
@@ -353,7 +362,7 @@ async def test_rate_limit_429_with_retry_after(
         assert peer.stats()["client_secrets_minted"] == 5
 
 
-async def test_failed_auth_is_rate_limited_per_address(
+async def test_failed_auth_is_rate_limited_per_address_and_client(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
     mono = FakeClock(0.0)
@@ -363,11 +372,13 @@ async def test_failed_auth_is_rate_limited_per_address(
     ) as broker:
         for _ in range(3):
             assert (await request(http, broker.token_url, headers=bearer(secret="nope")))[0] == 401
-        status, headers, _ = await request(http, broker.token_url, headers=bearer())
+        status, headers, _ = await request(http, broker.token_url, headers=bearer(secret="nope"))
         assert status == 429
         assert headers["Retry-After"] == "1"
-        mono.t += 1.0
+        # the guesser is limited, the valid client behind the same address is not
         assert (await request(http, broker.token_url, headers=bearer()))[0] == 200
+        mono.t += 1.0
+        assert (await request(http, broker.token_url, headers=bearer(secret="nope")))[0] == 401
 
 
 def test_rate_limiter_unit() -> None:
@@ -515,7 +526,7 @@ async def test_bad_requests(http: aiohttp.ClientSession, broker: TokenBroker) ->
         assert body["error"]["type"] == "invalid_request_error"
 
     status, _, body = await request(http, broker.base_url + HEALTH_PATH, method="GET")
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body["status"], body["minting"]) == (200, "ok", "ok")
 
     rows = await broker.audit.rows()
     counts: dict[str, int] = {}
@@ -964,7 +975,7 @@ async def test_cli_serves_until_signal(
         assert "listening on" in line, line
         base = line.split("listening on ", 1)[1].split()[0]
         status, _, body = await request(http, base + HEALTH_PATH, method="GET")
-        assert (status, body) == (200, {"status": "ok"})
+        assert (status, body["status"], body["minting"]) == (200, "ok", "ok")
         status, _, body = await request(
             http, base + TOKEN_PATH, headers={"Authorization": "Bearer w", "X-Client-Id": "web"}
         )

@@ -15,15 +15,32 @@ Endpoints
     ``{"value": "ek_...", "expires_at": <unix>, "session_id": "sess_..." | null,
     "key_id": "<fingerprint>"}`` with ``Cache-Control: no-store``.
 ``GET /healthz``
-    ``{"status": "ok"}``.
+    ``200 {"status": "ok", ...}`` while minting works; ``503 {"status": "failing", ...}`` once
+    ``unhealthy_after_failures`` mints in a row failed upstream (or the audit log failed), until
+    one succeeds. The body says which part fails (``minting``, ``audit``) and how many audit rows
+    of unauthenticated requests were not written (``audit_suppressed``).
 
 Every error is an OpenAI-shaped JSON body ``{"error": {"type", "code", "message", "param"}}``:
 401 missing/wrong credentials (one message for unknown client and wrong secret), 429 per-client
 token bucket exhausted (``Retry-After``, integer seconds), 413 body over ``max_body_bytes``,
-400 invalid JSON / parameters, 405 wrong method, 404 unknown path, 503 too many upstream calls
-in flight, 502 upstream failure (classified: ``code`` is the upstream's, ``Retry-After`` when
-the upstream gave one). Each token request appends one row to the audit log
-(:mod:`fsm_voice.broker.audit`).
+400 invalid JSON / parameters (and malformed HTTP: never echoed), 405 wrong method, 404 unknown
+path, 408 body not received in ``body_timeout``, 503 too many upstream calls in flight, 502
+upstream failure (classified: ``code`` is the upstream's, ``Retry-After`` when the upstream gave
+one, clamped to ``[1, max_upstream_retry_after]``). Each authenticated token request appends one
+row to the audit log (:mod:`fsm_voice.broker.audit`), so does each unauthenticated one within the
+``unauthenticated_audit_rate`` budget (the rest are counted, not written: the log cannot be grown
+without bound by anyone without credentials).
+
+Failed authentications are limited per (remote address, claimed client id) and per address
+(429 instead of 401 once exhausted); valid credentials are never refused by that limit, so an
+attacker guessing behind a shared address (a NAT, the TLS proxy) locks out nobody. The limit
+bounds the work and the log, not the guessing odds: use high-entropy client secrets
+(``fsm-voice broker --hash-secret`` prints one).
+
+Every upstream value is clamped before it reaches a client: the key must be a short printable
+token, ``expires_at`` is cut to what the broker asked for (never later than ``now + seconds``;
+non-finite or past -> 502), ``session_id`` is dropped unless identifier-like, ``Retry-After`` is
+bounded. Upstream slots are shared fairly between clients (:class:`FairSlots`).
 
 Secrets: the API key is only ever put in the upstream ``Authorization`` header. It is not in
 any ``repr``, log line, error, response or audit row; upstream error text is redacted and
@@ -56,11 +73,11 @@ import attrs
 from aiohttp import web
 
 from fsm_voice._lifetime import LocalService, read_limited
-from fsm_voice.errors import ConfigError, VoiceError, redact
+from fsm_voice.errors import ConfigError, ErrorSource, Severity, VoiceError, redact
 from fsm_voice.tokens import EphemeralKey, OpenAIClientSecrets, check_api_base
 
 from .audit import AuditEntry, AuditLog
-from .ratelimit import RateLimiter, RatePolicy
+from .ratelimit import FairSlots, RateLimiter, RatePolicy
 
 __all__ = [
     "DEFAULT_UPSTREAM",
@@ -82,6 +99,8 @@ MIN_EXPIRES: Final = 10
 MAX_SECRET_LENGTH: Final = 1024
 _CLIENT_ID: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _DIGEST: Final = re.compile(r"^sha256:([0-9a-f]{64})$")
+_KEY_VALUE: Final = re.compile(r"^[\x21-\x7e]{1,2048}$")
+_SESSION_ID: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,10 +244,31 @@ class BrokerConfig:
     auth_failure_rate: RatePolicy | None = attrs.field(
         factory=lambda: RatePolicy(capacity=30, refill_per_second=1.0)
     )
-    """Per remote address bucket of failed authentications (None: unlimited)."""
+    """Bucket of failed authentications per (remote address, claimed client id); each address
+    also gets one 4x this size across all ids (None: unlimited). Valid credentials never wait on
+    it."""
+    unauthenticated_audit_rate: RatePolicy | None = attrs.field(
+        factory=lambda: RatePolicy(capacity=100, refill_per_second=1.0)
+    )
+    """Broker-wide budget of audit rows for unauthenticated requests (None: every one)."""
     max_concurrent_upstream: int = attrs.field(
         default=16, validator=_int_in("max_concurrent_upstream", 1, 10_000)
     )
+    max_concurrent_upstream_per_client: int | None = attrs.field(default=None)
+    """Upstream slots one client may hold at once (None: half of ``max_concurrent_upstream``,
+    at least 1)."""
+    max_upstream_retry_after: int = attrs.field(
+        default=300, validator=_int_in("max_upstream_retry_after", 1, 86_400)
+    )
+    unhealthy_after_failures: int = attrs.field(
+        default=3, validator=_int_in("unhealthy_after_failures", 1, 1_000_000)
+    )
+    header_timeout: float = attrs.field(
+        default=10.0, validator=_positive_seconds("header_timeout")
+    )
+    """Seconds a connection may take to send a complete request head (slow-loris bound)."""
+    body_timeout: float = attrs.field(default=10.0, validator=_positive_seconds("body_timeout"))
+    """Seconds a request body may take to arrive (408 after)."""
     upstream_queue_timeout: float = attrs.field(
         default=5.0, validator=_positive_seconds("upstream_queue_timeout")
     )
@@ -239,7 +279,23 @@ class BrokerConfig:
         default=16 * 1024, validator=_int_in("max_body_bytes", 64, 1 << 24)
     )
 
+    @property
+    def upstream_slots_per_client(self) -> int:
+        per = self.max_concurrent_upstream_per_client
+        return per if per is not None else max(1, self.max_concurrent_upstream // 2)
+
     def __attrs_post_init__(self) -> None:
+        per = self.max_concurrent_upstream_per_client
+        if per is not None and (
+            isinstance(per, bool)
+            or not isinstance(per, int)
+            or not 1 <= per <= self.max_concurrent_upstream
+        ):
+            raise ConfigError.invalid(
+                "max_concurrent_upstream_per_client",
+                per,
+                f"None or an int in [1, max_concurrent_upstream={self.max_concurrent_upstream}]",
+            )
         if self.default_expires_after > self.max_expires_after:
             raise ConfigError.invalid(
                 "default_expires_after",
@@ -266,6 +322,7 @@ class _Outcome:
     client_id: str | None = None
     detail: str | None = None
     key: EphemeralKey | None = None
+    authenticated: bool = False
 
 
 class _Refusal(Exception):
@@ -284,13 +341,14 @@ def _refuse(
     param: str | None = None,
     client_id: str | None = None,
     headers: Mapping[str, str] | None = None,
+    authenticated: bool = True,
 ) -> _Refusal:
     response = web.json_response(
         _error_body(message, type=type, code=code, param=param),
         status=status,
         headers=dict(headers) if headers else None,
     )
-    return _Refusal(_Outcome(response, outcome, client_id, code))
+    return _Refusal(_Outcome(response, outcome, client_id, code, authenticated=authenticated))
 
 
 class TokenBroker(LocalService):
@@ -298,7 +356,8 @@ class TokenBroker(LocalService):
 
     ``api_key``: the upstream API key (read it from the environment, never from argv).
     ``audit``: an :class:`AuditLog` (left open on stop) or a path (opened and closed here).
-    ``clock``: monotonic seconds for rate limiting (injectable).
+    ``clock``: monotonic seconds for rate limiting (injectable). ``now``: epoch seconds, to
+    clamp the upstream's ``expires_at`` (injectable).
     """
 
     def __init__(
@@ -311,6 +370,7 @@ class TokenBroker(LocalService):
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigError.invalid("api_key", "<redacted>", "a non-empty API key")
@@ -324,13 +384,30 @@ class TokenBroker(LocalService):
         self.host = host
         self.port = port
         self._clock = clock
+        self._now = now
+        self.header_timeout = config.header_timeout
         self.limiter = RateLimiter(config.rate, clock=clock)
-        self.auth_failures = (
-            RateLimiter(config.auth_failure_rate, clock=clock)
-            if config.auth_failure_rate is not None
+        failures = config.auth_failure_rate
+        self.auth_failures = RateLimiter(failures, clock=clock) if failures is not None else None
+        self.auth_failures_by_address = (
+            RateLimiter(
+                RatePolicy(
+                    capacity=failures.capacity * 4,
+                    refill_per_second=failures.refill_per_second * 4,
+                ),
+                clock=clock,
+            )
+            if failures is not None
             else None
         )
-        self._upstream_slots = asyncio.Semaphore(config.max_concurrent_upstream)
+        unauth = config.unauthenticated_audit_rate
+        self._unauth_audit = RateLimiter(unauth, clock=clock) if unauth is not None else None
+        self.upstream_slots = FairSlots(
+            config.max_concurrent_upstream, config.upstream_slots_per_client
+        )
+        self.mint_failures_in_a_row = 0
+        self.last_mint_error: str | None = None
+        self.audit_failing = False
         self._upstream: OpenAIClientSecrets | None = None
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -429,8 +506,21 @@ class TokenBroker(LocalService):
                 status=500,
             )
 
+    @property
+    def minting_healthy(self) -> bool:
+        return self.mint_failures_in_a_row < self.config.unhealthy_after_failures
+
     async def _health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "ok"})
+        ok = self.minting_healthy and not self.audit_failing and self._upstream is not None
+        body = {
+            "status": "ok" if ok else "failing",
+            "minting": "ok" if self.minting_healthy else "failing",
+            "mint_failures_in_a_row": self.mint_failures_in_a_row,
+            "last_mint_error": self.last_mint_error,
+            "audit": "failing" if self.audit_failing else "ok",
+            "audit_suppressed": self.counters.get("audit_suppressed", 0),
+        }
+        return web.json_response(body, status=200 if ok else 503)
 
     async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -438,6 +528,18 @@ class TokenBroker(LocalService):
             result = await self._issue(request)
         except _Refusal as refusal:
             result = refusal.outcome
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: still one answer and one audit row, no detail out
+            log.error("broker: unhandled %s while issuing a token", type(exc).__name__)
+            result = _Outcome(
+                web.json_response(
+                    _error_body("Internal error.", type="server_error", code="internal_error"),
+                    status=500,
+                ),
+                "internal_error",
+                detail="internal_error",
+            )
         key = result.key
         entry = AuditEntry(
             outcome=result.outcome,
@@ -451,9 +553,18 @@ class TokenBroker(LocalService):
         )
         self._count(result.outcome)
         try:
-            await self.audit.record(entry)
+            if (
+                not result.authenticated
+                and self._unauth_audit is not None
+                and self._unauth_audit.acquire("*") is not None
+            ):
+                self._count("audit_suppressed")  # counted (see /healthz), not written
+            else:
+                await self.audit.record(entry)
+                self.audit_failing = False
         except Exception as exc:
             log.error("broker: audit write failed (%s)", type(exc).__name__)
+            self.audit_failing = True
             if key is not None:  # fail closed: no key leaves without its audit row
                 self._count("internal_error")
                 return web.json_response(
@@ -504,17 +615,7 @@ class TokenBroker(LocalService):
                 f"Method {request.method[:16]!r} not allowed: use POST.",
                 code="method_not_allowed",
                 headers={"Allow": "POST"},
-            )
-        remote = request.remote or "?"
-        if self.auth_failures is not None and self.auth_failures.available(remote) < 1:
-            blocked_for = self.auth_failures.acquire(remote) or 1.0
-            raise _refuse(
-                429,
-                "rate_limited",
-                "Too many failed authentications from this address.",
-                type="requests",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(max(1, math.ceil(blocked_for)))},
+                authenticated=False,
             )
         client_id = self._authenticate(request)
         wait = self.limiter.acquire(client_id)
@@ -529,20 +630,50 @@ class TokenBroker(LocalService):
                 client_id=client_id,
                 headers={"Retry-After": str(seconds)},
             )
-        seconds = self._expires_after(await self._read_json(request, client_id), client_id)
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                body = await self._read_json(request, client_id)
+        except TimeoutError:
+            raise _refuse(
+                408,
+                "bad_request",
+                f"The request body did not arrive within {self.config.body_timeout:g} s.",
+                code="request_timeout",
+                client_id=client_id,
+            ) from None
+        seconds = self._expires_after(body, client_id)
         return await self._mint(client_id, seconds)
 
     def _authenticate(self, request: web.Request) -> str:
+        """The client id of valid credentials. Authentication comes first: a valid client is
+        never refused for someone else's failures. A failure is charged to the (address,
+        claimed id) and the address buckets; when either is empty the answer is 429."""
         creds = self._credentials(request)
+        claimed = ""
         if creds is not None and len(creds[1]) <= MAX_SECRET_LENGTH:
             client_id, secret = creds
             if self.clients.verify(client_id, secret):
                 return client_id
-            known = client_id if client_id in self.clients else None
-        else:
-            known = None
-        if self.auth_failures is not None:
-            self.auth_failures.acquire(request.remote or "?")
+            claimed = client_id if _CLIENT_ID.match(client_id) else "?"
+        known = claimed if claimed in self.clients else None
+        remote = request.remote or "?"
+        if self.auth_failures is not None and self.auth_failures_by_address is not None:
+            waits = [
+                self.auth_failures.acquire(f"{remote} {claimed}"),
+                self.auth_failures_by_address.acquire(remote),
+            ]
+            wait = max((w for w in waits if w is not None), default=None)
+            if wait is not None:
+                raise _refuse(
+                    429,
+                    "rate_limited",
+                    "Too many failed authentications.",
+                    type="requests",
+                    code="rate_limit_exceeded",
+                    client_id=known,
+                    headers={"Retry-After": str(max(1, min(3600, math.ceil(wait))))},
+                    authenticated=False,
+                )
         raise _refuse(
             401,
             "denied_auth",
@@ -551,6 +682,7 @@ class TokenBroker(LocalService):
             code="invalid_client",
             client_id=known,
             headers={"WWW-Authenticate": 'Basic realm="fsm-voice broker"'},
+            authenticated=False,
         )
 
     async def _read_json(self, request: web.Request, client_id: str) -> object:
@@ -632,7 +764,7 @@ class TokenBroker(LocalService):
             )
         try:
             async with asyncio.timeout(self.config.upstream_queue_timeout):
-                await self._upstream_slots.acquire()
+                await self.upstream_slots.acquire(client_id)
         except TimeoutError:
             raise _refuse(
                 503,
@@ -644,12 +776,15 @@ class TokenBroker(LocalService):
                 headers={"Retry-After": "1"},
             ) from None
         try:
-            key = await upstream.mint(seconds)
+            key = self._clamp_key(await upstream.mint(seconds), seconds)
         except VoiceError as err:
+            self.mint_failures_in_a_row += 1
             headers = {}
-            if err.retry_after is not None:
-                headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+            retry = self._clamp_retry_after(err.retry_after)
+            if retry is not None:
+                headers["Retry-After"] = str(retry)
             code = err.code if re.match(r"^[a-z0-9_]{1,64}$", err.code) else "upstream_error"
+            self.last_mint_error = code
             raise _refuse(
                 502,
                 "upstream_error",
@@ -660,7 +795,9 @@ class TokenBroker(LocalService):
                 headers=headers,
             ) from None
         finally:
-            self._upstream_slots.release()
+            self.upstream_slots.release(client_id)
+        self.mint_failures_in_a_row = 0
+        self.last_mint_error = None
         body = {
             "value": key.value,
             "expires_at": int(key.expires_at),
@@ -670,4 +807,44 @@ class TokenBroker(LocalService):
         response = web.json_response(
             body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
         )
-        return _Outcome(response, "issued", client_id, None, key)
+        return _Outcome(response, "issued", client_id, None, key, authenticated=True)
+
+    def _clamp_retry_after(self, value: float | None) -> int | None:
+        """An upstream ``Retry-After`` as whole seconds in ``[1, max_upstream_retry_after]``
+        (infinite or absurd values give the maximum)."""
+        if value is None or math.isnan(value):
+            return None
+        limit = self.config.max_upstream_retry_after
+        if not math.isfinite(value) or value >= limit:
+            return limit
+        return max(1, math.ceil(value))
+
+    def _clamp_key(self, key: EphemeralKey, seconds: int) -> EphemeralKey:
+        """The upstream key with every value bounded (see the module docstring); a value that
+        cannot be bounded is a :class:`VoiceError` (502 upstream_invalid_response)."""
+
+        def invalid(what: str) -> VoiceError:
+            return VoiceError(
+                Severity.RECOVERABLE,
+                "upstream_invalid_response",
+                f"upstream key rejected: {what}",
+                ErrorSource.SIGNALING,
+            )
+
+        if not _KEY_VALUE.match(key.value):
+            raise invalid("the key is not a short printable token")
+        now = self._now()
+        if not math.isfinite(key.expires_at) or key.expires_at <= now:
+            raise invalid("expires_at is not in the future")
+        expires_at = min(key.expires_at, float(math.floor(now)) + seconds)
+        if expires_at != key.expires_at:
+            log.warning(
+                "upstream key %s expires_at %.0f is beyond the %d s asked for: clamped",
+                key.fingerprint,
+                min(key.expires_at, 1e18),
+                seconds,
+            )
+        session_id = key.session_id
+        if session_id is not None and not _SESSION_ID.match(session_id):
+            session_id = None
+        return attrs.evolve(key, expires_at=expires_at, session_id=session_id)

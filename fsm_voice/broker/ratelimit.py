@@ -1,16 +1,20 @@
-"""Per-key token buckets (pure: the clock is injected, nothing sleeps)."""
+"""Per-key token buckets (pure: the clock is injected, nothing sleeps), and fair upstream
+slots (:class:`FairSlots`)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 import attrs
 
 from fsm_voice.errors import ConfigError
 
-__all__ = ["RateLimiter", "RatePolicy"]
+__all__ = ["FairSlots", "RateLimiter", "RatePolicy"]
 
 
 def _positive(name: str) -> Callable[[object, attrs.Attribute[float], float], None]:
@@ -106,3 +110,89 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class FairSlots:
+    """``total`` slots shared fairly by keys (clients): a key holds at most ``per_key`` at once,
+    and a freed slot goes to the waiting key holding the fewest (ties: the longest waiting), so
+    one client's burst cannot queue ahead of everyone else (first come, first served would).
+
+    ``async with slots.hold(key):`` or :meth:`acquire` / :meth:`release`. A cancelled waiter
+    (e.g. by a queue timeout) leaves nothing behind.
+    """
+
+    def __init__(self, total: int, per_key: int | None = None) -> None:
+        if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+            raise ConfigError.invalid("total", total, "a positive int")
+        per = total if per_key is None else per_key
+        if isinstance(per, bool) or not isinstance(per, int) or not 0 < per <= total:
+            raise ConfigError.invalid("per_key", per_key, f"an int in [1, {total}]")
+        self.total = total
+        self.per_key = per
+        self._free = total
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
+        self._seq = itertools.count()
+
+    def held(self, key: str) -> int:
+        """Slots ``key`` holds now."""
+        return self._held.get(key, 0)
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def waiting(self, key: str | None = None) -> int:
+        """Waiters of ``key`` (or of every key)."""
+        if key is not None:
+            return len(self._waiting.get(key, ()))
+        return sum(len(q) for q in self._waiting.values())
+
+    def _grant(self, key: str) -> None:
+        self._free -= 1
+        self._held[key] = self._held.get(key, 0) + 1
+
+    async def acquire(self, key: str) -> None:
+        # A free slot with waiters means every waiter is at its per-key cap.
+        if self._free > 0 and self.held(key) < self.per_key:
+            self._grant(key)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (next(self._seq), fut)
+        self._waiting.setdefault(key, deque()).append(entry)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release(key)  # granted, but the waiter was cancelled before it resumed
+            else:
+                queue = self._waiting.get(key)
+                if queue is not None:
+                    queue.remove(entry)
+                    if not queue:
+                        del self._waiting[key]
+            raise
+
+    def release(self, key: str) -> None:
+        count = self._held.get(key, 0)
+        if count <= 0:
+            raise RuntimeError(f"release() without acquire() for {key!r}")
+        if count == 1:
+            del self._held[key]
+        else:
+            self._held[key] = count - 1
+        self._free += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._free > 0:
+            eligible = [k for k in self._waiting if self.held(k) < self.per_key]
+            if not eligible:
+                return
+            key = min(eligible, key=lambda k: (self.held(k), self._waiting[k][0][0]))
+            queue = self._waiting[key]
+            _, fut = queue.popleft()
+            if not queue:
+                del self._waiting[key]
+            self._grant(key)
+            fut.set_result(None)
