@@ -634,13 +634,15 @@ class TokenBroker(LocalService):
             async with asyncio.timeout(self.config.body_timeout):
                 body = await self._read_json(request, client_id)
         except TimeoutError:
-            raise _refuse(
+            refusal = _refuse(
                 408,
                 "bad_request",
                 f"The request body did not arrive within {self.config.body_timeout:g} s.",
                 code="request_timeout",
                 client_id=client_id,
-            ) from None
+            )
+            refusal.outcome.response.force_close()  # the rest of the body must not be parsed
+            raise refusal from None
         seconds = self._expires_after(body, client_id)
         return await self._mint(client_id, seconds)
 

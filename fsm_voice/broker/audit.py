@@ -6,7 +6,11 @@ the latency, and for issued keys the session id and a short non-secret fingerpri
 ``detail`` is limited to an error-code-like token.
 
 Append-only is enforced by the database itself: triggers ``RAISE(ABORT)`` on any ``UPDATE`` or
-``DELETE`` of the table (dropping the table or editing the file are outside what SQLite can
+``DELETE`` of the table and on any ``INSERT`` that names a row id (ids are the log's: SQLite shows an automatic one as -1
+to a BEFORE trigger) or lands before the last row, so
+``INSERT OR REPLACE`` / ``REPLACE`` cannot delete-and-rewrite a row (SQLite fires no DELETE
+trigger for REPLACE unless ``recursive_triggers`` is on, which another connection need not set),
+and ``ON CONFLICT DO UPDATE`` hits the UPDATE trigger (dropping the table or editing the file are outside what SQLite can
 refuse: protect the file with permissions and ship it elsewhere for tamper evidence).
 
 All SQLite work runs on one dedicated thread (the connection never crosses threads); rows are
@@ -63,6 +67,16 @@ END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
 BEGIN
     SELECT RAISE(ABORT, 'audit log is append-only: DELETE refused');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_insert_id BEFORE INSERT ON audit
+WHEN NEW.id <> -1
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: row ids are assigned by the log');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_insert_last AFTER INSERT ON audit
+WHEN NEW.id < (SELECT MAX(id) FROM audit)
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: only new rows at the end');
 END;
 """
 
