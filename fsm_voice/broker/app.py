@@ -34,8 +34,8 @@ without bound by anyone without credentials).
 Failed authentications are limited per (remote address, claimed client id) and per address
 (429 instead of 401 once exhausted); valid credentials are never refused by that limit, so an
 attacker guessing behind a shared address (a NAT, the TLS proxy) locks out nobody. The limit
-bounds the work and the log, not the guessing odds: use high-entropy client secrets
-(``fsm-voice broker --hash-secret`` prints one).
+bounds the work and the log, not the guessing odds: use high-entropy client secrets (e.g.
+``secrets.token_urlsafe(32)``).
 
 Every upstream value is clamped before it reaches a client: the key must be a short printable
 token, ``expires_at`` is cut to what the broker asked for (never later than ``now + seconds``;

@@ -6,12 +6,13 @@ the latency, and for issued keys the session id and a short non-secret fingerpri
 ``detail`` is limited to an error-code-like token.
 
 Append-only is enforced by the database itself: triggers ``RAISE(ABORT)`` on any ``UPDATE`` or
-``DELETE`` of the table and on any ``INSERT`` that names a row id (ids are the log's: SQLite shows an automatic one as -1
-to a BEFORE trigger) or lands before the last row, so
-``INSERT OR REPLACE`` / ``REPLACE`` cannot delete-and-rewrite a row (SQLite fires no DELETE
-trigger for REPLACE unless ``recursive_triggers`` is on, which another connection need not set),
-and ``ON CONFLICT DO UPDATE`` hits the UPDATE trigger (dropping the table or editing the file are outside what SQLite can
-refuse: protect the file with permissions and ship it elsewhere for tamper evidence).
+``DELETE`` of the table, and on any ``INSERT`` that names a row id (ids are the log's; SQLite
+shows an automatic one as -1 to a BEFORE trigger) or lands before the last row. So ``INSERT OR
+REPLACE`` / ``REPLACE`` cannot delete-and-rewrite a row (SQLite fires no DELETE trigger for a
+REPLACE unless ``recursive_triggers`` is on, which another connection need not set), and ``ON
+CONFLICT DO UPDATE`` hits the UPDATE trigger. Dropping the table or editing the file are outside
+what SQLite can refuse: protect the file with permissions and ship it elsewhere for tamper
+evidence.
 
 All SQLite work runs on one dedicated thread (the connection never crosses threads); rows are
 written by one writer task with group commit: concurrent requests share a transaction, and

@@ -87,6 +87,12 @@ def add_parsers(subparsers: Any) -> None:
         "--max-concurrency", type=int, default=16, help="upstream requests in flight at most"
     )
     b.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client may take to send a request head, and then its body (default 10)",
+    )
+    b.add_argument(
         "--hash-secret",
         action="store_true",
         help="read a client secret from stdin, print its sha256: digest, exit",
@@ -167,6 +173,8 @@ def build_broker(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         max_expires_after=args.max_expires,
         rate=RatePolicy(capacity=args.rate_capacity, refill_per_second=args.rate_refill),
         max_concurrent_upstream=args.max_concurrency,
+        header_timeout=args.header_timeout,
+        body_timeout=args.header_timeout,
     )
     host = _check_host(args.host, args.allow_remote)
     return TokenBroker(
