@@ -301,10 +301,10 @@ async def test_http_refusals(peer: RealtimePeer) -> None:
     assert status == 413
     _assert_error_body(text, "request_too_large")
     async with aiohttp.ClientSession() as http:
-        async with http.get(peer.base_url + "/control/stats") as r:
+        async with http.get(peer.base_url + "/control/stats", headers=peer.control_headers) as r:
             stats = await r.json()
         assert stats["offers_received"] == 4 and stats["calls_active"] == 0
-        headers = {"Origin": "http://web.page.example"}
+        headers = {"Origin": "http://web.page.example", **peer.control_headers}
         async with http.post(peer.base_url + "/control/go_silent", headers=headers) as r:
             assert r.status == 403  # a browser page cannot drive the control API
     strict = RealtimePeer(tokens=lambda t: t == "good")
@@ -321,6 +321,7 @@ async def test_reject_offers_then_accept(peer: RealtimePeer) -> None:
         http.post(
             peer.base_url + "/control/reject_offers",
             json={"count": 2, "status": 503, "retry_after": 1},
+            headers=peer.control_headers,
         ) as r,
     ):
         assert r.status == 200 and (await r.json())["pending_rejections"] == 2
@@ -438,6 +439,7 @@ async def test_send_error_reaches_client(peer: RealtimePeer, client: Client) -> 
         http.post(
             peer.base_url + "/control/send_error",
             json={"type": "server_error", "code": "boom", "message": "injected"},
+            headers=peer.control_headers,
         ) as r,
     ):
         assert (await r.json())["sent"] == 1
@@ -474,7 +476,9 @@ async def test_close_call_disconnects_client(peer: RealtimePeer, client: Client)
     await client.wait_state(lambda s: s == "connected")
     async with (
         aiohttp.ClientSession() as http,
-        http.post(peer.base_url + "/control/close_call", json={}) as r,
+        http.post(
+            peer.base_url + "/control/close_call", json={}, headers=peer.control_headers
+        ) as r,
     ):
         assert (await r.json())["closed"] == 1
     state = await client.wait_state(lambda s: s != "connected", timeout=8)
@@ -482,7 +486,7 @@ async def test_close_call_disconnects_client(peer: RealtimePeer, client: Client)
     assert peer.stats()["calls_active"] == 0
     async with (
         aiohttp.ClientSession() as http,
-        http.get(peer.base_url + "/control/calls") as r,
+        http.get(peer.base_url + "/control/calls", headers=peer.control_headers) as r,
     ):
         calls = (await r.json())["calls"]
     assert calls[0]["state"] == "closed" and calls[0]["close_reason"] == "closed_by_control"

@@ -16,18 +16,27 @@ path                       method  body (JSON) -> result
 /control/reset             POST    clears pending offer rejections and answer delay
 =========================  ======  ==============================================================
 
-A request is refused (403) unless it comes from a loopback address and carries no ``Origin``
-header (which browsers add to cross-site requests: a web page cannot drive the peer).
+A request is refused (403) unless it comes from a loopback address, carries no ``Origin``
+header (which browsers add to cross-site requests: a web page cannot drive the peer), names the
+peer in ``Host`` (a loopback literal, ``localhost`` or the bound address: a DNS-rebound name is
+refused) and carries the peer's control token (``X-Control-Token``, see
+:attr:`~fsm_voice.peer.server.RealtimePeer.control_token`): another local process cannot list or
+hang up the calls. Bodies are JSON objects of at most 64 KiB, read whole however they are
+segmented; too deep a nesting is a 400, ``reject_offers.count`` is bounded.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from fsm_voice._lifetime import read_limited
 
 from .protocol import http_error
 
@@ -35,6 +44,9 @@ if TYPE_CHECKING:
     from .server import RealtimePeer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONTROL_TOKEN_HEADER = "X-Control-Token"
+MAX_CONTROL_BODY = 64 * 1024
 
 
 def is_loopback_address(address: str | None) -> bool:
@@ -50,12 +62,50 @@ def is_loopback_address(address: str | None) -> bool:
     return ip.is_loopback
 
 
-def control_refusal(remote: str | None, origin: str | None) -> str | None:
-    """Why a control request must be refused, or None when it may proceed."""
+def host_names_peer(host: str | None, bound: str, port: int | None) -> bool:
+    """Whether a ``Host`` header names this peer: a loopback literal, ``localhost`` or the
+    bound address, with no port or the bound one (anything else is e.g. a DNS-rebound name)."""
+    if not host:
+        return False
+    text = host.strip().lower()
+    if text.startswith("["):
+        name, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        name, port_text = text.split(":")
+    elif ":" in text:
+        return False  # an unbracketed IPv6 address is not a valid Host
+    else:
+        name, port_text = text, ""
+    if port_text and (not port_text.isdigit() or port is None or int(port_text) != port):
+        return False
+    return name in ("localhost", bound.lower()) or is_loopback_address(name)
+
+
+def control_refusal(
+    remote: str | None,
+    origin: str | None,
+    *,
+    host: str | None = None,
+    bound: str | None = None,
+    port: int | None = None,
+    token: str | None = None,
+    expected_token: str | None = None,
+) -> str | None:
+    """Why a control request must be refused, or None when it may proceed (``host``/``token``
+    are checked when ``bound``/``expected_token`` are given)."""
     if not is_loopback_address(remote):
         return f"the control API accepts loopback callers only (caller: {remote!r})"
     if origin is not None:
         return "the control API refuses browser (Origin) requests"
+    if bound is not None and not host_names_peer(host, bound, port):
+        return "the control API refuses requests whose Host does not name the peer"
+    if expected_token is not None and not hmac.compare_digest(
+        (token or "").encode(), expected_token.encode()
+    ):
+        return f"the control API needs this peer's control token in {CONTROL_TOKEN_HEADER}"
     return None
 
 
@@ -66,13 +116,17 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
-    raw = await request.content.read(64 * 1024 + 1)
-    if len(raw) > 64 * 1024:
-        raise web.HTTPRequestEntityTooLarge(max_size=64 * 1024, actual_size=len(raw))
+    raw = await read_limited(request, MAX_CONTROL_BODY)  # whole, however it is segmented
+    if raw is None:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_CONTROL_BODY, actual_size=request.content_length or MAX_CONTROL_BODY + 1
+        )
     if not raw.strip():
         return {}
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise _bad("body is nested too deeply") from None
     except ValueError as exc:
         raise _bad(f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -98,7 +152,10 @@ def _number(body: dict[str, Any], key: str, default: float | None = None) -> flo
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"{key!r} must be a number")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise _bad(f"{key!r} must be finite")
+    return number
 
 
 def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
@@ -106,7 +163,15 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            reason = control_refusal(request.remote, request.headers.get("Origin"))
+            reason = control_refusal(
+                request.remote,
+                request.headers.get("Origin"),
+                host=request.headers.get("Host"),
+                bound=peer.host,
+                port=peer.bound_port,
+                token=request.headers.get(CONTROL_TOKEN_HEADER),
+                expected_token=peer.control_token,
+            )
             if reason is not None:
                 return _json(http_error(reason, code="forbidden"), status=403)
             return await handler(request)

@@ -22,6 +22,7 @@ tests expire keys without sleeping. Nothing here logs a key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -30,6 +31,8 @@ from typing import Any, Final, Literal
 
 import attrs
 from aiohttp import web
+
+from fsm_voice._lifetime import read_limited
 
 from . import protocol as p
 
@@ -100,6 +103,8 @@ class MintedKey:
     created_at: float
     expires_at: int
     session: Mapping[str, Any] = attrs.field(repr=False)
+    minted_by: str = ""
+    """A digest of the API key that minted it ("" when minted directly)."""
 
 
 def _invalid_type(param: str, expected: str) -> RequestError:
@@ -246,9 +251,14 @@ class ClientSecretStore:
         return key in self._api_keys
 
     def mint(
-        self, seconds: int = DEFAULT_EXPIRES_SECONDS, session: Mapping[str, Any] | None = None
+        self,
+        seconds: int = DEFAULT_EXPIRES_SECONDS,
+        session: Mapping[str, Any] | None = None,
+        *,
+        api_key: str = "",
     ) -> MintedKey:
-        """A new key valid for ``seconds`` carrying the effective session configuration."""
+        """A new key valid for ``seconds`` carrying the effective session configuration
+        (``api_key``: who minted it; only its digest is kept)."""
         created = self.now()
         model = str((session or {}).get("model") or self.model)
         effective = p.default_session(model, self.voice)
@@ -260,6 +270,7 @@ class ClientSecretStore:
             created_at=created,
             expires_at=int(created) + int(seconds),
             session=effective,
+            minted_by=hashlib.sha256(api_key.encode()).hexdigest() if api_key else "",
         )
         self._prune()
         self._keys[key.value] = key
@@ -301,14 +312,8 @@ class ClientSecretStore:
 
 
 async def _read_json(request: web.Request) -> object:
-    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-        raise RequestError(
-            413,
-            f"Request body too large: the limit is {MAX_REQUEST_BYTES} bytes.",
-            "request_too_large",
-        )
-    raw = await request.content.read(MAX_REQUEST_BYTES + 1)
-    if len(raw) > MAX_REQUEST_BYTES:
+    raw = await read_limited(request, MAX_REQUEST_BYTES)  # whole, however it is segmented
+    if raw is None:
         raise RequestError(
             413,
             f"Request body too large: the limit is {MAX_REQUEST_BYTES} bytes.",
@@ -358,7 +363,7 @@ def add_client_secret_routes(app: web.Application, store: ClientSecretStore) -> 
         except RequestError as err:
             store.refused += 1
             return err.response()
-        key = store.mint(seconds, session)
+        key = store.mint(seconds, session, api_key=token)
         return web.json_response(
             {"value": key.value, "expires_at": key.expires_at, "session": key.session},
             headers={"Cache-Control": "no-store"},

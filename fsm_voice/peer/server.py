@@ -5,8 +5,10 @@ with ``sdp`` and an optional JSON ``session`` field, as the real API accepts) an
 with the answer SDP and ``Location: /v1/realtime/calls/<call_id>``. Each call is an aiortc
 answerer (:class:`~fsm_voice.peer.call.Call`): the ``oai-events`` data channel carries the
 JSON events, the audio track is consumed by an energy VAD, and replies are played back as audio.
-``POST /v1/realtime/calls/<call_id>/hangup`` ends a call. ``/control/...`` injects faults
-(see :mod:`fsm_voice.peer.control`). ``POST /v1/realtime/client_secrets`` mints ephemeral ``ek_``
+``POST /v1/realtime/calls/<call_id>/hangup`` ends a call, for the caller that made it (the same
+key, or a key minted with the same API key; anyone else gets 404). ``/control/...`` injects
+faults (see :mod:`fsm_voice.peer.control`; it needs :attr:`RealtimePeer.control_token`).
+``POST /v1/realtime/client_secrets`` mints ephemeral ``ek_``
 keys (see :mod:`fsm_voice.peer.secrets`); with ``require_ephemeral=True`` the calls endpoint
 accepts only those keys, while unexpired.
 
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import ipaddress
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -32,13 +36,14 @@ from fsm_voice._lifetime import LocalService, read_limited
 
 from . import protocol as p
 from .call import Call, Reply, reply_tone
-from .control import add_control_routes
+from .control import CONTROL_TOKEN_HEADER, add_control_routes
 from .secrets import ClientSecretStore, add_client_secret_routes, bearer_token
 
 log = logging.getLogger(__name__)
 
 CALLS_PATH = "/v1/realtime/calls"
 DEFAULT_MAX_BODY = 64 * 1024
+MAX_PENDING_REJECTIONS = 1000
 _STATUS_ERROR_TYPE = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -118,6 +123,9 @@ class RealtimePeer(LocalService):
     ``allow_bind``: non-loopback addresses ``host`` may explicitly be (opt-in; the namespace
     tests bind to their namespace's own address). ICE candidates stay loopback unless the
     caller overrides them (see ``tests/netns_agent.py``).
+    ``control_token``: the secret the control API requires (default: a random one; send
+    :attr:`control_headers`). ``header_timeout``: seconds a client may take to send a request
+    head, then its body (slow-loris bound).
     """
 
     def __init__(
@@ -140,6 +148,8 @@ class RealtimePeer(LocalService):
         allow_bind: Collection[str] = (),
         candidate_addresses: Collection[str] | None = None,
         max_session_seconds: float = 3600.0,
+        control_token: str | None = None,
+        header_timeout: float = 10.0,
     ) -> None:
         if not 0.05 <= tone_seconds <= 60:
             raise ValueError(f"tone_seconds must be in [0.05, 60], got {tone_seconds!r}")
@@ -151,6 +161,13 @@ class RealtimePeer(LocalService):
             raise ValueError(f"vad_threshold_dbfs must be in (-120, 0), got {vad_threshold_dbfs}")
         if max_body_bytes <= 0 or max_calls <= 0 or connect_timeout <= 0:
             raise ValueError("max_body_bytes, max_calls and connect_timeout must be positive")
+        if not (math.isfinite(header_timeout) and header_timeout > 0):
+            raise ValueError(f"header_timeout must be positive, got {header_timeout!r}")
+        if control_token is not None and (not isinstance(control_token, str) or
+                                          len(control_token) < 16):
+            raise ValueError("control_token must be a string of at least 16 characters")
+        self.control_token = control_token or secrets.token_urlsafe(24)
+        self.header_timeout = float(header_timeout)
         self.host = loopback_host(host, allow_bind)
         self.max_session_seconds = max_session_seconds
         # The calls' ICE host candidates: loopback, or the bound address when opted in.
@@ -181,6 +198,21 @@ class RealtimePeer(LocalService):
         self._stopping = False
         self._counters: collections.Counter[str] = collections.Counter()
         self._events_received: collections.Counter[str] = collections.Counter()
+        self._owners: dict[str, str] = {}  # call id -> who made it (see _owner)
+
+    def __repr__(self) -> str:  # never the control token
+        state = self.base_url if self._bound_port is not None else "stopped"
+        return f"RealtimePeer({state})"
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        """Headers a control API request needs (the control token)."""
+        return {CONTROL_TOKEN_HEADER: self.control_token}
+
+    @property
+    def bound_port(self) -> int | None:
+        """The port bound by :meth:`start` (None when stopped)."""
+        return self._bound_port
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -293,6 +325,11 @@ class RealtimePeer(LocalService):
         """Answer the next ``count`` offers with ``status`` (JSON error, Retry-After if set)."""
         if count < 0:
             raise ValueError("count must not be negative")
+        if count > MAX_PENDING_REJECTIONS - len(self._rejections):
+            raise ValueError(
+                f"at most {MAX_PENDING_REJECTIONS} offer rejections may be pending "
+                f"({len(self._rejections)} are)"
+            )
         if not 400 <= status <= 599:
             raise ValueError(f"status must be a 4xx/5xx code, got {status}")
         if retry_after is not None and (retry_after < 0 or not math.isfinite(retry_after)):
@@ -418,7 +455,12 @@ class RealtimePeer(LocalService):
                 if part.name == "sdp":
                     sdp = bytes(data).decode("utf-8")
                 elif part.name == "session":
-                    parsed = json.loads(bytes(data))
+                    try:
+                        parsed = json.loads(bytes(data))
+                    except RecursionError:
+                        return self._error(
+                            400, "'session' is nested too deeply.", "invalid_json", param="session"
+                        )
                     if not isinstance(parsed, dict):
                         return self._error(
                             400, "'session' must be a JSON object.", "invalid_type", param="session"
@@ -454,7 +496,13 @@ class RealtimePeer(LocalService):
         refused = self._authorized(request)
         if refused is not None:
             return refused
-        read = await self._read_offer(request)
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                read = await self._read_offer(request)
+        except TimeoutError:
+            response = self._error(408, "The request body did not arrive in time.", "timeout")
+            response.force_close()
+            return response
         if isinstance(read, web.Response):
             return read
         sdp, session_cfg = read
@@ -500,6 +548,7 @@ class RealtimePeer(LocalService):
         if session_cfg is not None:
             call.session = p.merge_session(call.session, session_cfg)
         self._calls[call.id] = call
+        self._owners[call.id] = self._owner(bearer_token(request) or "")
         self._counters["calls_created"] += 1
         try:
             answer = await call.accept_offer(sdp)
@@ -523,8 +572,11 @@ class RealtimePeer(LocalService):
         refused = self._authorized(request)
         if refused is not None:
             return refused
-        call = self._calls.get(request.match_info["call_id"])
-        if call is None:
+        call_id = request.match_info["call_id"]
+        call = self._calls.get(call_id)
+        owner = self._owners.get(call_id)
+        if call is None or owner != self._owner(bearer_token(request) or ""):
+            # Someone else's call is as unknown as a missing one (no existence oracle).
             return self._error(404, "Call not found.", "call_not_found")
         await call.close("hangup")
         return web.json_response({}, status=200)
@@ -532,7 +584,16 @@ class RealtimePeer(LocalService):
     def _count_event(self, etype: str) -> None:
         self._events_received[etype] += 1
 
+    def _owner(self, token: str) -> str:
+        """Who a bearer token speaks for: the API key that minted it (an ``ek_`` key), else the
+        token itself (as a digest: no key is kept)."""
+        minted = self.client_secrets.lookup(token)
+        if minted is not None and minted.minted_by:
+            return "api:" + minted.minted_by
+        return "key:" + hashlib.sha256(token.encode()).hexdigest()
+
     def _call_closed(self, call: Call) -> None:
+        self._owners.pop(call.id, None)
         if self._calls.pop(call.id, None) is not None:
             self._ended.append(call.info())
             self._counters["calls_ended"] += 1
@@ -546,8 +607,10 @@ async def run_peer(host: str = "127.0.0.1", port: int = 8765, reply: Reply = "ec
 
     def ready(url: str) -> None:
         print(
-            f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; control: {url}/control)",
+            f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; control: {url}/control"
+            f" with {CONTROL_TOKEN_HEADER}: {peer.control_token})",
             flush=True,
         )
 
-    await RealtimePeer(host, port, reply=reply).serve_forever(ready)
+    peer = RealtimePeer(host, port, reply=reply)
+    await peer.serve_forever(ready)
