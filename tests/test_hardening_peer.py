@@ -27,6 +27,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def peer() -> AsyncIterator[RealtimePeer]:
+    async with RealtimePeer(reply="tone") as p:
+        yield p
+
+
+@pytest.fixture
+async def impatient() -> AsyncIterator[RealtimePeer]:
     async with RealtimePeer(reply="tone", header_timeout=0.5) as p:
         yield p
 
@@ -224,9 +230,9 @@ async def test_deeply_nested_multipart_session_is_a_400(peer: RealtimePeer) -> N
 # ------------------------------------------------------------------------------ defect 8
 
 
-async def test_slow_request_head_is_cut_off(peer: RealtimePeer) -> None:
+async def test_slow_request_head_is_cut_off(impatient: RealtimePeer) -> None:
     """Defect 8 (slow-loris): a request head dribbled byte by byte held the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(peer))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(impatient))
     head = b"POST /v1/realtime/calls HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 400
 
     async def dribble() -> None:
@@ -245,8 +251,8 @@ async def test_slow_request_head_is_cut_off(peer: RealtimePeer) -> None:
     assert time.monotonic() - started < 5.0  # 20 s of dribbling was planned
 
 
-async def test_slow_offer_body_gets_408(peer: RealtimePeer) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(peer))
+async def test_slow_offer_body_gets_408(impatient: RealtimePeer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(impatient))
     try:
         writer.write(
             b"POST /v1/realtime/calls HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ek_x\r\n"
