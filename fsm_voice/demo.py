@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from fsm_voice._text import printable
 from fsm_voice.client import realtime_session
 from fsm_voice.errors import VoiceError
 from fsm_voice.peer.server import RealtimePeer, run_peer
@@ -177,9 +178,9 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
     restarts = [e for e in session.trace if e.target == "restarting" and e.source != "restarting"]
     table.add_row("transport restarts / reconnect attempts", f"{len(restarts)} / {len(opens)}")
     table.add_row("assistant responses", str(rec.responses))
-    table.add_row("server events", ", ".join(f"{k}={v}" for k, v in sorted(rec.events.items())
-                                           if k.startswith(("input_audio", "output_audio",
-                                                            "session.", "error"))))
+    events = ", ".join(f"{k}={v}" for k, v in sorted(rec.events.items())
+                       if k.startswith(("input_audio", "output_audio", "session.", "error")))
+    table.add_row("server events", Text(printable(events)))  # server text: escaped, no markup
     if rec.metrics:
         m = rec.metrics
         rtt = f"{m.latency_ms:.1f}" if m.latency_ms is not None else "-"
@@ -187,7 +188,7 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
         table.add_row("last metrics", f"rtt={rtt} ms jitter={jitter} ms "
                       f"lost={m.packets_lost} received={m.packets_received}")
     table.add_row("quality alerts", str(len(session.alerts)))
-    table.add_row("errors reported", "; ".join(str(e) for e in rec.errors) or "none")
+    table.add_row("errors reported", Text("; ".join(printable(e) for e in rec.errors) or "none"))
     table.add_row("stopped cleanly (idle, no timer)", str(stopped_clean))
     if record:
         table.add_row("received audio recorded to", record)

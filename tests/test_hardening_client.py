@@ -262,3 +262,32 @@ def test_printable_escapes_terminal_controls() -> None:
     )
     assert printable("a\r\nb\u2028c\u200bd\ud800") == "a\\x0d\\x0ab\\u2028c\\u200bd\\ud800"
     assert printable("x" * 50, limit=10) == "x" * 10 + "..."
+
+
+def test_demo_summary_shows_server_text_escaped() -> None:
+    """Defect 8 at the call site: the demo's summary printed server error text and server event
+    types raw (ANSI escapes, rich markup)."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    from fsm_voice.demo import DemoRecorder, _summary
+
+    rec = DemoRecorder(0.0)
+    rec.errors.append(
+        VoiceError(
+            Severity.RECOVERABLE,
+            "server_error",
+            "boom \x1b[2J\x1b]0;owned\x07 [bold]x[/]",
+            ErrorSource.SERVER,
+        )
+    )
+    rec.server_event({"type": "error\x1b[31m"})
+    session = types.SimpleNamespace(trace=[], alerts=[])
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, color_system=None, width=400)
+    _summary(console, rec, session, "none", None, None, 1.0, True, None)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b[2J" in text and "[bold]x[/]" in text and "error\\x1b[31m=1" in text
