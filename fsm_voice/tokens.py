@@ -333,8 +333,14 @@ class EphemeralKeyProvider(_CachingProvider):
     ) -> None:
         if not isinstance(client_id, str) or not client_id.strip():
             raise ConfigError.invalid("client_id", client_id, "a non-empty client id")
-        if not isinstance(client_secret, str) or not client_secret.strip():
-            raise ConfigError.invalid("client_secret", "<redacted>", "a non-empty secret")
+        if (
+            not isinstance(client_secret, str)
+            or not client_secret.strip()
+            or not all(" " <= c <= "~" for c in client_secret.strip())
+        ):
+            raise ConfigError.invalid(
+                "client_secret", "<redacted>", "a non-empty secret of printable ASCII"
+            )
         if expires_after is not None and (
             isinstance(expires_after, bool)
             or not isinstance(expires_after, int)
