@@ -214,6 +214,15 @@ async def test_deeply_nested_control_json_is_a_400(peer: RealtimePeer, path: str
         assert (await r.json())["error"]["code"] == "invalid_value"
 
 
+def test_deeply_nested_data_channel_event_gets_an_error_event() -> None:
+    """Defect 7 on the data channel: deep JSON raised RecursionError out of the parser."""
+    from fsm_voice.peer.protocol import parse_client_event
+
+    event, error = parse_client_event("[" * 100_000 + "]" * 100_000)
+    assert event is None and error is not None
+    assert error["error"]["code"] == "invalid_json"
+
+
 async def test_deeply_nested_multipart_session_is_a_400(peer: RealtimePeer) -> None:
     from tests.test_peer import _offer_sdp
 

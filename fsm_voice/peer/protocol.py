@@ -213,6 +213,11 @@ def parse_client_event(raw: str | bytes) -> tuple[JsonObject | None, JsonObject 
         return None, error_event(
             f"We could not parse the JSON body of your request. ({exc})", code="invalid_json"
         )
+    except RecursionError:
+        return None, error_event(
+            "We could not parse the JSON body of your request. (nested too deeply)",
+            code="invalid_json",
+        )
     if not isinstance(data, dict):
         return None, error_event(
             f"Invalid type for event: expected an object, but got {type(data).__name__} instead.",
