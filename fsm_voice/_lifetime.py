@@ -77,8 +77,10 @@ class LocalService:
     port: int
     _bound_port: int | None
     _runner: web.AppRunner | None
-    header_timeout: float = 10.0
-    """Seconds a connection may take to send a complete request head (slow-loris bound)."""
+    header_timeout: float = 20.0
+    """Seconds a connection may take to send a complete request head (slow-loris bound); an
+    idle keep-alive connection is closed after as long (longer than aiohttp clients' 15 s pool
+    keep-alive, so a client never reuses a connection the server just closed)."""
 
     async def _serve_app(self, app: web.Application) -> None:
         """Bind ``app`` on ``host:port`` (port 0: any free one); on failure nothing stays open.

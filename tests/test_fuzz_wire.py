@@ -309,7 +309,7 @@ control_bodies = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    endpoint=st.sampled_from(CONTROL_POST + ["calls", "stats"]),
+    endpoint=st.sampled_from([*CONTROL_POST, "calls", "stats"]),
     body=control_bodies,
     token=st.sampled_from(["right", "right", "right", "wrong", "none"]),
     host=st.sampled_from(["own", "own", "own", "evil.example", "localhost:1"]),

@@ -264,7 +264,7 @@ class BrokerConfig:
         default=3, validator=_int_in("unhealthy_after_failures", 1, 1_000_000)
     )
     header_timeout: float = attrs.field(
-        default=10.0, validator=_positive_seconds("header_timeout")
+        default=20.0, validator=_positive_seconds("header_timeout")
     )
     """Seconds a connection may take to send a complete request head (slow-loris bound)."""
     body_timeout: float = attrs.field(default=10.0, validator=_positive_seconds("body_timeout"))

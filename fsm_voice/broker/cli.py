@@ -89,8 +89,9 @@ def add_parsers(subparsers: Any) -> None:
     b.add_argument(
         "--header-timeout",
         type=float,
-        default=10.0,
-        help="seconds a client may take to send a request head, and then its body (default 10)",
+        default=20.0,
+        help="seconds a client may take to send a request head (and an idle connection may "
+        "stay open), then its body (default 20)",
     )
     b.add_argument(
         "--hash-secret",

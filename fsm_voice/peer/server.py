@@ -149,7 +149,7 @@ class RealtimePeer(LocalService):
         candidate_addresses: Collection[str] | None = None,
         max_session_seconds: float = 3600.0,
         control_token: str | None = None,
-        header_timeout: float = 10.0,
+        header_timeout: float = 20.0,
     ) -> None:
         if not 0.05 <= tone_seconds <= 60:
             raise ValueError(f"tone_seconds must be in [0.05, 60], got {tone_seconds!r}")
