@@ -377,11 +377,6 @@ async def test_upstream_slots_are_shared_fairly_between_clients(
     def body(seconds: int) -> str:
         return json.dumps({"expires_after": {"seconds": seconds}})
 
-    async def wait_arrivals(count: int) -> None:
-        while len(arrivals) < count:
-            arrived.clear()
-            await arrived.wait()
-
     async with (
         fake_upstream(gated) as upstream,
         make_broker(
@@ -398,16 +393,14 @@ async def test_upstream_slots_are_shared_fairly_between_clients(
             )
             for _ in range(12)
         ]
-        await asyncio.wait_for(wait_arrivals(2), 10.0)  # the hog's first requests are upstream
+        # the hog's first requests are upstream (its per-client share: 2 of 4 slots)
+        await asyncio.wait_for(_until(lambda: len(arrivals) >= 2, arrived), 10.0)
         polite = asyncio.create_task(
             request(http, broker.token_url, headers=bearer("app-2"), data=body(200))
         )
         try:
             # app-2's one request reaches upstream while app-1 still has a queue of its own
-            await asyncio.wait_for(
-                asyncio.shield(asyncio.ensure_future(_until(lambda: 200 in arrivals, arrived))),
-                5.0,
-            )
+            await asyncio.wait_for(_until(lambda: 200 in arrivals, arrived), 5.0)
             assert arrivals.index(200) < 4
         finally:
             release.set()
@@ -419,3 +412,32 @@ async def _until(predicate: Any, changed: asyncio.Event) -> None:
     while not predicate():
         changed.clear()
         await changed.wait()
+
+
+async def test_fair_slots_unit() -> None:
+    from fsm_voice.broker.ratelimit import FairSlots
+
+    slots = FairSlots(3, per_key=2)
+    await slots.acquire("a")
+    await slots.acquire("a")
+    blocked = asyncio.create_task(slots.acquire("a"))  # a is at its share
+    await asyncio.sleep(0)
+    assert not blocked.done() and slots.waiting("a") == 1
+    await slots.acquire("b")  # b is served at once although a queued first
+    late = asyncio.create_task(slots.acquire("c"))
+    await asyncio.sleep(0)
+    slots.release("a")  # a (holding 1) and c (holding 0) wait: the one holding fewer wins
+    await asyncio.sleep(0)
+    assert late.done() and not blocked.done()
+    # a timed-out waiter leaves nothing behind
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(slots.acquire("d"), 0.01)
+    assert slots.waiting("d") == 0
+    # granted, then cancelled before it resumed: the slot is given back
+    slots.release("b")
+    blocked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocked
+    assert slots.held("a") == 1 and slots.free == 1
+    with pytest.raises(RuntimeError):
+        slots.release("nobody")
