@@ -898,9 +898,11 @@ def test_cli_builds_a_broker_from_env_and_files(tmp_path: Path) -> None:
         "--voice", "cedar",
         "--audit-db", str(tmp_path / "a.sqlite3"),
         "--max-expires", "120",
+        "--header-timeout", "5",
     )  # fmt: skip
     assert args.func is broker_cli.cmd_broker
     broker = broker_cli.build_broker(args, {"MY_KEY": API_KEY})
+    assert broker.header_timeout == broker.config.body_timeout == 5.0
     assert broker.clients.verify("web", "w-secret")
     assert broker.clients.verify("mobile", "m-secret")
     assert broker.config.upstream_base == "http://127.0.0.1:9"

@@ -239,6 +239,29 @@ async def test_deeply_nested_multipart_session_is_a_400(peer: RealtimePeer) -> N
 # ------------------------------------------------------------------------------ defect 8
 
 
+@pytest.mark.parametrize(
+    "framing",
+    [
+        "Authorization: Bearer {key}\x00\r\n",  # NUL
+        "Authorization: Bearer\r\n {key}\r\n",  # obs-fold
+    ],
+)
+async def test_malformed_request_to_the_peer_never_echoes_the_key(
+    peer: RealtimePeer, framing: str
+) -> None:
+    """Defect 2 on the peer (same server code as the broker): no key in the 400 body."""
+    key = "sk-peer-secret-0123456789abcdef"
+    head = "POST /v1/realtime/calls HTTP/1.1\r\nHost: x\r\n" + framing.format(key=key)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(peer))
+    try:
+        writer.write((head + "Content-Length: 0\r\n\r\n").encode())
+        answer = await asyncio.wait_for(reader.read(), 10.0)
+    finally:
+        writer.close()
+    assert b" 400 " in answer.split(b"\r\n", 1)[0]
+    assert key.encode() not in answer and key[:10].encode() not in answer
+
+
 async def test_slow_request_head_is_cut_off(impatient: RealtimePeer) -> None:
     """Defect 8 (slow-loris): a request head dribbled byte by byte held the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(impatient))
