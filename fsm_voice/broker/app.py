@@ -552,12 +552,13 @@ class TokenBroker(LocalService):
             detail=result.detail,
         )
         self._count(result.outcome)
+        suppressed = (
+            not result.authenticated
+            and self._unauth_audit is not None
+            and self._unauth_audit.acquire("*") is not None
+        )
         try:
-            if (
-                not result.authenticated
-                and self._unauth_audit is not None
-                and self._unauth_audit.acquire("*") is not None
-            ):
+            if suppressed:
                 self._count("audit_suppressed")  # counted (see /healthz), not written
             else:
                 await self.audit.record(entry)
@@ -580,8 +581,9 @@ class TokenBroker(LocalService):
                 result.client_id,
                 key.session_id,
             )
-        else:
-            log.info(
+        else:  # beyond the unauthenticated budget the log line is debug only, like the row
+            log.log(
+                logging.DEBUG if suppressed else logging.INFO,
                 "token request refused: %s %s (client %s)",
                 result.response.status,
                 result.outcome,
