@@ -29,6 +29,8 @@ from typing import Any, Final
 
 import attrs
 
+from fsm_voice.errors import FsmVoiceError
+
 __all__ = ["OUTCOMES", "SCHEMA", "AuditEntry", "AuditLog", "AuditLogClosed"]
 
 OUTCOMES: Final = frozenset(
@@ -110,7 +112,7 @@ class AuditEntry:
         return tuple(getattr(self, c) for c in _COLUMNS)
 
 
-class AuditLogClosed(RuntimeError):
+class AuditLogClosed(FsmVoiceError, RuntimeError):
     """The audit log is not open."""
 
 
