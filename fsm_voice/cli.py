@@ -34,6 +34,7 @@ exit status:
   {EXIT_USAGE}    a bad argument, configuration or missing extra (one line on stderr)
   {EXIT_NOT_CONNECTED}    connect: --duration ended while the session was not connected
   130  connect/demo interrupted by SIGINT (Ctrl-C), stopped cleanly (call hung up, idle)
+  141  connect: its stdout was closed (e.g. `| head`), stopped cleanly, likewise
   143  connect/demo stopped by SIGTERM, likewise
 """
 
@@ -113,6 +114,10 @@ class SignalStop:
     def exit_code(self) -> int | None:
         """128 + the signal number, or None when no signal came."""
         return None if self.signum is None else 128 + self.signum
+
+    def request(self, signum: int) -> None:
+        """Stop as if ``signum`` had arrived (e.g. SIGPIPE when stdout is gone)."""
+        self._received(signum)
 
     def _received(self, signum: int) -> None:
         if self.signum is None:

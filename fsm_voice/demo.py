@@ -244,7 +244,11 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
     and the session left ``idle``.
     """
     def print_json(obj: dict[str, Any]) -> None:  # JSON lines, never wrapped
-        print(json.dumps(obj), flush=True)
+        try:
+            print(json.dumps(obj), flush=True)
+        except BrokenPipeError:  # the reader is gone (`| head`): stop like SIGPIPE would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            stop.request(signal.SIGPIPE)
 
     out = emit or print_json
     errors: deque[VoiceError] = deque(maxlen=1)  # the last one, for the exit message

@@ -239,8 +239,21 @@ async def test_exit_codes_are_documented_in_help_and_readme() -> None:
     out, _ = await finish(proc)
     assert proc.returncode == 0
     codes = re.findall(r"^  (\d+) ", EXIT_CODES, re.M)
-    assert codes == ["0", "1", "2", "3", "130", "143"]
+    assert codes == ["0", "1", "2", "3", "130", "141", "143"]
     readme = (ROOT / "README.md").read_text()
     for code in codes:
         assert re.search(rf"^  {code} ", out, re.M), f"--help lacks exit status {code}"
         assert re.search(rf"^\| {code} \|", readme, re.M), f"README lacks exit status {code}"
+
+
+async def test_connect_stops_cleanly_when_its_reader_goes_away(peer: str) -> None:
+    script = (f'"{FSM_VOICE}" connect --base-url {peer} --duration inf | head -n 2; '
+              'echo "exit=${PIPESTATUS[0]}" >&2')
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, env={**os.environ, **TOKEN},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await finish(proc)
+    assert len(out.splitlines()) == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "exit=141", err
+    calls = (await control(peer, "calls"))["calls"]
+    assert [c["close_reason"] for c in calls] == ["hangup"]
