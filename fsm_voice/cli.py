@@ -261,7 +261,9 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="fsm-voice", description=__doc__, epilog=EXIT_CODES,
+    p = Parser(prog="fsm-voice", description="A WebRTC voice session's connection lifecycle "
+               "as a formally specified state machine: run it, check it, draw it.",
+               epilog=EXIT_CODES,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="explore the machine exhaustively, check invariants and spin",
