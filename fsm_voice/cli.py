@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Self
 
 import anyio
 
-from fsm_voice.errors import ConfigError
+from fsm_voice.errors import ConfigError, FsmVoiceError
 
 # Exit statuses, documented in ``--help`` and the README.
 EXIT_OK = 0
@@ -307,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
     except _Terminated:
         return 128 + signal.SIGTERM
-    except ConfigError as exc:
+    except FsmVoiceError as exc:
+        if not isinstance(exc, ValueError):  # a bad value given by the user: ConfigError, ...
+            raise
         print(f"{command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModuleNotFoundError as exc:

@@ -211,6 +211,7 @@ MISTAKES = [
     ["broker", "--host", "bad"],
     ["broker", "--audit-db", "/nonexistent-dir/audit.sqlite3"],
     ["demo", "--duration", "inf"],
+    ["demo", "--record", "/nonexistent-dir/out.wav"],
     ["diagram", "--root", "/nonexistent-dir"],
     ["check", "--show", "-1"],
     ["no-such-command"],
