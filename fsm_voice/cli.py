@@ -1,4 +1,7 @@
-"""``fsm-voice``: check | diagram | demo | peer | connect | broker."""
+"""``fsm-voice``: check | diagram | demo | peer | connect | broker.
+
+Shared by the commands: :data:`EXIT_CODES`, one-line usage errors (:class:`Parser`, argument
+types), clean stops on SIGINT/SIGTERM (:class:`SignalStop`, :func:`serve`) and :func:`main`."""
 
 from __future__ import annotations
 
@@ -136,7 +139,8 @@ class SignalStop:
         loop = asyncio.get_running_loop()
         for sig, previous in self._previous.items():
             loop.remove_signal_handler(sig)
-            signal.signal(sig, previous)
+            if previous is not None:  # None: installed from C, not restorable from Python
+                signal.signal(sig, previous)
 
 
 class _Terminated(BaseException):
