@@ -23,7 +23,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 #: Modules only a command needs; an embedding application never imports them.
 COMMAND_ONLY = ("rich", "pydot", "fsm_voice.peer", "fsm_voice.broker", "fsm_voice.cli",
-                "fsm_voice.demo", "fsm_voice.diagrams", "fsm_voice.check", "fsm_voice.planted")
+                "fsm_voice.demo", "fsm_voice.diagrams", "fsm_voice.check", "fsm_voice.planted",
+                "fsm_voice.mutants")
 
 EMBED = """
 import json, sys
