@@ -194,6 +194,7 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
              fault_at: float | None, recovered_at: float | None, connected_at: float | None,
              stopped_clean: bool, record: str | None) -> int:
     from rich.table import Table
+    from rich.text import Text  # server text as plain text, never rich markup
 
     table = Table(title="fsm-voice demo summary", show_header=False)
     visited: list[str] = []
@@ -220,7 +221,7 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
         table.add_row("last metrics", f"rtt={rtt} ms jitter={jitter} ms "
                       f"lost={m.packets_lost} received={m.packets_received}")
     table.add_row("quality alerts", str(len(session.alerts)))
-    table.add_row("errors reported", "; ".join(str(e) for e in rec.errors) or "none")
+    table.add_row("errors reported", Text("; ".join(str(e) for e in rec.errors) or "none"))
     table.add_row("stopped cleanly (idle, no timer)", str(stopped_clean))
     if record:
         table.add_row("received audio recorded to", record)
