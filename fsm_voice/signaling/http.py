@@ -14,7 +14,6 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-import anyio
 
 from fsm_voice._lifetime import OwnedHttpClient
 from fsm_voice.errors import (
@@ -32,8 +31,6 @@ __all__ = ["CALLS_PATH", "HttpSignaling", "TokenSource", "call_id_from_location"
 log = logging.getLogger(__name__)
 
 CALLS_PATH = "/v1/realtime/calls"
-HANGUP_TIMEOUT = 2.0
-"""Seconds one hangup request may take (key included) before it is given up."""
 
 TokenSource = Callable[[], Awaitable[str]] | str
 """A static key, or an ``async () -> str`` called for a fresh (ephemeral) key per exchange."""
@@ -74,6 +71,10 @@ def call_id_from_location(location: str | None) -> str | None:
     path = urllib.parse.urlsplit(location.strip()).path
     segment = path.rstrip("/").rsplit("/", 1)[-1]
     return urllib.parse.unquote(segment) or None
+
+
+HANGUP_TIMEOUT = 2.0
+"""Seconds one hangup request may take (key included) before it is given up."""
 
 
 class HttpSignaling(OwnedHttpClient):
@@ -204,7 +205,7 @@ class HttpSignaling(OwnedHttpClient):
             return False
         url = f"{self.base_url}{CALLS_PATH}/{urllib.parse.quote(call_id, safe='')}/hangup"
         try:
-            with anyio.fail_after(timeout):
+            async with asyncio.timeout(timeout):
                 headers = {"Authorization": f"Bearer {await self._key()}"}
                 if not self._closed:
                     return await _post_hangup(self._client(), url, headers)
@@ -219,7 +220,6 @@ class HttpSignaling(OwnedHttpClient):
 
 async def _post_hangup(client: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bool:
     async with client.post(url, headers=headers, allow_redirects=False) as response:
-        await response.read()
         if 200 <= response.status < 300:
             log.debug("hung up %s", url)
             return True
