@@ -1,30 +1,173 @@
-"""``fsm-voice``: check | diagram | demo | peer | connect | broker."""
+"""``fsm-voice``: check | diagram | demo | peer | connect | broker.
+
+Shared by the commands: :data:`EXIT_CODES`, one-line usage errors (:class:`Parser`, argument
+types), clean stops on SIGINT/SIGTERM (:class:`SignalStop`, :func:`serve`) and :func:`main`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import logging
+import math
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, NoReturn, Self
 
-from rich.console import Console
-from rich.table import Table
+import anyio
 
-from fsm_voice.check import (
-    explore,
-    parse_spec_table,
-    run_spin,
-    table_rows,
-    to_promela,
-)
-from fsm_voice.machine import LifecycleMachine
-from fsm_voice.planted import PLANTED
-from fsm_voice.policy import RetryPolicy
+from fsm_voice.errors import ConfigError, FsmVoiceError
 
-console = Console()
+# Exit statuses, documented in ``--help`` and the README.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_CONNECTED = 3
+
+EXIT_CODES = f"""\
+exit status:
+  {EXIT_OK}    success: connect ran for --duration and stopped cleanly; demo recovered; check
+       passed; diagram up to date; peer/broker stopped by SIGINT or SIGTERM
+  {EXIT_FAILED}    failure: connect's session reached `error` (a fatal error or retries exhausted;
+       it exits at once); demo did not recover; check found a violation; diagram drift;
+       peer/broker could not listen
+  {EXIT_USAGE}    a bad argument, configuration or missing extra (one line on stderr)
+  {EXIT_NOT_CONNECTED}    connect: --duration ended while the session was not connected
+  130  connect/demo interrupted by SIGINT (Ctrl-C), stopped cleanly (call hung up, idle)
+  141  connect: its stdout was closed (e.g. `| head`), stopped cleanly, likewise
+  143  connect/demo stopped by SIGTERM, likewise
+"""
 
 #: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
 _SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.broker.cli")
+
+#: Optional dependency -> the extra that installs it.
+_EXTRAS = {"rich": "cli", "pydot": "diagram"}
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+# ------------------------------------------------------------------------ argument types
+
+
+def seconds(text: str, *, allow_inf: bool = False) -> float:
+    """A positive number of seconds (``inf`` too when ``allow_inf``); argparse type."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or (math.isinf(value) and not allow_inf):
+        expected = "a positive number of seconds" + (" or inf" if allow_inf else "")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A non-negative integer; argparse type."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def port(text: str) -> int:
+    """A TCP port number, 0 (any free one) to 65535; argparse type."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return value
+
+
+def http_url(text: str) -> str:
+    """An http(s) base URL (no query, no credentials); argparse type."""
+    from fsm_voice.signaling.http import _check_base_url
+
+    try:
+        return _check_base_url(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("base_url=", "", 1)) from None
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+class SignalStop:
+    """``with SignalStop() as stop:`` (inside the event loop): SIGINT and SIGTERM cancel
+    :attr:`scope` (enter it around the waiting part) and are recorded in :attr:`signum`; later
+    ones are absorbed until the block ends, so the clean-up after the scope always runs."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int | None:
+        """128 + the signal number, or None when no signal came."""
+        return None if self.signum is None else 128 + self.signum
+
+    def request(self, signum: int) -> None:
+        """Stop as if ``signum`` had arrived (e.g. SIGPIPE when stdout is gone)."""
+        self._received(signum)
+
+    def _received(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self.scope.cancel()
+
+    def __enter__(self) -> Self:
+        loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, self._received, int(sig))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, previous in self._previous.items():
+            loop.remove_signal_handler(sig)
+            if previous is not None:  # None: installed from C, not restorable from Python
+                signal.signal(sig, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside an event loop (start-up, argument parsing)."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def serve(name: str, serve_forever: Callable[[Callable[[str], None]], Awaitable[None]],
+          ready: Callable[[str], None]) -> int:
+    """Run a server until SIGINT or SIGTERM (0); a failure to listen is one line (1)."""
+
+    async def run() -> None:
+        with SignalStop() as stop, stop.scope:
+            await serve_forever(ready)
+
+    try:
+        anyio.run(run)
+    except OSError as exc:
+        print(f"fsm-voice {name}: cannot listen: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------- check, diagram
 
 
 def _find_spec(explicit: str | None) -> Path | None:
@@ -38,6 +181,15 @@ def _find_spec(explicit: str | None) -> Path | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fsm_voice.check import explore, parse_spec_table, run_spin, table_rows, to_promela
+    from fsm_voice.machine import LifecycleMachine
+    from fsm_voice.policy import RetryPolicy
+
+    console = Console()
+    PLANTED = _planted()
     machine: type[LifecycleMachine] = PLANTED[args.planted] if args.planted else LifecycleMachine
     ok = True
     ex = explore(machine)
@@ -90,6 +242,8 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     from fsm_voice.diagrams import generated
 
     root = Path(args.root)
+    if not root.is_dir():
+        raise ConfigError.invalid("--root", args.root, "an existing directory")
     stale = []
     for rel, text in generated().items():
         path = root / rel
@@ -99,23 +253,32 @@ def cmd_diagram(args: argparse.Namespace) -> int:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            console.print(f"wrote {path}")
+            print(f"wrote {path}")
     if stale:
-        console.print(f"[red]out of date:[/] {', '.join(stale)}; run `fsm-voice diagram`")
-        return 1
-    return 0
+        print(f"out of date: {', '.join(stale)}; run `fsm-voice diagram`", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fsm-voice", description=__doc__)
+    p = Parser(prog="fsm-voice", description="A WebRTC voice session's connection lifecycle "
+               "as a formally specified state machine: run it, check it, draw it.",
+               epilog=EXIT_CODES,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="explore the machine exhaustively, check invariants and spin")
-    c.add_argument("--planted", choices=sorted(PLANTED), help="check a deliberately broken variant")
+    c = sub.add_parser("check", help="explore the machine exhaustively, check invariants and spin",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--planted", choices=_planted_names(),
+                   help="check a deliberately broken variant")
     c.add_argument("--spec", help="path to specs/connection.md (default: found from cwd)")
     c.add_argument("--no-spin", dest="spin", action="store_false", help="skip the spin model check")
-    c.add_argument("--show", type=int, default=3, help="violations to print (default 3)")
+    c.add_argument("--show", type=count, default=3, help="violations to print (default 3)")
     c.set_defaults(func=cmd_check)
-    d = sub.add_parser("diagram", help="write diagrams/ and specs/lifecycle.pml")
+    d = sub.add_parser("diagram", help="write diagrams/ and specs/lifecycle.pml",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--check", action="store_true", help="only report drift, write nothing")
     d.add_argument("--root", default=".", help="project root (default: cwd)")
     d.set_defaults(func=cmd_diagram)
@@ -124,9 +287,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _planted() -> dict[str, Any]:
+    """The named broken machines (``fsm_voice.mutants``, formerly ``fsm_voice.planted``)."""
+    for name in ("fsm_voice.mutants", "fsm_voice.planted"):
+        try:
+            return dict(importlib.import_module(name).PLANTED)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return {}
+
+
+def _planted_names() -> list[str]:
+    return sorted(_planted())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    """Run one command; the exit status is in :data:`EXIT_CODES`. No traceback for a user
+    mistake, a missing extra, Ctrl-C or SIGTERM."""
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    command = "fsm-voice"
+    try:
+        args = build_parser().parse_args(argv)
+        command = f"fsm-voice {args.command}"
+        logging.basicConfig(format=f"{command}: %(levelname)s: %(name)s: %(message)s")
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    except FsmVoiceError as exc:
+        if not isinstance(exc, ValueError):  # a bad value given by the user: ConfigError, ...
+            raise
+        print(f"{command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"{command}: needs the [{extra}] extra: pip install 'fsm-voice[{extra}]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,24 +9,31 @@ and prints a summary. Exit status 0 only if the session recovered and stopped cl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
+import signal
+import sys
 import time
-from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from fsm_voice._text import printable
+from fsm_voice.cli import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_NOT_CONNECTED,
+    EXIT_OK,
+    SignalStop,
+    http_url,
+    port,
+    seconds,
+    serve,
+)
 from fsm_voice.client import realtime_session
-from fsm_voice.errors import VoiceError
-from fsm_voice.peer.server import RealtimePeer, run_peer
+from fsm_voice.errors import ConfigError, VoiceError
 from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
@@ -34,6 +41,10 @@ from fsm_voice.session import StatusChange, VoiceSession
 from fsm_voice.tokens import EphemeralKeyProvider
 from fsm_voice.transport import KeepOpen, NullSink, UtteranceSource, WavRecorder
 from fsm_voice.transport.audio import AudioSink
+
+if TYPE_CHECKING:  # rich is the [cli] extra: imported when the demo runs
+    from rich.console import Console
+    from rich.text import Text
 
 FAULTS = ("silent", "close", "server-error", "none")
 _STYLE = {"idle": "dim", "connecting": "yellow", "active": "green", "listening": "cyan",
@@ -65,6 +76,8 @@ class DemoRecorder:
 
 
 def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
+    from rich.text import Text
+
     m = rec.metrics
     rtt = f"{m.latency_ms:.0f} ms" if m and m.latency_ms is not None else "-"
     jit = f"{m.jitter_ms:.1f} ms" if m and m.jitter_ms is not None else "-"
@@ -78,8 +91,19 @@ def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
 
 
 async def run_demo(duration: float, fault: str, record: str | None, console: Console) -> int:
+    """The demo (see the module doc); SIGINT/SIGTERM stop it cleanly (exit 128 + signal)."""
+    with SignalStop() as stop:
+        return await _demo(duration, fault, record, console, stop)
+
+
+async def _demo(duration: float, fault: str, record: str | None, console: Console,
+                stop: SignalStop) -> int:
+    from rich.live import Live
+
+    from fsm_voice.peer.server import RealtimePeer
+
     if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+        raise ConfigError.invalid("fault", fault, f"one of {', '.join(FAULTS)}")
     policy = SessionPolicy(
         ice=IcePolicy(disconnected_grace=2.0, connect_timeout=10.0, restart_timeout=8.0),
         monitor=MonitorPolicy(metrics_interval=1.0, health_interval=10.0),
@@ -94,6 +118,7 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
         return KeepOpen(recorder) if recorder is not None else NullSink()
 
     async with RealtimePeer(reply="echo") as peer:
+        console.print(f"fsm-voice demo: local peer on {peer.base_url}")
         session = realtime_session(
             peer.base_url, "ek_local_demo", policy=policy, host_addresses=["127.0.0.1"],
             session_config=RealtimeConfig(instructions="Echo what you hear."),
@@ -108,6 +133,7 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
         phase = "connecting"
         fault_at: float | None = None
         recovered_at: float | None = None
+        connected_at: float | None = None
         async with session:
             with Live(_line(session, rec, phase), console=console, refresh_per_second=8,
                       transient=False) as live:
@@ -117,45 +143,50 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
                         live.update(_line(session, rec, label))
                         await anyio.sleep(0.1)
 
-                await session.start()
-                with anyio.move_on_after(15):
-                    await session.wait_for("active", "error")
-                connected_at = rec.first("active")
-                # Talk: wait for one full exchange (speech -> echo reply) or a third of the time.
-                talk_until = time.monotonic() - t0 + max(4.0, duration / 3)
-                while rec.responses < 1 and time.monotonic() - t0 < talk_until:
-                    await tick(time.monotonic() - t0 + 0.2, "talking")
-                if fault != "none" and session.status != "error":
-                    fault_at = time.monotonic() - t0
-                    if fault == "silent":
-                        peer.go_silent()
-                    elif fault == "close":
-                        await peer.close_call()
-                    else:
-                        peer.send_error("server_error", "server_error", "injected by the demo")
-                    phase = f"fault: {fault}"
-                    # Recovery: reconnecting then active again (or, for a non-fatal server
-                    # error, the session simply stays up).
-                    deadline = fault_at + max(20.0, duration / 2)
-                    while time.monotonic() - t0 < deadline:
-                        await tick(time.monotonic() - t0 + 0.2, phase)
-                        back = rec.first("reconnecting", after=fault_at)
-                        if fault == "server-error" and rec.errors:
-                            recovered_at = time.monotonic() - t0
-                            break
-                        if back is not None and session.status in ("active", "listening",
-                                                                    "speaking"):
-                            recovered_at = time.monotonic() - t0
-                            break
-                        if session.status == "error":
-                            break
-                    phase = "recovered" if recovered_at is not None else "NOT recovered"
-                await tick(min(duration, time.monotonic() - t0 + 3.0), phase)
+                with stop.scope:
+                    await session.start()
+                    with anyio.move_on_after(15):
+                        await session.wait_for("active", "error")
+                    connected_at = rec.first("active")
+                    # Talk: one full exchange (speech -> echo reply) or a third of the time.
+                    talk_until = time.monotonic() - t0 + max(4.0, duration / 3)
+                    while rec.responses < 1 and time.monotonic() - t0 < talk_until:
+                        await tick(time.monotonic() - t0 + 0.2, "talking")
+                    if fault != "none" and session.status != "error":
+                        fault_at = time.monotonic() - t0
+                        if fault == "silent":
+                            peer.go_silent()
+                        elif fault == "close":
+                            await peer.close_call()
+                        else:
+                            peer.send_error("server_error", "server_error", "injected")
+                        phase = f"fault: {fault}"
+                        # Recovery: reconnecting then active again (or, for a non-fatal server
+                        # error, the session simply stays up).
+                        deadline = fault_at + max(20.0, duration / 2)
+                        while time.monotonic() - t0 < deadline:
+                            await tick(time.monotonic() - t0 + 0.2, phase)
+                            back = rec.first("reconnecting", after=fault_at)
+                            if fault == "server-error" and rec.errors:
+                                recovered_at = time.monotonic() - t0
+                                break
+                            if back is not None and session.status in ("active", "listening",
+                                                                        "speaking"):
+                                recovered_at = time.monotonic() - t0
+                                break
+                            if session.status == "error":
+                                break
+                        phase = "recovered" if recovered_at is not None else "NOT recovered"
+                    await tick(min(duration, time.monotonic() - t0 + 3.0), phase)
                 await session.stop()
                 live.update(_line(session, rec, "stopped"))
         stopped_clean = session.status == "idle" and not session.armed_timers
     if recorder is not None:
         recorder.close()
+    if stop.signum is not None:  # interrupted: no summary
+        console.print(f"fsm-voice demo: stopped by {signal.Signals(stop.signum).name}; "
+                      f"session {session.status}")
+        return stop.exit_code if stopped_clean and stop.exit_code else EXIT_FAILED
     return _summary(console, rec, session, fault, fault_at, recovered_at, connected_at,
                     stopped_clean, record)
 
@@ -163,6 +194,9 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
 def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: str,
              fault_at: float | None, recovered_at: float | None, connected_at: float | None,
              stopped_clean: bool, record: str | None) -> int:
+    from rich.table import Table
+    from rich.text import Text  # server text as plain text, never rich markup
+
     table = Table(title="fsm-voice demo summary", show_header=False)
     visited: list[str] = []
     for _, status, _ in rec.changes:
@@ -199,47 +233,87 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
     return 0 if ok else 1
 
 
-async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
-                      config: RealtimeConfig, console: Console) -> int:
-    """Run a session against any OpenAI-compatible backend and print status changes as JSON."""
-    session = realtime_session(base_url, token, model=config.model, session_config=config,
-                               audio_source=lambda: UtteranceSource(repeat=True),
-                               audio_sink=NullSink)
-    if isinstance(token, EphemeralKeyProvider):
-        session.closers.append(token.aclose)
-    def emit(obj: dict[str, Any]) -> None:  # JSON lines, never wrapped
-        print(json.dumps(obj), flush=True)
+CONNECTED = ("active", "listening", "speaking")
 
-    session.on_status(lambda c: emit(
-        {"t": round(c.time, 3), "status": c.status, "state": c.state, "event": c.event}))
-    session.on_error(lambda e: emit({"error": str(e), "code": e.code,
-                                     "severity": str(e.severity)}))
-    async with session:
-        await session.start()
-        await anyio.sleep(duration)
-        ok = session.status in ("active", "listening", "speaking")
-    return 0 if ok else 1
+
+async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
+                      config: RealtimeConfig,
+                      emit: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """A session against any OpenAI-compatible backend; status changes as JSON lines.
+
+    Runs until ``duration`` ends (0, or 3 when not connected then), the session reaches
+    ``error`` (1, at once) or SIGINT/SIGTERM (128 + the signal); each way the call is hung up
+    and the session left ``idle``.
+    """
+    def print_json(obj: dict[str, Any]) -> None:  # JSON lines, never wrapped
+        try:
+            print(json.dumps(obj), flush=True)
+        except BrokenPipeError:  # the reader is gone (`| head`): stop like SIGPIPE would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            stop.request(signal.SIGPIPE)
+
+    out = emit or print_json
+    errors: deque[VoiceError] = deque(maxlen=1)  # the last one, for the exit message
+    with SignalStop() as stop:
+        session = realtime_session(base_url, token, model=config.model, session_config=config,
+                                   audio_source=lambda: UtteranceSource(repeat=True),
+                                   audio_sink=NullSink)
+        if isinstance(token, EphemeralKeyProvider):
+            session.closers.append(token.aclose)
+        session.on_status(lambda c: out(
+            {"t": round(c.time, 3), "status": c.status, "state": c.state, "event": c.event}))
+
+        def on_error(e: VoiceError) -> None:
+            errors.append(e)
+            out({"error": str(e), "code": e.code, "severity": str(e.severity)})
+
+        session.on_error(on_error)
+        async with session:
+            with stop.scope:
+                await session.start()
+                with anyio.move_on_after(duration):
+                    await session.wait_for("error")
+            ended = session.status
+            await session.stop()
+            stopped = session.status
+        reason = signal.Signals(stop.signum).name if stop.signum is not None else (
+            "error" if ended == "error" else "duration")
+        out({"stopped": reason, "status": stopped})
+    if stop.exit_code is not None:
+        return stop.exit_code
+    if ended == "error":
+        last = str(errors[-1]) if errors else "no error reported"
+        print(f"fsm-voice connect: the session ended in error: {last}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if ended in CONNECTED else EXIT_NOT_CONNECTED
 
 
 def add_parsers(sub: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
     d = sub.add_parser("demo", help="run a real session against the in-process local peer, "
-                       "inject a fault and show the recovery")
-    d.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
+                       "inject a fault and show the recovery", epilog=EXIT_CODES,
+                       formatter_class=fmt)
+    d.add_argument("--duration", type=seconds, default=20.0,
+                   help="seconds to run (default 20)")
     d.add_argument("--fault", choices=FAULTS, default="silent",
                    help="scripted fault (default: the peer goes silent)")
     d.add_argument("--record", metavar="WAV", help="record the received audio to a WAV file")
-    d.set_defaults(func=lambda a: anyio.run(run_demo, a.duration, a.fault, a.record, Console()))
+    d.set_defaults(func=_demo_command)
 
-    p = sub.add_parser("peer", help="serve the local realtime peer (loopback only)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p = sub.add_parser("peer", help="serve the local realtime peer (loopback only) until "
+                       "SIGINT/SIGTERM", epilog=EXIT_CODES, formatter_class=fmt)
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
+    p.add_argument("--port", type=port, default=8765, help="0: any free port (default 8765)")
     p.add_argument("--reply", choices=("echo", "tone"), default="echo")
     p.set_defaults(func=_serve_peer)
 
     c = sub.add_parser("connect", help="run a session against an OpenAI-compatible backend; "
-                       "the key comes from a token broker (--token-url) or --token-env")
-    c.add_argument("--base-url", required=True, help="backend base URL (POST /v1/realtime/calls)")
-    c.add_argument("--token-url", help="token broker endpoint handing out ephemeral keys")
+                       "the key comes from a token broker (--token-url) or --token-env",
+                       epilog=EXIT_CODES, formatter_class=fmt)
+    c.add_argument("--base-url", required=True, type=http_url,
+                   help="backend base URL (POST /v1/realtime/calls)")
+    c.add_argument("--token-url", type=http_url,
+                   help="token broker endpoint handing out ephemeral keys")
     c.add_argument("--client-id", help="this app's client id at the broker")
     c.add_argument("--client-secret-env", default="FSM_VOICE_CLIENT_SECRET",
                    help="env var holding the broker client secret")
@@ -252,27 +326,31 @@ def add_parsers(sub: Any) -> None:
                    default="pcm16", help="input and output audio format (telephony: g711_*)")
     c.add_argument("--turn-detection", choices=("server_vad", "semantic_vad", "none"),
                    default="server_vad")
-    c.add_argument("--duration", type=float, default=30.0)
+    c.add_argument("--duration", type=lambda t: seconds(t, allow_inf=True), default=30.0,
+                   help="seconds to run (default 30; inf: until SIGINT/SIGTERM)")
     c.set_defaults(func=_connect)
+
+
+def _demo_command(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    return int(anyio.run(run_demo, a.duration, a.fault, a.record, Console()))
 
 
 def _connect(a: argparse.Namespace) -> int:
     """Secrets come from the environment, never from argv (visible in process lists)."""
-    console = Console()
     token: str | EphemeralKeyProvider
     if a.token_url:
         secret = os.environ.get(a.client_secret_env)
         if not a.client_id or not secret:
-            console.print(f"[red]--token-url needs --client-id and the client secret in "
-                          f"${a.client_secret_env}[/]")
-            return 2
+            raise ConfigError(f"--token-url needs --client-id and the client secret in "
+                              f"${a.client_secret_env}")
         token = EphemeralKeyProvider(a.token_url, client_id=a.client_id, client_secret=secret)
     else:
         key = os.environ.get(a.token_env)
         if not key:
-            console.print(f"[red]give --token-url (a token broker) or an ephemeral key in "
-                          f"${a.token_env}[/]")
-            return 2
+            raise ConfigError(f"give --token-url (a token broker) or an ephemeral key in "
+                              f"${a.token_env}")
         token = key
     try:
         config = RealtimeConfig(
@@ -280,12 +358,20 @@ def _connect(a: argparse.Namespace) -> int:
             turn_detection=None if a.turn_detection == "none" else a.turn_detection,
             input_format=a.audio_format, output_format=a.audio_format)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        return 2
-    return int(anyio.run(run_connect, a.base_url, token, a.duration, config, console))
+        raise ConfigError(str(exc)) from None
+    return int(anyio.run(run_connect, a.base_url, token, a.duration, config))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(run_peer, a.host, a.port, a.reply)
-    return 0
+    from fsm_voice.peer.server import CALLS_PATH, RealtimePeer
+
+    try:
+        peer = RealtimePeer(a.host, a.port, reply=a.reply)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    def ready(url: str) -> None:
+        print(f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; "
+              f"control: {url}/control)", flush=True)
+
+    return serve("peer", peer.serve_forever, ready)

@@ -57,6 +57,7 @@ __all__ = [
     "SERVER_ERROR_TYPE_DEFAULTS",
     "ConfigError",
     "ErrorSource",
+    "FsmVoiceError",
     "Severity",
     "VoiceError",
     "classify",
@@ -135,8 +136,12 @@ def _redact_any(value: object) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class FsmVoiceError(Exception):
+    """Base of every exception fsm_voice raises to its users (``except FsmVoiceError``)."""
+
+
 @attrs.define(frozen=True, auto_exc=True)
-class VoiceError(Exception):
+class VoiceError(FsmVoiceError):
     """A classified failure. Immutable; raise it, pass it to the machine, show it to users.
 
     Being an ``auto_exc`` attrs class, two instances compare equal only if they are the same
@@ -177,7 +182,7 @@ class VoiceError(Exception):
         return text
 
 
-class ConfigError(ValueError):
+class ConfigError(FsmVoiceError, ValueError):
     """Invalid configuration. The message names the field, the bad value and what is allowed."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:

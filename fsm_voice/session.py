@@ -38,6 +38,7 @@ from fsm_voice.effects import (
 )
 from fsm_voice.errors import (
     ErrorSource,
+    FsmVoiceError,
     Severity,
     VoiceError,
     classify_exception,
@@ -102,7 +103,7 @@ class _StatusWaiter:
         self.hit: str | None = None
 
 
-class QueueOverflowError(RuntimeError):
+class QueueOverflowError(FsmVoiceError, RuntimeError):
     """More application events were queued during a reconnect than the policy allows."""
 
 

@@ -24,6 +24,9 @@ async def test_embedding_example_runs(tmp_path: Path) -> None:
     start = text.index("```python\n") + len("```python\n")
     code = text[start:text.index("```", start)]
     assert "http://127.0.0.1:8765" in code and "anyio.sleep(10)" in code
+    imports = [ln for ln in code.splitlines() if ln.startswith(("import ", "from "))]
+    assert imports and all(ln in ("import anyio",) or ln.startswith("from fsm_voice import ")
+                           for ln in imports), imports  # the public API only
     async with RealtimePeer() as peer:
         code = code.replace("http://127.0.0.1:8765", peer.base_url)
         code = code.replace("anyio.sleep(10)", "anyio.sleep(2)")

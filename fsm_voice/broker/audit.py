@@ -34,6 +34,8 @@ from typing import Any, Final
 
 import attrs
 
+from fsm_voice.errors import FsmVoiceError
+
 __all__ = ["OUTCOMES", "SCHEMA", "AuditEntry", "AuditLog", "AuditLogClosed"]
 
 OUTCOMES: Final = frozenset(
@@ -125,7 +127,7 @@ class AuditEntry:
         return tuple(getattr(self, c) for c in _COLUMNS)
 
 
-class AuditLogClosed(RuntimeError):
+class AuditLogClosed(FsmVoiceError, RuntimeError):
     """The audit log is not open."""
 
 

@@ -1,4 +1,4 @@
-"""``fsm-voice broker``: run the token broker until Ctrl-C.
+"""``fsm-voice broker``: run the token broker until SIGINT (Ctrl-C) or SIGTERM.
 
 The API key is read from the environment variable named by ``--api-key-env`` (never from the
 command line, where other users could read it in the process list). Clients come from a JSON
@@ -9,18 +9,17 @@ digest with ``fsm-voice broker --hash-secret`` (reads the secret from stdin).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import ipaddress
 import json
 import os
 import re
-import signal
+import sqlite3
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from fsm_voice.cli import EXIT_CODES, EXIT_USAGE, port, serve
 from fsm_voice.errors import ConfigError
 
 from .app import (
@@ -45,11 +44,12 @@ def add_parsers(subparsers: Any) -> None:
         "broker",
         help="serve short-lived ek_ keys to authenticated app clients (holds the API key)",
         description=__doc__,
+        epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # "--api-key <key>" must not silently mean "--api-key-env <key>"
     )
     b.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    b.add_argument("--port", type=int, default=8787, help="listen port (default 8787)")
+    b.add_argument("--port", type=port, default=8787, help="listen port (default 8787)")
     b.add_argument(
         "--allow-remote",
         action="store_true",
@@ -191,45 +191,22 @@ def build_broker(args: argparse.Namespace, environ: Mapping[str, str] | None = N
 def _hash_stdin(stdin: TextIO, stdout: TextIO) -> int:
     secret = stdin.readline().rstrip("\r\n")
     if not secret:
-        print("no secret on stdin", file=sys.stderr)
-        return 2
+        print("fsm-voice broker: no secret on stdin", file=sys.stderr)
+        return EXIT_USAGE
     print(hash_secret(secret), file=stdout)
     return 0
 
 
-async def _serve(broker: TokenBroker, ready: Callable[[str], None]) -> None:
-    """Serve until Ctrl-C (KeyboardInterrupt) or SIGTERM; both stop the broker cleanly."""
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    terminated = False
-
-    def on_sigterm() -> None:
-        nonlocal terminated
-        terminated = True
-        if task is not None:
-            task.cancel()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    try:
-        await broker.serve_forever(ready)
-    except asyncio.CancelledError:
-        if not terminated:
-            raise
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGTERM)
-
-
 def cmd_broker(args: argparse.Namespace) -> int:
-    """Run the broker until Ctrl-C (0), or report a configuration error (2)."""
+    """Run the broker until SIGINT/SIGTERM (0); a configuration error or an audit log that
+    cannot be opened is one line (2), a port that cannot be bound one line (1)."""
     if args.hash_secret:
         return _hash_stdin(sys.stdin, sys.stdout)
     try:
         broker = build_broker(args)
     except (ConfigError, ValueError) as exc:
         print(f"fsm-voice broker: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     def ready(url: str) -> None:
         print(
@@ -240,10 +217,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
         )
 
     try:
-        asyncio.run(_serve(broker, ready))
-    except KeyboardInterrupt:
-        return 0
-    except OSError as exc:
-        print(f"fsm-voice broker: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return serve("broker", broker.serve_forever, ready)
+    except sqlite3.Error as exc:  # the audit log is opened at start
+        print(f"fsm-voice broker: cannot open --audit-db {args.audit_db}: {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE

@@ -113,6 +113,10 @@ def call_id_from_location(location: str | None) -> str | None:
     return urllib.parse.unquote(segment) or None
 
 
+HANGUP_TIMEOUT = 2.0
+"""Seconds one hangup request may take (key included) before it is given up."""
+
+
 class HttpSignaling(OwnedHttpClient):
     """:class:`fsm_voice.ports.Signaling` over HTTP (OpenAI Realtime ``/v1/realtime/calls``).
 
@@ -235,3 +239,34 @@ class HttpSignaling(OwnedHttpClient):
             log.info("signaling POST %s failed: %s", self.url, err)
             raise err from exc
 
+    async def hangup(self, call_id: str | None, *, timeout: float = HANGUP_TIMEOUT) -> bool:
+        """End ``call_id`` at the server: ``POST {base_url}/v1/realtime/calls/{id}/hangup``.
+
+        Bounded by ``timeout`` and never raises (cancellation aside): a failure is logged and
+        gives False; True once the server confirmed (2xx). Works after :meth:`aclose` too (with
+        a one-off HTTP session), so a close that runs late can still hang up.
+        """
+        if not call_id:
+            return False
+        url = f"{self.base_url}{CALLS_PATH}/{urllib.parse.quote(call_id, safe='')}/hangup"
+        try:
+            async with asyncio.timeout(timeout):
+                headers = {"Authorization": f"Bearer {await self._key()}"}
+                if not self._closed:
+                    return await _post_hangup(self._client(), url, headers)
+                async with aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(force_close=True)
+                ) as client:
+                    return await _post_hangup(client, url, headers)
+        except Exception as exc:  # TimeoutError included; never the caller's problem
+            log.info("hangup of call %s failed: %r", call_id, exc)
+            return False
+
+
+async def _post_hangup(client: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bool:
+    async with client.post(url, headers=headers, allow_redirects=False) as response:
+        if 200 <= response.status < 300:
+            log.debug("hung up %s", url)
+            return True
+        log.info("hangup %s refused: HTTP %d", url, response.status)
+        return False

@@ -546,6 +546,9 @@ class AiortcTransport:
                 conn.closed.set()
 
     async def _teardown_steps(self, conn: _Connection) -> None:
+        # 0. end the call at the server (signaling hangup: bounded, never raises)
+        if conn.call_id is not None and hasattr(self._signaling, "hangup"):
+            await self._signaling.hangup(conn.call_id)
         # 1. liveness / monitor task
         if conn.liveness_task is not None:
             await _cancel_and_wait(conn.liveness_task, "liveness task")

@@ -28,6 +28,8 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from fsm_voice.errors import FsmVoiceError
+
 __all__ = [
     "FRAME_SAMPLES",
     "PTIME",
@@ -52,7 +54,7 @@ _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 _FULL_SCALE = 32767
 
 
-class AudioFileError(ValueError):
+class AudioFileError(FsmVoiceError, ValueError):
     """An audio file cannot be read or written (missing, not a WAV, unsupported format)."""
 
 
