@@ -363,6 +363,7 @@ def _connect(a: argparse.Namespace) -> int:
 
 
 def _serve_peer(a: argparse.Namespace) -> int:
+    from fsm_voice.peer.control import CONTROL_TOKEN_HEADER
     from fsm_voice.peer.server import CALLS_PATH, RealtimePeer
 
     try:
@@ -372,6 +373,7 @@ def _serve_peer(a: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         print(f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; "
-              f"control: {url}/control)", flush=True)
+              f"control: {url}/control with {CONTROL_TOKEN_HEADER}: {peer.control_token})",
+              flush=True)
 
     return serve("peer", peer.serve_forever, ready)

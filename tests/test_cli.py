@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from fsm_voice.cli import EXIT_CODES
+from fsm_voice.peer.control import CONTROL_TOKEN_HEADER
 
 pytestmark = pytest.mark.anyio
 
@@ -74,7 +75,9 @@ async def peer() -> AsyncIterator[str]:
     proc = await start("peer", "--port", "0")
     try:
         line = (await lines_until(proc, lambda s: "listening on" in s))[-1]
-        yield re.findall(r"http://[\d.:]+", line)[0]
+        base = re.findall(r"http://[\d.:]+", line)[0]
+        _CONTROL_TOKENS[base] = line.rsplit(f"{CONTROL_TOKEN_HEADER}: ", 1)[1].rstrip(")\n")
+        yield base
         proc.send_signal(signal.SIGTERM)
         _, err = await finish(proc)
         assert proc.returncode == 0 and "Traceback" not in err, err
@@ -84,8 +87,13 @@ async def peer() -> AsyncIterator[str]:
             await proc.wait()
 
 
+_CONTROL_TOKENS: dict[str, str] = {}
+"""The control token each ``fsm-voice peer`` printed, by base URL."""
+
+
 async def control(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    async with aiohttp.ClientSession() as http:
+    headers = {CONTROL_TOKEN_HEADER: _CONTROL_TOKENS[base]}
+    async with aiohttp.ClientSession(headers=headers) as http:
         if body is None:
             async with http.get(f"{base}/control/{path}") as r:
                 return await r.json()
