@@ -366,8 +366,9 @@ async def probe_path(pc: RTCPeerConnection, timeout: float) -> bool | None:
             return None
         request = connection.build_request(pair, nominate=False)
         key = connection.remote_password.encode("utf8")
-        transport = getattr(pair.protocol, "transport", None)
-        if transport is None or transport.is_closing():
+        transport = getattr(pair.protocol, "transport", None)  # a TurnTransport when relayed
+        closing = getattr(transport, "is_closing", None)
+        if transport is None or (callable(closing) and closing()):
             return None
         remote = pair.remote_addr
     except Exception as exc:
