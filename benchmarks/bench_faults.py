@@ -147,7 +147,7 @@ async def local_fault(kind: str, mute_seconds: float) -> dict[str, Any]:
             await s.wait_for("active", timeout=10)
             transport = s.transport
             assert isinstance(transport, AiortcTransport)
-            while transport.liveness is None:
+            while transport.liveness is None or transport.liveness.rtt is None:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.5)  # settle: media flowing
             t0 = time.monotonic()

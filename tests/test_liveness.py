@@ -27,6 +27,15 @@ T = ProbeTiming()  # interval 0.1, probe_after 0.2, dead_after 0.5, fail_after 0
 # ----------------------------------------------------------------------------- sans-IO
 
 
+def calibrated(**kw: Any) -> PathLiveness:
+    """A monitor whose calibration probe was answered (probes are trusted)."""
+    lv = PathLiveness(T, now=0.0, **kw)
+    assert lv.tick(0.0, 0).probe  # the calibration probe goes out at once
+    lv.probe_sent(0.0)
+    lv.probe_answered(0.0, 0.01)
+    return lv
+
+
 def _run(lv: PathLiveness, until: float, inbound: Any = None, answer: bool = False,
          rtt: float = 0.01) -> list[tuple[float, str]]:
     """Drive ``lv`` tick by tick (``inbound(t)`` gives the counter; probes answered after
@@ -52,19 +61,19 @@ def _run(lv: PathLiveness, until: float, inbound: Any = None, answer: bool = Fal
 
 
 def test_flowing_path_never_probes() -> None:
-    lv = PathLiveness(T, now=0.0)
+    lv = calibrated()
     assert _run(lv, 5.0, inbound=lambda t: int(t * 50)) == []
-    assert lv.probes_sent == 0
+    assert lv.probes_sent == 1  # the calibration probe only
 
 
 def test_silent_remote_answering_probes_is_alive() -> None:
-    lv = PathLiveness(T, now=0.0)
+    lv = calibrated()
     assert _run(lv, 30.0, answer=True) == []
-    assert lv.probes_answered > 50 and lv.silent_alive == lv.probes_answered
+    assert lv.probes_answered > 50 and lv.silent_alive == lv.probes_answered - 1  # - calibration
 
 
 def test_dead_path_disconnected_then_failed() -> None:
-    lv = PathLiveness(T, now=0.0)
+    lv = calibrated()
     signals = _run(lv, 3.0)
     assert [s for _, s in signals] == ["ice_disconnected", "transport_failed"]
     (dead, _), (failed, _) = signals
@@ -74,7 +83,7 @@ def test_dead_path_disconnected_then_failed() -> None:
 
 
 def test_evidence_before_the_fail_threshold_recovers() -> None:
-    lv = PathLiveness(T, now=0.0)
+    lv = calibrated()
     signals = _run(lv, 2.0, inbound=lambda t: 0 if t < 0.7 else int(t * 50))
     assert [s for _, s in signals] == ["ice_disconnected", "ice_recovered"]
 
@@ -82,9 +91,18 @@ def test_evidence_before_the_fail_threshold_recovers() -> None:
 def test_slow_path_is_not_dead() -> None:
     """Answers that take 0.35 s: thresholds grow with the measured RTT, no signal."""
     lv = PathLiveness(T, now=0.0)
-    lv.probe_answered(0.0, 0.35)  # one measured round trip
+    lv.probe_answered(0.0, 0.35)  # the calibration probe measured the round trip
     assert _run(lv, 20.0, answer=True, rtt=0.35) == []
     assert lv.thresholds()[0] >= T.probe_after + T.interval + 0.7
+
+
+def test_probes_never_answered_are_not_trusted() -> None:
+    """A remote that answers no STUN at all: calibration probes every second, and the stall
+    rule (ICE_DISCONNECTED only, never FAILED): a muted call is not restarted for it."""
+    lv = PathLiveness(T, now=0.0, stall=0.75)
+    signals = _run(lv, 10.0)
+    assert [s for _, s in signals] == ["ice_disconnected"]
+    assert 9 <= lv.probes_sent <= 11 and lv.rtt is None
 
 
 def test_stall_detection_without_probes() -> None:
@@ -135,6 +153,11 @@ def _transport(s: VoiceSession) -> AiortcTransport:
     return s.transport
 
 
+def calibrated_path(t: AiortcTransport) -> bool:
+    """The connection's first (calibration) probe was answered: probes are trusted."""
+    return t.liveness is not None and t.liveness.rtt is not None
+
+
 async def _until(predicate: Any, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
@@ -158,7 +181,7 @@ async def test_chromium_style_mute_keeps_the_session_20_of_20() -> None:
                 await s.start()
                 await s.wait_for("active", timeout=10)
                 transport = _transport(s)
-                await _until(lambda t=transport: t.liveness is not None)
+                await _until(lambda t=transport: calibrated_path(t))
                 offers = peer.stats()["offers_received"]
                 t0 = time.monotonic()
                 assert peer.mute_media() == 1
@@ -190,7 +213,7 @@ async def test_dead_path_restarts_at_once_on_a_fresh_path() -> None:
         async with s:
             await s.start()
             await s.wait_for("active", timeout=10)
-            await _until(lambda: _transport(s).liveness is not None)
+            await _until(lambda: calibrated_path(_transport(s)))
             t0 = time.monotonic()
             assert peer.go_silent() == 1
             await _until(
@@ -217,7 +240,7 @@ async def test_short_blip_shown_alive_by_probes_is_not_restarted() -> None:
             await s.start()
             await s.wait_for("active", timeout=10)
             transport = _transport(s)
-            await _until(lambda: transport.liveness is not None)
+            await _until(lambda: calibrated_path(transport))
             t0 = time.monotonic()
             assert peer.go_silent() == 1
             await _until(lambda: transport.liveness.probes_sent >= 1)

@@ -12,7 +12,11 @@ instead of waiting for its ICE grace period); evidence in between -> ``ICE_RECOV
 
 The thresholds grow with the measured probe round-trip time (a slow path is not a dead one):
 dead = max(:attr:`~ProbeTiming.dead_after`, probe_after + interval + 2 x RTT), fail = dead +
-(fail_after - dead_after).
+(fail_after - dead_after). Probes are trusted only once one has been answered on the connection:
+a calibration probe goes out as soon as it is connected (again every
+:attr:`~ProbeTiming.calibrate_every` s until one is answered, which measures the RTT); until then
+a remote that never answers STUN cannot get a healthy but muted call restarted - the stall rule
+below applies.
 
 Without probes (:attr:`PathLiveness.probing` False: the ``path_probe`` capability of
 :mod:`fsm_voice.transport._private` lost, or disabled) it is the stall detector of old:
@@ -52,6 +56,8 @@ class ProbeTiming:
     """No evidence this long -> ``FAILED`` (restart now)."""
     probe_timeout: float = attrs.field(default=0.5, validator=_positive)
     """How long one probe waits for its answer."""
+    calibrate_every: float = attrs.field(default=1.0, validator=_positive)
+    """Spacing of calibration probes until the first answer."""
 
     def __attrs_post_init__(self) -> None:
         if not self.interval <= self.probe_after < self.dead_after < self.fail_after:
@@ -152,10 +158,13 @@ class PathLiveness:
             if step.signal is not None:
                 return step
         silence = now - self._evidence_at
-        if not self.probing:
+        if not self.probing or self.rtt is None:  # probes off, or not proven to be answered
+            calibrate = self.probing and now - self._last_probe_at >= self.timing.calibrate_every
             if self.state == "up" and silence >= self.stall:
-                return self._signal("dead", f"no inbound packets for {silence:.2f}s")
-            return Step()
+                return self._signal(
+                    "dead", f"no inbound packets for {silence:.2f}s", probe=calibrate
+                )
+            return Step(probe=calibrate)
         dead, fail = self.thresholds()
         if self.state == "dead" and silence >= fail:
             return self._signal(
