@@ -331,6 +331,11 @@ async def run_client(args: argparse.Namespace) -> None:
                         state=session.state,
                         attempts=session.attempts,
                         path=selected_path(transport),
+                        liveness=(
+                            attrs.asdict(transport.liveness)
+                            if transport.liveness is not None
+                            else None
+                        ),
                     )
                 elif cmd.get("cmd") == "send":
                     senders.append(

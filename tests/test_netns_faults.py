@@ -65,7 +65,22 @@ def connect(
         peer = pair.start_peer()
     client = pair.start_client(peer, *client_args, host_address=host_address)
     client.wait_for(lambda m: m["type"] == "status" and m["status"] == "active", timeout=20)
+    wait_calibrated(client)
     return peer, client
+
+
+def wait_calibrated(client: Agent, timeout: float = 5.0) -> None:
+    """Until the client's liveness has had a probe answered (probes are then trusted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mark = client.mark()
+        client.send(cmd="status")
+        state = client.wait_for(lambda m: m["type"] == "state", timeout=5, after=mark)
+        if (state.get("liveness") or {}).get("rtt") is not None:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"liveness not calibrated: {state}")
+        time.sleep(0.05)  # poll interval
 
 
 def taken(messages: list[Message]) -> list[Message]:

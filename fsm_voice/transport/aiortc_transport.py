@@ -124,6 +124,7 @@ class _Connection:
         self.closing = False
         self.closed = asyncio.Event()
         self.connected = False
+        self.up = asyncio.Event()
         self.failed = False
         self.path_dead = False
         self.channel_open_reported = False
@@ -368,6 +369,7 @@ class AiortcTransport:
             return
         if state == "connected" and not conn.connected:
             conn.connected = True
+            conn.up.set()
             conn.report(TransportSignal.CONNECTED)
         elif state == "failed":
             conn.fail("peer connection failed (ICE or DTLS)")
@@ -440,12 +442,17 @@ class AiortcTransport:
         )
         conn.liveness = monitor
         interval = timing.interval if probing else self._liveness_interval
+        sampled = False
         async with anyio.create_task_group() as probes:
             while not conn.closing and not conn.failed:
-                await anyio.sleep(interval)
                 if not conn.connected:
                     monitor.restart(self._clock())
+                    with anyio.move_on_after(interval):
+                        await conn.up.wait()
                     continue
+                if sampled:
+                    await anyio.sleep(interval)
+                sampled = True  # the first sample (its calibration probe) as soon as connected
                 try:
                     step = monitor.tick(self._clock(), self._inbound_count(conn))
                 except Exception:  # pragma: no cover - defensive: never kill liveness
