@@ -73,6 +73,15 @@ def netns_fault(pair: NetnsPair, client: Agent, kind: str, duration: float) -> d
         time.sleep(duration)
         t1 = pair.drop_stop() if kind == "drop" else pair.link_up()
     result: dict[str, Any] = {"kind": kind, "duration": duration if t1 else None}
+    try:  # a blip shorter than the dead threshold raises nothing at all
+        client.wait_for(
+            lambda m: m["type"] == "trace" and m["time"] > t0 and m["event"] == "ice_disconnected",
+            timeout=max(0.0, t0 + 3.0 - time.monotonic()),
+        )
+    except TimeoutError:
+        result.update(detection=None, failed=None, survived=True, outage=0.0, recovery=0.0,
+                      path="unnoticed")
+        return result
     try:
         back = client.wait_for(
             lambda m: (
