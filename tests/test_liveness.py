@@ -251,3 +251,32 @@ async def test_short_blip_shown_alive_by_probes_is_not_restarted() -> None:
             assert peer.stats()["offers_received"] == 1
             assert s.status == "active"
 
+
+
+@pytest.mark.anyio
+async def test_control_api_mutes_and_unmutes_the_peer_audio() -> None:
+    """``/control/mute_media`` stops the call's RTP (the player is no longer read) while the
+    connection stays up; ``/control/unmute_media`` resumes it."""
+    import aiohttp
+
+    async with RealtimePeer() as peer:
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            async with aiohttp.ClientSession() as http:
+                async with http.post(peer.base_url + "/control/mute_media", json={}) as r:
+                    assert r.status == 200 and (await r.json()) == {"calls": 1}
+                info = peer.list_calls()[0]
+                assert info["media_muted"] is True and info["state"] == "connected"
+                async with http.post(peer.base_url + "/control/mute_media", json={}) as r:
+                    assert (await r.json()) == {"calls": 1}  # idempotent: still muted
+                async with http.post(peer.base_url + "/control/unmute_media",
+                                     json={"call_id": info["call_id"]}) as r:
+                    assert (await r.json()) == {"calls": 1}
+                async with http.post(peer.base_url + "/control/unmute_media", json={}) as r:
+                    assert (await r.json()) == {"calls": 0}  # nothing muted any more
+                frames = peer.list_calls()[0]["audio_frames_out"]
+                await _until(lambda: peer.list_calls()[0]["audio_frames_out"] > frames + 5)
+                assert peer.list_calls()[0]["media_muted"] is False
+            assert s.status == "active"
