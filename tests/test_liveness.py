@@ -264,7 +264,7 @@ async def test_control_api_mutes_and_unmutes_the_peer_audio() -> None:
         async with s:
             await s.start()
             await s.wait_for("active", timeout=10)
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=peer.control_headers) as http:
                 async with http.post(peer.base_url + "/control/mute_media", json={}) as r:
                     assert r.status == 200 and (await r.json()) == {"calls": 1}
                 info = peer.list_calls()[0]
