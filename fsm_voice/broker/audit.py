@@ -278,8 +278,12 @@ class AuditStore(Protocol):
     """Where the broker's audit rows go (:class:`AuditLog` in SQLite,
     :class:`~fsm_voice.broker.audit_pg.PostgresAuditLog`)."""
 
-    path: str
     rows_written: int
+
+    @property
+    def path(self) -> str:
+        """Where the log is, for logs (no secrets)."""
+        ...
 
     async def open(self) -> None: ...
 
@@ -304,8 +308,6 @@ class GroupCommitLog:
     commits everything queued in one transaction (:meth:`_write_batch`), and each caller returns
     once its own row is committed. Once handed to the database a batch is finished even if the
     writer is cancelled."""
-
-    path: str
 
     def __init__(self) -> None:
         self._pending: list[tuple[AuditEntry, asyncio.Future[int]]] = []

@@ -170,7 +170,7 @@ class PostgresAuditLog(GroupCommitLog):
         self._open = False
 
     @property
-    def path(self) -> str:  # type: ignore[override]
+    def path(self) -> str:
         params = _psycopg().conninfo.conninfo_to_dict(self.dsn)
         where = params.get("host") or "localhost"
         return f"postgresql {params.get('dbname') or '?'} on {where}"

@@ -218,7 +218,10 @@ class LimitStore(Protocol):
     ``"client"``, ``key`` the bucket in it) and per-client concurrent-session leases. Every
     method may raise :class:`LimitsUnavailable`."""
 
-    description: str
+    @property
+    def description(self) -> str:
+        """Where the limits live, for logs (no secrets)."""
+        ...
 
     async def open(self) -> None: ...
 
