@@ -209,11 +209,15 @@ class PostgresAuditLog(GroupCommitLog):
                         "SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1"
                     )
                     last = await cur.fetchone()
+                    rows = chain_rows(last[0] if last else GENESIS, entries)
                     ids: list[int] = []
-                    for row in chain_rows(last[0] if last else GENESIS, entries):
-                        cur = await conn.execute(sql, row)
+                    cur = conn.cursor()
+                    await cur.executemany(sql, rows, returning=True)  # one pipelined round trip
+                    while True:
                         got = await cur.fetchone()
                         ids.append(int(got[0]))
+                        if not cur.nextset():
+                            break
             except Exception:
                 if conn.broken:
                     self._conn = None
