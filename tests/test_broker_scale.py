@@ -558,3 +558,28 @@ async def test_three_broker_processes_share_one_quota_and_one_audit_chain(
     result = await verify_postgres(pg_dsn)
     assert result.ok and result.rows == 45
     assert peer.client_secrets.minted == 10
+
+
+@needs_postgres
+def test_cli_audit_setup_grants_the_writer_only_select_and_insert(
+    pg_server: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_server.owner_dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE setup_cli")
+    owner = pg_server.dsn("postgres", "setup_cli")
+    args = broker_cli_args("broker", "audit-setup", "--audit-dsn", owner, "--writer-role",
+                           WRITER_ROLE)
+    assert broker_cli.cmd_audit_setup(args) == 0
+    assert broker_cli.cmd_audit_setup(args) == 0  # idempotent
+    assert "SELECT and INSERT only" in capsys.readouterr().out
+    with psycopg.connect(owner) as conn:
+        privileges = conn.execute(
+            "SELECT privilege_type FROM information_schema.role_table_grants "
+            "WHERE grantee = %s AND table_name = 'audit'",
+            (WRITER_ROLE,),
+        ).fetchall()
+    assert sorted(p for (p,) in privileges) == ["INSERT", "SELECT"]
+    bad = broker_cli_args("broker", "audit-setup", "--audit-dsn", owner, "--writer-role", "x;y")
+    assert broker_cli.cmd_audit_setup(bad) == 2

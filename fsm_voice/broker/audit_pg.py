@@ -158,13 +158,17 @@ class PostgresAuditLog(GroupCommitLog):
     """The audit table in PostgreSQL at ``dsn`` (a libpq DSN or URL without a password; the
     role should be the writer role of :func:`install_schema`). The table must exist.
 
-    ``connect_timeout``: seconds to wait for a (re)connection before the batch fails.
+    ``connect_timeout``: seconds to wait for a (re)connection before the batch fails;
+    ``write_timeout``: seconds a statement (or the wait for the chain lock) may take.
     """
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self, dsn: str, *, connect_timeout: float = 2.0, write_timeout: float = 5.0
+    ) -> None:
         super().__init__()
         self.dsn = safe_dsn(dsn)
         self.connect_timeout = connect_timeout
+        self._timeout_ms = max(1, round(write_timeout * 1000))
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self._open = False
@@ -189,7 +193,13 @@ class PostgresAuditLog(GroupCommitLog):
                     await conn.close()
             psycopg = _psycopg()
             conn = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                # a stuck server or a replica holding the chain lock fails the batch, not hangs it
+                options=(
+                    f"-c statement_timeout={self._timeout_ms} -c lock_timeout={self._timeout_ms}"
+                ),
             )
             self._conn = conn
         return conn
