@@ -24,7 +24,10 @@ Every error is an OpenAI-shaped JSON body ``{"error": {"type", "code", "message"
 401 missing/wrong credentials (one message for unknown client and wrong secret), 429 per-client
 token bucket exhausted (``Retry-After``, integer seconds), 413 body over ``max_body_bytes``,
 400 invalid JSON / parameters (and malformed HTTP: never echoed), 405 wrong method, 404 unknown
-path, 408 body not received in ``body_timeout``, 503 too many upstream calls in flight, 502
+path, 408 body not received in ``body_timeout``, 503 too many upstream calls in flight or the
+rate-limit store unreachable (``rate_limits_unavailable`` + ``Retry-After``; fail closed unless
+``limits_fail_open``), 500 ``audit_failed`` when a minted key's row could not be committed (the
+key is dropped, never handed out), 502
 upstream failure (classified: ``code`` is the upstream's, ``Retry-After`` when the upstream gave
 one, clamped to ``[1, max_upstream_retry_after]``). Each authenticated token request appends one
 row to the audit log (:mod:`fsm_voice.broker.audit`), so does each unauthenticated one within the
@@ -46,6 +49,12 @@ Secrets: the API key is only ever put in the upstream ``Authorization`` header. 
 any ``repr``, log line, error, response or audit row; upstream error text is redacted and
 scrubbed of the key before it goes anywhere. Client secrets are stored as SHA-256 digests and
 compared in constant time.
+
+Storage: rate limits live behind :class:`~fsm_voice.broker.ratelimit.LimitStore` (in process
+by default, Redis for replicas) and the audit log behind
+:class:`~fsm_voice.broker.audit.AuditStore` (SQLite by default, PostgreSQL for replicas). The
+client address is the TCP peer, or behind ``trusted_proxies`` the one their forwarding header
+names (:mod:`fsm_voice.broker.forwarded`).
 
 Transport security is not this module's job: bind to loopback (the default) and put a TLS
 terminating proxy in front for anything else.
