@@ -65,6 +65,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -118,6 +120,7 @@ _CLIENT_ID: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _DIGEST: Final = re.compile(r"^sha256:([0-9a-f]{64})$")
 _KEY_VALUE: Final = re.compile(r"^[\x21-\x7e]{1,2048}$")
 _SESSION_ID: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_MAX_BACKLOG: Final = 10_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,6 +471,9 @@ class TokenBroker(LocalService):
         self.last_mint_error: str | None = None
         self.audit_failing = False
         self.limits_failing = False
+        self._backlog: collections.deque[AuditEntry] = collections.deque()
+        self._backlog_task: asyncio.Task[None] | None = None
+        self._backlog_lock = asyncio.Lock()
         self._upstream: OpenAIClientSecrets | None = None
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -522,6 +528,21 @@ class TokenBroker(LocalService):
         )
 
     async def _close_resources(self) -> None:
+        task, self._backlog_task = self._backlog_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._backlog:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.flush_backlog()
+            except Exception as exc:
+                log.error(
+                    "broker: %d audit row(s) of dropped keys never written (%s)",
+                    len(self._backlog),
+                    type(exc).__name__,
+                )
         http, self._http = self._http, None
         self._upstream = None
         if http is not None:
@@ -542,6 +563,41 @@ class TokenBroker(LocalService):
             self._bound_port = None
             await self._close_resources()
 
+
+    # -- rows of dropped keys ----------------------------------------------------------------
+
+    @property
+    def unrecorded(self) -> int:
+        """Rows of keys minted upstream but dropped (their row failed) still to be written."""
+        return len(self._backlog)
+
+    def _unrecorded_key(self, entry: AuditEntry) -> None:
+        if len(self._backlog) >= _MAX_BACKLOG:
+            self._count("audit_lost")
+            log.error("broker: audit backlog full; the row of key %s is lost", entry.key_id)
+            return
+        self._backlog.append(entry)
+        if self._backlog_task is None or self._backlog_task.done():
+            self._backlog_task = asyncio.get_running_loop().create_task(
+                self._drain_backlog(), name="audit-backlog"
+            )
+
+    async def flush_backlog(self) -> None:
+        """Write the rows of dropped keys now (raises if the audit log still fails)."""
+        async with self._backlog_lock:
+            while self._backlog:
+                await self.audit.record(self._backlog[0])
+                self._backlog.popleft()
+                self.audit_failing = False
+
+    async def _drain_backlog(self) -> None:
+        delay = 0.1
+        while self._backlog:
+            try:
+                await self.flush_backlog()
+            except Exception:
+                await asyncio.sleep(delay)  # the audit store is down: retry, backing off
+                delay = min(delay * 2, 5.0)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -657,6 +713,11 @@ class TokenBroker(LocalService):
             self.audit_failing = True
             if key is not None:  # fail closed: no key leaves without its audit row
                 self._count("internal_error")
+                # ... and the key minted upstream but dropped here still gets its row, later
+                self._unrecorded_key(
+                    attrs.evolve(entry, outcome="internal_error", http_status=500,
+                                 detail="audit_failed")
+                )
                 return web.json_response(
                     _error_body(
                         "The audit log is unavailable.", type="server_error", code="audit_failed"
