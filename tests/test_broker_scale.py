@@ -588,3 +588,41 @@ def test_cli_audit_setup_grants_the_writer_only_select_and_insert(
     assert sorted(p for (p,) in privileges) == ["INSERT", "SELECT"]
     bad = broker_cli_args("broker", "audit-setup", "--audit-dsn", owner, "--writer-role", "x;y")
     assert broker_cli.cmd_audit_setup(bad) == 2
+
+
+@needs_redis
+async def test_failed_auth_limit_is_shared_between_replicas(
+    http: aiohttp.ClientSession, peer: RealtimePeer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    failures = RatePolicy(capacity=4, refill_per_second=0.001)
+    brokers = [
+        make_broker(peer.base_url, AuditLog(tmp_path / f"{i}.sqlite3"),
+                    redis_limits(redis_server), auth_failure_rate=failures)
+        for i in range(2)
+    ]
+    async with brokers[0], brokers[1]:
+        wrong = {"Authorization": "Bearer guess", "X-Client-Id": "app-1"}
+        statuses = [
+            (await request(http, brokers[i % 2].token_url, headers=wrong))[0] for i in range(8)
+        ]
+        assert statuses == [401] * 4 + [429] * 4  # 4 guesses in all, not 4 per replica
+        status, _, _ = await post(http, brokers[1].token_url)
+        assert status == 200  # valid credentials are never refused by that limit
+
+
+def test_cli_builds_stores_and_proxy_trust_from_flags(tmp_path: Path) -> None:
+    base = ("broker", "--client", f"a={hash_secret('x')}", "--api-key-env", "K")
+    broker = broker_cli.build_broker(
+        broker_cli_args(
+            *base, "--redis-url", "unix:///tmp/r.sock", "--trusted-proxy", "10.0.0.0/8",
+            "--trusted-proxy", "::1", "--forwarded-header", "forwarded", "--limits-fail-open",
+            "--audit-db", str(tmp_path / "a.sqlite3"),
+        ),
+        {"K": API_KEY},
+    )  # fmt: skip
+    assert isinstance(broker.limits, RedisLimits) and broker.limits.url == "unix:///tmp/r.sock"
+    assert [str(n) for n in broker.config.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert broker.config.forwarded_header == "forwarded" and broker.config.limits_fail_open
+    default = broker_cli.build_broker(broker_cli_args(*base), {"K": API_KEY})
+    assert isinstance(default.limits, MemoryLimits) and default.audit.path.endswith(".sqlite3")
+    assert default.config.trusted_proxies == () and not default.config.limits_fail_open
