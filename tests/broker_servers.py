@@ -14,6 +14,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -103,6 +104,11 @@ class RedisServer:
             raise RuntimeError("redis-server did not start:\n" + "".join(seen[-20:]))
         # keep draining its log so the server never blocks on a full pipe
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def pause(self, paused: bool = True) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) the server: a hung Redis, not a dead one."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
     def kill(self) -> None:
         proc, self.proc = self.proc, None

@@ -343,6 +343,14 @@ async def test_redis_outage_raises_limits_unavailable_then_recovers(
     policy = RatePolicy(capacity=5, refill_per_second=1)
     async with redis_limits(redis_server) as limits:
         assert await limits.acquire("client", "app-1", policy) is None
+        redis_server.pause()  # hung, not dead: the command times out (0.5 s), no hang here
+        try:
+            with pytest.raises(LimitsUnavailable):
+                async with asyncio.timeout(10):
+                    await limits.acquire("client", "app-1", policy)
+        finally:
+            redis_server.pause(False)
+        assert await limits.acquire("client", "app-1", policy) is None  # thawed: served again
         redis_server.kill()
         with pytest.raises(LimitsUnavailable):
             await limits.acquire("client", "app-1", policy)

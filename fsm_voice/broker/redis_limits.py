@@ -129,6 +129,9 @@ class RedisLimits:
         down: requests fail closed until it is back)."""
         try:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
         except ImportError:  # pragma: no cover - depends on the installed extras
             raise ConfigError(
                 "Redis rate limits need the 'redis' package: pip install 'fsm-voice[broker-scale]'"
@@ -140,7 +143,9 @@ class RedisLimits:
             password=self._password,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
-            retry_on_timeout=False,
+            # one immediate retry on a broken connection (a pooled one from before a Redis
+            # restart); no backoff and no retry on timeouts: an outage must answer 503 at once
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=0,
         )
         self._scripts = {
