@@ -257,6 +257,29 @@ def broker_cli_args(*argv: str) -> Any:
     return parser.parse_args(list(argv))
 
 
+async def test_rows_cut_off_the_end_are_found_against_an_anchored_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.sqlite3"
+    async with AuditLog(path) as audit:
+        for i in range(5):
+            await audit.record(AuditEntry("issued", 200, float(i)))
+        head = (await audit.verify()).head  # an operator keeps this elsewhere
+        await audit.record(AuditEntry("denied_auth", 401, 0.0))
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER audit_append_only_delete")
+    conn.execute("DELETE FROM audit WHERE id >= 5")  # the last two rows vanish
+    conn.commit()
+    conn.close()
+    assert verify_sqlite(path).ok  # a shorter chain is still a chain ...
+    result = verify_sqlite(path, anchor=head)  # ... but it no longer reaches the anchor
+    assert result.first_bad is not None and result.first_bad.row_id == 5
+    assert "removed" in result.first_bad.reason
+    args = broker_cli_args("broker", "audit-verify", "--audit-db", str(path), "--anchor", head)
+    assert broker_cli.cmd_audit_verify(args) == 1
+    assert "BROKEN at row id=5" in capsys.readouterr().out
+
+
 async def test_an_old_unchained_sqlite_log_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)

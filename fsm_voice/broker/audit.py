@@ -20,7 +20,8 @@ first) and ``row_hash = sha256(canonical JSON of [prev_hash, the row's fields])`
 (:func:`chain_hash`). A trigger refuses an insert whose ``prev_hash`` is not the last row's hash.
 :func:`verify_rows` recomputes the chain and names the first row that does not match, so an
 edit made around the triggers (the file edited, triggers dropped) is found at the edited row. A
-chain cannot show rows cut off its end: keep the head (:attr:`VerifyResult.head`) elsewhere.
+chain alone cannot show rows cut off its end: keep the head (:attr:`VerifyResult.head`)
+elsewhere and verify against it (``anchor``).
 
 All SQLite work runs on one dedicated thread (the connection never crosses threads); rows are
 written by one writer task with group commit: concurrent requests share a transaction, and
@@ -220,12 +221,17 @@ class VerifyResult:
 
 class ChainVerifier:
     """Checks a chain one row at a time (rows in id order, dicts with the table's columns);
-    :meth:`feed` returns False from the first bad row on."""
+    :meth:`feed` returns False from the first bad row on.
 
-    def __init__(self) -> None:
+    ``anchor``: a head hash recorded earlier (:attr:`VerifyResult.head`); the chain must still
+    contain it, else rows were cut off the end (what a chain alone cannot show)."""
+
+    def __init__(self, anchor: str | None = None) -> None:
         self._prev = GENESIS
         self._count = 0
         self._last_id: int | None = None
+        self._anchor = anchor
+        self._anchor_seen = anchor is None or anchor == GENESIS
         self.first_bad: ChainBreak | None = None
 
     def feed(self, row: Mapping[str, Any]) -> bool:
@@ -245,22 +251,31 @@ class ChainVerifier:
             )
             return False
         self._prev, self._count, self._last_id = str(row["row_hash"]), self._count + 1, row_id
+        self._anchor_seen = self._anchor_seen or self._prev == self._anchor
         return True
 
     def result(self) -> VerifyResult:
-        return VerifyResult(self._count, self._last_id, self._prev, self.first_bad)
+        bad = self.first_bad
+        if bad is None and not self._anchor_seen:
+            bad = ChainBreak(
+                (self._last_id or 0) + 1,
+                f"no row has the anchored head hash {self._anchor}: rows after id "
+                f"{self._last_id or 0} were removed",
+            )
+        return VerifyResult(self._count, self._last_id, self._prev, bad)
 
 
-def verify_rows(rows: Iterable[Mapping[str, Any]]) -> VerifyResult:
-    """Check a chain, rows in id order; stops at the first bad row."""
-    verifier = ChainVerifier()
+def verify_rows(rows: Iterable[Mapping[str, Any]], anchor: str | None = None) -> VerifyResult:
+    """Check a chain, rows in id order; stops at the first bad row (``anchor``: see
+    :class:`ChainVerifier`)."""
+    verifier = ChainVerifier(anchor)
     for row in rows:
         if not verifier.feed(row):
             break
     return verifier.result()
 
 
-def verify_sqlite(path: str | Path) -> VerifyResult:
+def verify_sqlite(path: str | Path, anchor: str | None = None) -> VerifyResult:
     """Verify the chain of the SQLite audit log at ``path``, opened read-only (raises
     ``sqlite3.Error`` when it cannot be read)."""
     if not Path(path).is_file():
@@ -269,7 +284,7 @@ def verify_sqlite(path: str | Path) -> VerifyResult:
     try:
         conn.row_factory = sqlite3.Row
         cur = conn.execute("SELECT * FROM audit ORDER BY id")
-        return verify_rows(dict(r) for r in cur)
+        return verify_rows((dict(r) for r in cur), anchor)
     finally:
         conn.close()
 

@@ -36,7 +36,6 @@ from .audit import (
     ChainVerifier,
     GroupCommitLog,
     VerifyResult,
-    verify_rows,
 )
 from .audit import _chain as chain_rows
 
@@ -137,11 +136,11 @@ async def _fetch_rows(conn: Any, sql: str, params: Sequence[Any]) -> list[dict[s
     return rows
 
 
-async def verify_postgres(dsn: str) -> VerifyResult:
+async def verify_postgres(dsn: str, anchor: str | None = None) -> VerifyResult:
     """Verify the chain of the audit table at ``dsn`` (rows streamed through a server-side
-    cursor, stopping at the first bad one)."""
+    cursor, stopping at the first bad one; ``anchor``: see :class:`ChainVerifier`)."""
     psycopg = _psycopg()
-    verifier = ChainVerifier()
+    verifier = ChainVerifier(anchor)
     conn = await psycopg.AsyncConnection.connect(dsn)
     async with (
         conn,
@@ -261,7 +260,7 @@ class PostgresAuditLog(GroupCommitLog):
             return await _fetch_rows(await self._connection(), sql, params)
 
     async def verify(self) -> VerifyResult:
-        return verify_rows(await self.rows())
+        return await verify_postgres(self.dsn)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one raw statement as the broker's role (tests use it to prove that UPDATE,

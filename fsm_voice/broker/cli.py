@@ -149,6 +149,12 @@ def add_parsers(subparsers: Any) -> None:
     where = v.add_mutually_exclusive_group(required=True)
     where.add_argument("--audit-db", help="SQLite audit log path")
     where.add_argument("--audit-dsn", metavar="DSN", help="PostgreSQL DSN (no password)")
+    v.add_argument(
+        "--anchor",
+        metavar="HASH",
+        help="a head hash printed by an earlier run: it must still be in the chain (rows cut "
+        "off the end are found)",
+    )
     v.set_defaults(func=cmd_audit_verify)
     s = sub.add_parser(
         "audit-setup",
@@ -344,9 +350,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if args.audit_dsn:
             from .audit_pg import safe_dsn, verify_postgres
 
-            result: VerifyResult = asyncio.run(verify_postgres(safe_dsn(args.audit_dsn)))
+            result: VerifyResult = asyncio.run(
+                verify_postgres(safe_dsn(args.audit_dsn), args.anchor)
+            )
         else:
-            result = verify_sqlite(args.audit_db)
+            result = verify_sqlite(args.audit_db, args.anchor)
     except Exception as exc:  # sqlite3 / psycopg errors, ConfigError
         print(f"fsm-voice broker audit-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
