@@ -882,6 +882,7 @@ def to_promela(
     for r in table:
         by_key[(r.source, r.event)].append(r)
     letters = PEER_LETTERS if peer else alphabet(table)
+    seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     for letter in letters:
         for (src, ev), rows in by_key.items():
             if ev != letter.event:
@@ -901,11 +902,14 @@ def to_promela(
                             conds.append("!seen_media")
                         elif ev == "channel_open":
                             conds.append("!seen_channel")
-                    lines.append(f"    :: d_step {{ {' && '.join(conds)} ->")
-                    lines.append(f"         /* {letter} | {r.label} -> {r.target} */")
                     body = _pml_body(r, letter, retry, rollover, flags)
-                    lines += [f"         {s};" for s in body]
-                    lines.append("       }")
+                    key = (tuple(conds), tuple(body))
+                    if key not in seen:  # parameter classes that translate alike
+                        seen.add(key)
+                        lines.append(f"    :: d_step {{ {' && '.join(conds)} ->")
+                        lines.append(f"         /* {letter} | {r.label} -> {r.target} */")
+                        lines += [f"         {s};" for s in body]
+                        lines.append("       }")
                 earlier.append(cond)
                 if cond == "1":
                     break
@@ -1005,7 +1009,7 @@ def check_all(
     for n in (3, 1, 0):
         ex = explore(machine, attrs.evolve(CHECK_RETRY, max_attempts=n),
                      stop_at_first=stop_at_first)
-        failed += [v.rule for v in ex.violations if v.rule not in failed]
+        failed = list(dict.fromkeys([*failed, *(v.rule for v in ex.violations)]))
         if failed and stop_at_first:
             return failed
     if spin:
