@@ -3,6 +3,7 @@ injected through the peer's control API (HTTP, as an operator would)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -38,11 +39,11 @@ def policy(**retry: Any) -> SessionPolicy:
 
 
 async def control(peer: RealtimePeer, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{peer.base_url}/control/{path}", json=body) as resp:
-            assert resp.status == 200, await resp.text()
-            result: dict[str, Any] = await resp.json()
-            return result
+    async with (aiohttp.ClientSession() as http,
+                http.post(f"{peer.base_url}/control/{path}", json=body) as resp):
+        assert resp.status == 200, await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
 
 
 def opens(s: VoiceSession) -> list[tuple[float, OpenTransport]]:
@@ -141,7 +142,7 @@ async def test_rollovers_are_spaced_by_min_interval_on_a_short_server_limit() ->
             await anyio.sleep(6.0)
         rolls = [e.time for e in s.trace if e.event == "rollover_due" and e.outcome == "taken"]
         assert 1 <= len(rolls) <= 6.0 / 1.5 + 1
-        assert all(b - a >= 1.5 for a, b in zip(rolls, rolls[1:], strict=False))
+        assert all(b - a >= 1.5 for a, b in itertools.pairwise(rolls))
 
 
 async def test_stop_is_idle_at_once_when_the_aiortc_close_hangs() -> None:
