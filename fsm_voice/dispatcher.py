@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import anyio
 import attrs
@@ -73,9 +73,8 @@ Outcome = Literal["taken", "refused", "stale", "observed"]
 ``observed``: a metrics sample or quality alert recorded for the record (no machine event)."""
 
 
-@attrs.frozen
-class TraceEntry:
-    """One event as the runtime handled it."""
+class TraceEntry(NamedTuple):
+    """One event as the runtime handled it (a named tuple: one is made per event)."""
 
     time: float
     event: str
@@ -95,21 +94,30 @@ class StatusChange:
     event: str
 
 
-@attrs.frozen
 class Posted:
-    """One queued item: a machine event with its arguments, or a barrier."""
+    """One queued item: a machine event with its arguments, or a barrier (``barrier``: not an
+    event; set when the dispatcher reaches it, see :meth:`Dispatcher.drain`). ``token``: the
+    generation of the transport or timer that posted it (None for the application)."""
 
-    event: str
-    severity: str | None = None
-    code: str = ""
-    error: VoiceError | None = None
-    token: int | None = None
-    """Generation of the transport or timer that posted it (None for the application)."""
-    timer: Timer | None = None
-    retry_after: float | None = None
-    expires_in: float | None = None
-    barrier: anyio.Event | None = None
-    """Not an event: set when the dispatcher reaches it (see :meth:`Dispatcher.drain`)."""
+    __slots__ = ("barrier", "code", "error", "event", "expires_in", "retry_after", "severity",
+                 "timer", "token")
+
+    def __init__(self, event: str, *, severity: str | None = None, code: str = "",
+                 error: VoiceError | None = None, token: int | None = None,
+                 timer: Timer | None = None, retry_after: float | None = None,
+                 expires_in: float | None = None, barrier: anyio.Event | None = None) -> None:
+        self.event = event
+        self.severity = severity
+        self.code = code
+        self.error = error
+        self.token = token
+        self.timer = timer
+        self.retry_after = retry_after
+        self.expires_in = expires_in
+        self.barrier = barrier
+
+    def __repr__(self) -> str:
+        return f"Posted({self.event!r}, token={self.token!r})"
 
 
 class _StatusWaiter:
@@ -192,6 +200,8 @@ class Dispatcher:
         """Real seconds a transport ``close`` may take before it is abandoned (cancelled)."""
         self.queue: collections.deque[Posted] = collections.deque()
         self._wakeup = anyio.Event()
+        self._idle = False
+        """The loop waits on ``_wakeup`` (set it once, not per posted event)."""
         self._tg: TaskGroup | None = None
         self.done = False
         """The dispatch loop has ended (``drain`` then handles the queue itself)."""
@@ -227,7 +237,9 @@ class Dispatcher:
     # -- the queue -------------------------------------------------------------------------
     def post(self, item: Posted) -> None:
         self.queue.append(item)
-        self._wakeup.set()
+        if self._idle:
+            self._idle = False
+            self._wakeup.set()
 
     async def drain(self) -> None:
         """Wait until everything queued so far is handled. If the dispatch loop is gone
@@ -252,6 +264,7 @@ class Dispatcher:
             while True:
                 if not queue:
                     self._wakeup = anyio.Event()
+                    self._idle = True
                     await self._wakeup.wait()
                     continue
                 item = queue.popleft()
@@ -290,7 +303,9 @@ class Dispatcher:
         machine = self.machine
         now = self.clock.now()
         source = machine.state_id
-        if item.token is not None:
+        token = item.token
+        if token is not None and (item.timer is not None or token != self.generation
+                                  or not self._transport_open):
             stale = self._stale_reason(item)
             if stale:
                 self.trace.append(TraceEntry(now, item.event, source, source, (), "stale", stale))
