@@ -82,7 +82,7 @@ def _item_id(event: Mapping[str, Any]) -> str | None:
     return iid if isinstance(iid, str) else None
 
 
-class Outbox:
+class Ledger:
     """The application's events: queued while no connection is up, sent in order, tracked per
     connection until it closes. The runtime calls :meth:`submit`, :meth:`peek` / :meth:`sent`
     to flush, :meth:`observe` for every server event of the current connection and
@@ -148,11 +148,12 @@ class Outbox:
         """The next event to send (None when the queue is empty)."""
         return self._queue[0] if self._queue else None
 
-    def sent(self) -> None:
-        """The event :meth:`peek` returned went onto the current connection."""
+    def sent(self, *, confirmed: bool = False) -> None:
+        """The event :meth:`peek` returned went onto the current connection (``confirmed``: the
+        server is known to hold its effect already, so it was not written at all)."""
         event = self._queue.popleft()
         eid: str = event["event_id"]
-        self._in_flight[eid] = _InFlight(event)
+        self._in_flight[eid] = _InFlight(event, confirmed)
         iid = _item_id(event)
         if iid is not None:
             self._by_item[iid] = eid

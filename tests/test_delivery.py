@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsm_voice.delivery import DuplicateEventIdError, Outbox, QueueOverflowError
+from fsm_voice.delivery import DuplicateEventIdError, Ledger, QueueOverflowError
 
 
 def ids() -> Any:
@@ -19,7 +19,7 @@ def ids() -> Any:
     return lambda: f"e{next(counter)}"
 
 
-def send_all(box: Outbox) -> list[Mapping[str, Any]]:
+def send_all(box: Ledger) -> list[Mapping[str, Any]]:
     out = []
     while (ev := box.peek()) is not None:
         out.append(ev)
@@ -28,7 +28,7 @@ def send_all(box: Outbox) -> list[Mapping[str, Any]]:
 
 
 def test_events_get_ids_and_item_creations_get_item_ids() -> None:
-    box = Outbox(new_id=ids(), new_item=lambda: "it")
+    box = Ledger(new_id=ids(), new_item=lambda: "it")
     a = box.submit({"type": "response.create"})
     b = box.submit({"type": "response.create", "event_id": "mine"})
     c = box.submit({"type": "conversation.item.create", "item": {"type": "message"}})
@@ -39,7 +39,7 @@ def test_events_get_ids_and_item_creations_get_item_ids() -> None:
 
 
 def test_unacknowledged_events_go_back_first_in_order_the_rest_count_as_delivered() -> None:
-    box = Outbox(new_id=ids())
+    box = Ledger(new_id=ids())
     for n in range(5):
         box.submit({"type": "t", "n": n})
     sent = send_all(box)
@@ -51,7 +51,7 @@ def test_unacknowledged_events_go_back_first_in_order_the_rest_count_as_delivere
 
 
 def test_an_item_creation_is_resent_until_its_echo_is_seen() -> None:
-    box = Outbox(new_id=ids(), new_item=iter(["i0", "i1"]).__next__)
+    box = Ledger(new_id=ids(), new_item=iter(["i0", "i1"]).__next__)
     box.submit({"type": "conversation.item.create", "item": {"type": "message"}})
     box.submit({"type": "conversation.item.create", "item": {"type": "message"}})
     send_all(box)
@@ -62,7 +62,7 @@ def test_an_item_creation_is_resent_until_its_echo_is_seen() -> None:
 
 
 def test_an_error_naming_the_event_confirms_it() -> None:
-    box = Outbox(new_id=ids())
+    box = Ledger(new_id=ids())
     ev = box.submit({"type": "conversation.item.delete", "item_id": "x"})
     send_all(box)
     box.observe({"type": "error", "error": {"code": "item_not_found", "event_id": "e0"}})
@@ -70,7 +70,7 @@ def test_an_error_naming_the_event_confirms_it() -> None:
 
 
 def test_fates_error_and_stop() -> None:
-    box = Outbox(new_id=ids())
+    box = Ledger(new_id=ids())
     ev = box.submit({"type": "t"})
     send_all(box)
     assert box.connection_closed([ev], "error").dropped == ("e0",)
@@ -83,7 +83,7 @@ def test_fates_error_and_stop() -> None:
 
 
 def test_without_the_capability_only_unechoed_creations_are_resent() -> None:
-    box = Outbox(new_id=ids(), new_item=lambda: "i")
+    box = Ledger(new_id=ids(), new_item=lambda: "i")
     box.submit({"type": "t"})
     box.submit({"type": "conversation.item.create", "item": {"type": "message"}})
     send_all(box)
@@ -92,13 +92,13 @@ def test_without_the_capability_only_unechoed_creations_are_resent() -> None:
 
 
 def test_overflow_and_bad_limit() -> None:
-    box = Outbox(limit=2)
+    box = Ledger(limit=2)
     box.submit({"type": "t"})
     box.submit({"type": "t"})
     with pytest.raises(QueueOverflowError):
         box.submit({"type": "t"})
     with pytest.raises(ValueError):
-        Outbox(limit=0)
+        Ledger(limit=0)
 
 
 # -- property: connections that die with part of what they sent unacknowledged ----------------
@@ -114,7 +114,7 @@ _conn = st.tuples(
 @given(st.lists(_conn, min_size=1, max_size=8), st.booleans())
 def test_every_event_arrives_once_or_is_reported(conns: list[tuple[int, int, int]],
                                                  ends_in_error: bool) -> None:
-    box = Outbox(new_id=ids())
+    box = Ledger(new_id=ids())
     received: Counter[str] = Counter()
     resent: set[str] = set()
     dropped: set[str] = set()

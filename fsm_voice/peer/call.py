@@ -37,6 +37,7 @@ CHANNEL_LABEL = "oai-events"
 MAX_UTTERANCE_MS = 30_000.0
 MAX_MANUAL_BUFFER_MS = 60_000.0
 MIN_COMMIT_MS = 100.0
+MAX_RECORDED_EVENTS = 10_000
 
 _TONE_CACHE: dict[float, bytes] = {}
 _AUDIO_PART: dict[str, Any] = {"type": "audio", "transcript": ""}
@@ -121,6 +122,9 @@ class Call:
         self.events_received: collections.Counter[str] = collections.Counter()
         self.events_sent: collections.Counter[str] = collections.Counter()
         self.events_dropped = 0
+        self.received_events: collections.deque[tuple[str | None, str]] = collections.deque(
+            maxlen=MAX_RECORDED_EVENTS)
+        """``(event_id, type)`` of every client event received, oldest first (bounded)."""
         self.audio_frames_in = 0
         self.responses_completed = 0
         self.responses_cancelled = 0
@@ -195,6 +199,14 @@ class Call:
                 t.dropped for _, t in self._muted if isinstance(t, _MutedDatagramTransport)
             ),
         }
+
+    def conversation(self) -> list[p.JsonObject]:
+        """The call's conversation items, in order (copies)."""
+        return [dict(item) for item in self.history]
+
+    def received(self) -> list[p.JsonObject]:
+        """The client events received, oldest first: ``{"event_id", "type"}`` each."""
+        return [{"event_id": eid, "type": etype} for eid, etype in self.received_events]
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         if self.closed:
@@ -374,6 +386,8 @@ class Call:
         event, error = p.parse_client_event(raw)
         etype = event["type"] if event is not None else "<invalid>"
         self.events_received[etype] += 1
+        raw_id = event.get("event_id") if event is not None else None
+        self.received_events.append((raw_id if isinstance(raw_id, str) else None, etype))
         if self._on_event_received is not None:
             self._on_event_received(etype)
         if error is not None:
