@@ -153,7 +153,9 @@ async def test_stop_from_backoff_cancels_everything() -> None:  # SPEC-STOP-1
         await r.clock.settle()
         assert r.s.state == "backoff"
         await r.s.stop()
-        assert r.s.status == "idle" and r.s.armed_timers == frozenset() and not r.t.is_open
+        assert r.s.status == "idle" and r.s.armed_timers == frozenset()
+        await r.clock.settle()
+        assert not r.t.is_open
         await r.clock.advance(60)
         assert r.t.opens == 1  # the cancelled backoff never fired
 
@@ -246,6 +248,7 @@ def test_runtime_properties_hold_under_random_faults(script: list[str],
                         assert not any(isinstance(x, OpenTransport) for x in e.effects)
             await s.stop()
             assert s.status == "idle" and s.armed_timers == frozenset()
+            await clock.settle()  # the close runs in the session's task group
             assert not t.is_open and t.opens == t.closes
         # Backoff delays are exactly 2, 4, 8 s after each failure (no jitter configured).
         for e in s.trace:

@@ -80,6 +80,7 @@ class RuntimeRules(RuleBasedStateMachine):
     def stop(self) -> None:
         self.portal.call(self.s.stop)
         assert self.s.status == "idle" and self.s.armed_timers == frozenset()
+        self.settle()  # the close itself runs in the session's task group
         assert not self.t.is_open
 
     @rule(signal=st.sampled_from(list(TransportSignal)))
