@@ -132,8 +132,8 @@ class Ledger:
         :class:`DuplicateEventIdError` for an ``event_id`` that is still undelivered."""
         if len(self._queue) >= self.limit:
             raise QueueOverflowError(
-                f"{len(self._queue)} events already queued; the limit is {self.limit} "
-                "(SessionPolicy.event_queue_limit)")
+                f"{len(self._queue)} events already queued; the limit is "
+                f"SessionPolicy.event_queue_limit={self.limit}")
         stamped = self.stamp(event)
         eid = stamped["event_id"]
         if eid in self._in_flight or any(e["event_id"] == eid for e in self._queue):

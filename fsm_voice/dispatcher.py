@@ -312,8 +312,8 @@ class Dispatcher:
                 self.monitor.report(internal_error("effect_failed", exc))
         if target in ACTIVE_STATES:
             if source in CONNECTING_STATES:
-                outbox.connection_up(self.transport.send_event,
-                                     replay=self._open_reason is not OpenReason.START)
+                self._report(outbox.connection_up(
+                    self.transport.send_event, replay=self._open_reason is not OpenReason.START))
             elif outbox.queue:
                 outbox.flush(self.transport.send_event)
         status = machine.status
@@ -448,6 +448,8 @@ class Dispatcher:
         etype = event.get("type")
         if not isinstance(etype, str):
             return
+        if generation == self.generation and self._transport_open:
+            self.outbox.observe(event)  # items and confirmations: the current call's only
         mapped = SERVER_EVENT_MAP.get(etype)
         if mapped:
             self.post(Posted(mapped, token=generation))
@@ -465,11 +467,8 @@ class Dispatcher:
                                  error=err, token=generation))
         elif etype in ("session.created", "session.updated"):
             self._schedule_rollover(event.get("session"), generation)
-        elif etype == "rate_limits.updated":
-            if isinstance(event.get("rate_limits"), list):
-                self.monitor.rate_limits = list(event["rate_limits"])
-        else:
-            self.outbox.observe(event)
+        elif etype == "rate_limits.updated" and isinstance(event.get("rate_limits"), list):
+            self.monitor.rate_limits = list(event["rate_limits"])
 
     def _schedule_rollover(self, session: Any, generation: int) -> None:
         """Before the server's time limit, restart onto a new session (history replayed), at a

@@ -3,8 +3,8 @@ runtime (VoiceSession + a scripted transport with a stand-in backend + virtual c
 
 The backend keeps one conversation per call (client item ids honoured, a duplicate id is a
 violation), records every event it receives, acknowledges what it received unless its path is
-silent (then its acknowledgements and echoes are lost), and answers item creations with the
-``conversation.item.created`` / ``added`` / ``done`` echoes.
+silent (then its acknowledgements and answers wait, and are lost if the call closes), and
+answers item creations with the ``conversation.item.created`` / ``added`` / ``done`` echoes.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+from hypothesis import event as label
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,8 @@ class FakeCall:
         self.items: list[dict[str, Any]] = []
         self.event_ids: list[str] = []
         self.duplicate_items: list[str] = []
+        self.outgoing: list[dict[str, Any]] = []
+        """Answers not yet through (SCTP is reliable: delayed while silent, lost on close)."""
 
     def process(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         eid = event.get("event_id")
@@ -83,11 +86,12 @@ class Backend(ScriptedTransport):
         if not self.is_open or not self.calls:
             return
         call = self.calls[-1]
-        answers = [a for ev in call.wire[call.received:] for a in call.process(ev)]
+        call.outgoing += [a for ev in call.wire[call.received:] for a in call.process(ev)]
         call.received = len(call.wire)
         if call.silent:
             return
         call.acked = call.received
+        answers, call.outgoing = call.outgoing, []
         for answer in answers:
             if self.sink is None:
                 return
@@ -112,7 +116,9 @@ OPS = st.lists(st.one_of(
 POLICY = SessionPolicy(retry=RetryPolicy(base_delay=0.5, max_attempts=20))
 
 
-async def _scenario(ops: list[tuple[Any, ...]]) -> None:
+async def _scenario(ops: list[tuple[Any, ...]],
+                    inspect: Callable[[VoiceSession, Backend], None] | None = None,
+                    ) -> tuple[VoiceSession, Backend]:
     clock = VirtualClock()
     t = Backend()
     s = VoiceSession(t, clock=clock, policy=POLICY)
@@ -155,6 +161,9 @@ async def _scenario(ops: list[tuple[Any, ...]]) -> None:
         t.deliver()
         await clock.settle()
         check(s, t, submitted)
+        if inspect is not None:
+            inspect(s, t)
+    return s, t
 
 
 def check(s: VoiceSession, t: Backend, submitted: list[str]) -> None:
@@ -180,4 +189,29 @@ def check(s: VoiceSession, t: Backend, submitted: list[str]) -> None:
 @settings(max_examples=120, deadline=None)
 @given(OPS)
 def test_random_faults_keep_conversation_and_events(ops: list[tuple[Any, ...]]) -> None:
-    anyio.run(_scenario, ops)
+    s, t = anyio.run(_scenario, ops)
+    label(f"calls={min(len(t.calls), 4)}")
+    label(f"resent={min(s.resent_events, 3)}")
+
+
+def test_a_silent_call_then_a_close_replays_once_and_resends_once() -> None:
+    """Deterministic: an item echoed, then two sent into a silent path (received, never
+    acknowledged or echoed), then the call closes: the new call gets the first by replay and
+    the other two by re-send, each once; the second restart replays all three."""
+    ops: list[tuple[Any, ...]] = [
+        ("item", "a"), ("deliver",), ("silent",), ("item", "b"), ("item", "c"), ("other",),
+        ("deliver",), ("fault", "close"), ("advance", 10.0), ("deliver",),
+        ("fault", "expired"), ("advance", 10.0), ("deliver",)]
+
+    async def run() -> None:
+        await _scenario(ops, inspect=inspect)
+
+    def inspect(s: VoiceSession, t: Backend) -> None:
+        assert len(t.calls) == 3
+        assert [len(r) for r in (t.calls[1].items, t.calls[2].items)] == [3, 3]
+        assert [len(r.replayed) for r in s.outbox.replays] == [1, 3]
+        assert [len(r.resent) for r in s.outbox.closes] == [3, 0]  # b, c and the clear
+        assert s.outbox.replayed == 4
+        assert [i.text for i in s.outbox.conversation] == ["a", "b", "c"]
+
+    anyio.run(run)
