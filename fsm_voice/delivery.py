@@ -6,7 +6,8 @@ Every application event gets an ``event_id`` (Realtime client events have one; t
 connection, which events it sent; when the connection closes it sorts them:
 
 * **confirmed** by the server: a ``conversation.item.created`` / ``added`` / ``done`` echo of
-  the item an event created, or an ``error`` naming the event's ``event_id``. Never re-sent.
+  the item an event created, an ``error`` naming the event's ``event_id``, or any server event
+  whose ``client_event_id`` names it (Live acknowledgements). Never re-sent.
 * **acknowledged** by the transport (the optional capability ``unacknowledged_events()`` of the
   aiortc transport: SCTP acknowledged the message, so the peer's application has it). Never
   re-sent, except an item creation that was never echoed: the conversation does not hold that
@@ -170,6 +171,8 @@ class Ledger:
         elif etype == "error":
             err = event.get("error")
             eid = err.get("event_id") if isinstance(err, Mapping) else None
+        else:  # an acknowledgement naming the client event (the Live API's ``client_event_id``)
+            eid = event.get("client_event_id")
         if isinstance(eid, str) and eid in self._in_flight:
             self._in_flight[eid].confirmed = True
 

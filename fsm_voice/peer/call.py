@@ -122,9 +122,10 @@ class Call:
         self.events_received: collections.Counter[str] = collections.Counter()
         self.events_sent: collections.Counter[str] = collections.Counter()
         self.events_dropped = 0
-        self.received_events: collections.deque[tuple[str | None, str]] = collections.deque(
-            maxlen=MAX_RECORDED_EVENTS)
-        """``(event_id, type)`` of every client event received, oldest first (bounded)."""
+        self.received_events: collections.deque[tuple[str | None, str, bool]] = (
+            collections.deque(maxlen=MAX_RECORDED_EVENTS))
+        """``(event_id, type, handled)`` of every client event that arrived, oldest first
+        (bounded); ``handled`` is False for one that arrived while the call was closing."""
         self.audio_frames_in = 0
         self.responses_completed = 0
         self.responses_cancelled = 0
@@ -205,8 +206,9 @@ class Call:
         return [dict(item) for item in self.history]
 
     def received(self) -> list[p.JsonObject]:
-        """The client events received, oldest first: ``{"event_id", "type"}`` each."""
-        return [{"event_id": eid, "type": etype} for eid, etype in self.received_events]
+        """The client events that arrived, oldest first: ``{"event_id", "type", "handled"}``."""
+        return [{"event_id": eid, "type": etype, "handled": handled}
+                for eid, etype, handled in self.received_events]
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         if self.closed:
@@ -381,13 +383,14 @@ class Call:
         self.send({"type": "session.created", "session": self.session})
 
     def _on_message(self, raw: str | bytes) -> None:
-        if self.closed:
-            return
         event, error = p.parse_client_event(raw)
         etype = event["type"] if event is not None else "<invalid>"
-        self.events_received[etype] += 1
         raw_id = event.get("event_id") if event is not None else None
-        self.received_events.append((raw_id if isinstance(raw_id, str) else None, etype))
+        self.received_events.append(
+            (raw_id if isinstance(raw_id, str) else None, etype, not self.closed))
+        if self.closed:  # arrived (SCTP acknowledges it) but the call is ending: not handled
+            return
+        self.events_received[etype] += 1
         if self._on_event_received is not None:
             self._on_event_received(etype)
         if error is not None:
