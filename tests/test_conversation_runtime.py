@@ -215,3 +215,29 @@ def test_a_silent_call_then_a_close_replays_once_and_resends_once() -> None:
         assert [i.text for i in s.outbox.conversation] == ["a", "b", "c"]
 
     anyio.run(run)
+
+
+def test_a_replay_that_cannot_carry_everything_is_reported() -> None:
+    """history_limit 2: after three items the oldest is evicted; the restart replays two and
+    the session reports conversation_cut (nothing disappears silently)."""
+
+    async def run() -> None:
+        clock = VirtualClock()
+        t = Backend()
+        async with VoiceSession(t, clock=clock, policy=POLICY, history_limit=2) as s:
+            await s.start()
+            await clock.settle()
+            for text in ("one", "two", "three"):
+                s.send_event(_item(text))
+            t.deliver()
+            await clock.settle()
+            t.emit(TransportSignal.FAILED)
+            await clock.advance(10.0)
+            t.deliver()
+            await clock.settle()
+            assert s.status == "active" and len(t.calls) == 2
+            assert [i["content"][0]["text"] for i in t.calls[1].items] == ["two", "three"]
+            cut = [e for e in s.errors if e.code == "conversation_cut"]
+            assert len(cut) == 1 and "1 item(s) evicted" in cut[0].message
+
+    anyio.run(run)
