@@ -144,6 +144,8 @@ class Call:
         self._manual = bytearray()  # input buffer when turn detection is off
         self._last_user_audio: bytes | None = None
         self._close_lock = asyncio.Lock()
+        self.drop_after: float | None = None
+        """Fault injection: close the call this many seconds after its data channel opens."""
 
     # ----------------------------------------------------------------- configuration
 
@@ -381,6 +383,12 @@ class Call:
 
     def _on_channel_open(self) -> None:
         self.send({"type": "session.created", "session": self.session})
+        if self.drop_after is not None:
+            self._spawn(self._drop_later(self.drop_after), "drop")
+
+    async def _drop_later(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.close("dropped_by_control")
 
     def _on_message(self, raw: str | bytes) -> None:
         event, error = p.parse_client_event(raw)

@@ -15,6 +15,8 @@ path                       method  body (JSON) -> result
 /control/close_call        POST    ``{call_id?}`` -> ``{"closed": n}``
 /control/reject_offers     POST    ``{count, status, retry_after?, code?, message?}``
 /control/delay_answers     POST    ``{seconds}``
+/control/drop_calls_after  POST    ``{seconds|null}``: close each new call that long after it opens
+/control/expires_at        POST    ``{expires_at|null}``: new calls report this session.expires_at
 /control/reset             POST    clears pending offer rejections and answer delay
 =========================  ======  ==============================================================
 
@@ -184,6 +186,23 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
             raise _bad(str(exc)) from exc
         return _json({"answer_delay": peer.answer_delay})
 
+    async def drop_calls_after(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        seconds = None if body.get("seconds") is None else _number(body, "seconds")
+        try:
+            peer.drop_calls_after(seconds)
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"drop_after": peer.drop_after})
+
+    async def expires_at(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            peer.session_expires_at(body.get("expires_at"))
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"expires_at": peer.expires_at})
+
     async def reset(request: web.Request) -> web.StreamResponse:
         peer.reset_faults()
         return _json({"ok": True})
@@ -199,6 +218,8 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
         ("close_call", close_call),
         ("reject_offers", reject_offers),
         ("delay_answers", delay_answers),
+        ("drop_calls_after", drop_calls_after),
+        ("expires_at", expires_at),
         ("reset", reset),
     ):
         app.router.add_post(f"/control/{path}", guarded(handler))
