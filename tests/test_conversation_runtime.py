@@ -201,7 +201,7 @@ def test_a_silent_call_then_a_close_replays_once_and_resends_once() -> None:
     ops: list[tuple[Any, ...]] = [
         ("item", "a"), ("deliver",), ("silent",), ("item", "b"), ("item", "c"), ("other",),
         ("deliver",), ("fault", "close"), ("advance", 10.0), ("deliver",),
-        ("fault", "expired"), ("advance", 10.0), ("deliver",)]
+        ("fault", "close"), ("advance", 10.0), ("deliver",)]
 
     async def run() -> None:
         await _scenario(ops, inspect=inspect)
