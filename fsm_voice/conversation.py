@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import math
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Literal
 
 import attrs
@@ -360,7 +360,12 @@ class Conversation:
         return None
 
     def _link(self, sid: str, server_id: str) -> None:
+        self._alias.pop(server_id, None)  # re-inserted last: the dict is oldest-first
         self._alias[server_id] = sid
+        if len(self._alias) > 8 * self.limit:  # bounded: forget the oldest earlier-call ids
+            for alias in list(self._alias)[: len(self._alias) - 8 * self.limit]:
+                if self._in_call.get(alias) is None and alias not in self._items:
+                    del self._alias[alias]
         old = self._current.get(sid)
         if old is not None and old != server_id:
             self._in_call.pop(old, None)
@@ -468,12 +473,3 @@ def assign_item_id(event: Mapping[str, Any], new_id: Callable[[], str] = new_ite
     if not isinstance(item, Mapping) or (isinstance(item.get("id"), str) and item["id"]):
         return event
     return {**event, "item": {**item, "id": new_id()}}
-
-
-def items_equal(ours: Iterable[Item], theirs: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether a server-side list of wire items holds the same items as ``ours``, by content
-    and order (a test helper for peers that expose their conversation)."""
-    wire = [item_from_wire(raw, str(raw.get("id", ""))) for raw in theirs]
-    mine = list(ours)
-    return len(wire) == len(mine) and all(
-        w is not None and w.matches(m) for w, m in zip(wire, mine, strict=True))

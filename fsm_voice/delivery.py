@@ -90,10 +90,14 @@ class Ledger:
     :meth:`connection_closed` before closing a transport."""
 
     def __init__(self, limit: int = 256, *, new_id: Callable[[], str] = new_event_id,
-                 new_item: Callable[[], str] = new_item_id) -> None:
+                 new_item: Callable[[], str] = new_item_id, max_in_flight: int = 4096) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
         self.limit = limit
+        self.max_in_flight = max_in_flight
+        """Events remembered per connection; beyond, the oldest counts as delivered (SCTP has
+        long acknowledged it: a dead path is detected within seconds, not thousands of
+        events)."""
         self._new_id = new_id
         self._new_item = new_item
         self._queue: collections.deque[Mapping[str, Any]] = collections.deque()
@@ -159,6 +163,10 @@ class Ledger:
         if iid is not None:
             self._by_item[iid] = eid
         self.transmissions += 1
+        while len(self._in_flight) > self.max_in_flight:
+            _, old = self._in_flight.popitem(last=False)
+            self._by_item.pop(_item_id(old.event) or "", None)
+            self.delivered += 1
 
     def observe(self, event: Mapping[str, Any]) -> None:
         """A server event of the current connection: confirms the events it answers."""

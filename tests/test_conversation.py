@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -14,10 +15,19 @@ from fsm_voice.conversation import (
     LIVE_MAX_TOKENS,
     Conversation,
     ConversationError,
+    Item,
     assign_item_id,
     estimate_tokens,
-    items_equal,
+    item_from_wire,
 )
+
+
+def items_equal(ours: Iterable[Item], theirs: Iterable[dict[str, Any]]) -> bool:
+    """Whether the server's wire items hold the same items as ours (content and order)."""
+    wire = [item_from_wire(raw, str(raw.get("id", ""))) for raw in theirs]
+    mine = list(ours)
+    return len(wire) == len(mine) and all(
+        w is not None and w.matches(m) for w, m in zip(wire, mine, strict=True))
 
 
 def msg(item_id: str, role: str, text: str | None, *, audio: bool = False) -> dict[str, Any]:
@@ -246,3 +256,12 @@ def test_conversation_equals_the_servers_after_any_restarts(ops: list[Any], limi
             assert [conv.server_id(i.id) for i in replayable] == [i["id"] for i in server.items]
         ids = [i.id for i in conv]
         assert len(ids) == len(set(ids)) <= limit
+
+
+def test_aliases_of_earlier_calls_are_bounded() -> None:
+    conv = Conversation(limit=2)
+    conv.observe(created(msg("a", "user", "x")))
+    for _ in range(50):
+        restart(conv, honour_ids=False)
+    assert len(conv._alias) <= 8 * conv.limit + len(conv)
+    assert len(conv) == 1 and conv.server_id("a") is not None

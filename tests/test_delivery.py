@@ -137,3 +137,12 @@ def test_every_event_arrives_once_or_is_reported(conns: list[tuple[int, int, int
         assert received[eid] >= 1 or eid in dropped, f"{eid} lost silently"
         assert received[eid] <= 1 or eid in resent, f"{eid} duplicated but not reported"
     assert box.submitted == len(submitted)
+
+
+def test_in_flight_is_bounded() -> None:
+    box = Ledger(new_id=ids(), max_in_flight=3)
+    for _ in range(5):
+        box.submit({"type": "t"})
+    send_all(box)
+    assert [e["event_id"] for e in box.in_flight] == ["e2", "e3", "e4"]
+    assert box.delivered == 2
