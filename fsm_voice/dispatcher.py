@@ -34,8 +34,9 @@ from fsm_voice.effects import (
     ArmTimer,
     CancelTimer,
     CloseTransport,
+    ConnectionUp,
     Effect,
-    OpenReason,
+    NewConversation,
     OpenTransport,
     ReportError,
     Timer,
@@ -46,16 +47,19 @@ from fsm_voice.errors import (
     VoiceError,
     classify_exception,
     classify_server_event,
+    machine_severity,
 )
 from fsm_voice.fastpath import FastLifecycle
-from fsm_voice.machine import ACTIVE_STATES, CONNECTING_STATES, LifecycleMachine
+from fsm_voice.machine import ACTIVE_STATES
+from fsm_voice.machine.engine import LifecycleMachine
 from fsm_voice.monitor import Monitor, Subscribers
 from fsm_voice.outbox import Outbox
 from fsm_voice.ports import Transport, TransportSignal
 
 log = logging.getLogger("fsm_voice.session")
 
-#: Server event types that drive the machine.
+#: Server event types that map one to one onto machine events (``error``, ``session.created``
+#: and ``session.updated`` carry parameters: see :meth:`Dispatcher.server_event`).
 SERVER_EVENT_MAP: dict[str, str] = {
     "input_audio_buffer.speech_started": "speech_started",
     "input_audio_buffer.speech_stopped": "speech_stopped",
@@ -102,6 +106,8 @@ class Posted:
     token: int | None = None
     """Generation of the transport or timer that posted it (None for the application)."""
     timer: Timer | None = None
+    retry_after: float | None = None
+    expires_in: float | None = None
     barrier: anyio.Event | None = None
     """Not an event: set when the dispatcher reaches it (see :meth:`Dispatcher.drain`)."""
 
@@ -115,11 +121,25 @@ class _StatusWaiter:
         self.hit: str | None = None
 
 
-def internal_error(code: str, exc: BaseException) -> VoiceError:
-    err = VoiceError(severity=Severity.RECOVERABLE, code=code,
-                     message=f"{type(exc).__name__}: {exc}", source=ErrorSource.CLIENT)
+def internal_error(code: str, exc: BaseException,
+                   severity: Severity = Severity.RECOVERABLE) -> VoiceError:
+    err = VoiceError(severity=severity, code=code, message=f"{type(exc).__name__}: {exc}",
+                     source=ErrorSource.CLIENT)
     err.__cause__ = exc
     return err
+
+
+def expires_in(expires_at: object, now: float) -> float:
+    """Seconds from ``now`` (epoch) to a server's ``expires_at``, converted, not judged: the
+    machine decides what is usable. Integers too large for a float give +-inf, anything that is
+    not a number gives nan; never raises."""
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        return math.nan
+    try:
+        at = float(expires_at)
+    except OverflowError:
+        at = math.inf if expires_at > 0 else -math.inf
+    return at - now
 
 
 class _Sink:
@@ -155,7 +175,6 @@ class Dispatcher:
         monitor: Monitor,
         trace_limit: int = 10_000,
         close_timeout: float = 10.0,
-        rollover_margin: float = 30.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not (isinstance(close_timeout, int | float) and 0 < close_timeout < math.inf):
@@ -184,11 +203,10 @@ class Dispatcher:
         self.timers: dict[Timer, tuple[int, TimerHandle]] = {}
         self._timer_seq = 0
         self._waiters: list[_StatusWaiter] = []
-        self._open_reason: OpenReason = OpenReason.START
-        self.rollover_margin = rollover_margin
         self._wall_clock = wall_clock
-        self._rollover: TimerHandle | None = None
+        """Epoch seconds, to turn a server's ``expires_at`` into ``expires_in``."""
         self.rollovers = 0
+        """Restarts the machine made to roll the session over (``rollover_due``)."""
 
     # -- lifetime --------------------------------------------------------------------------
     def attach(self, tg: TaskGroup | None) -> None:
@@ -199,9 +217,6 @@ class Dispatcher:
         for _token, handle in self.timers.values():
             handle.cancel()
         self.timers.clear()
-        if self._rollover is not None:
-            self._rollover.cancel()
-            self._rollover = None
 
     async def wait_closed(self) -> None:
         """Until every close started so far has finished (each is bounded by
@@ -283,25 +298,25 @@ class Dispatcher:
             if item.timer is not None:
                 self.timers.pop(item.timer, None)
         previous_status = machine.status
+        pending_rollover = machine.rollover == "pending"
         try:
-            machine.send(item.event, severity=item.severity, code=item.code, error=item.error)
+            machine.send(item.event, severity=item.severity, code=item.code, error=item.error,
+                         retry_after=item.retry_after, expires_in=item.expires_in)
         except TransitionNotAllowed:
             self.trace.append(TraceEntry(now, item.event, source, source, (), "refused"))
             log.info("event %s refused in state %s", item.event, source)
             return
-        except Exception as exc:  # a bug in a machine callback: report it, keep dispatching
-            log.exception("machine failed on %s in %s", item.event, source)
-            self.trace.append(TraceEntry(now, item.event, source, machine.state_id, (),
-                                         "refused", f"machine error: {exc!r}"))
-            self.monitor.report(internal_error("machine_error", exc))
+        except Exception as exc:  # the engines never raise (crash row): a broken engine
+            self._engine_failed(item, source, exc)
             return
         taken = machine.take_effects()
         effects = tuple(taken) if taken else ()
         target = machine.state_id
+        if target == "restarting" != source and (
+                item.event == "rollover_due" or pending_rollover):
+            self.rollovers += 1
         outbox = self.outbox
-        if item.event == "start":
-            self._report(outbox.new_conversation())
-        elif target in ("idle", "error") and outbox.queue:
+        if target in ("idle", "error") and outbox.queue:
             self._report(outbox.drop(f"the session went {target}"))
         self.trace.append(TraceEntry(now, item.event, source, target, effects))
         for effect in effects:
@@ -310,12 +325,8 @@ class Dispatcher:
             except Exception as exc:  # one failed effect must not stop the others
                 log.exception("effect %r failed", effect)
                 self.monitor.report(internal_error("effect_failed", exc))
-        if target in ACTIVE_STATES:
-            if source in CONNECTING_STATES:
-                self._report(outbox.connection_up(
-                    self.transport.send_event, replay=self._open_reason is not OpenReason.START))
-            elif outbox.queue:
-                outbox.flush(self.transport.send_event)
+        if outbox.queue and target in ACTIVE_STATES:  # e.g. queued while a send failed
+            outbox.flush(self.transport.send_event)
         status = machine.status
         if status != previous_status:
             if self._waiters:
@@ -326,6 +337,19 @@ class Dispatcher:
             if self.on_status:
                 self.on_status.emit(StatusChange(now, previous_status, status, target,
                                                  item.event))
+
+    def _engine_failed(self, item: Posted, source: str, exc: Exception) -> None:
+        """Last line of crash-only, for an engine that raises despite its crash row: release
+        everything this runtime holds (timers, transport), report a fatal ``machine_error``;
+        the machine itself is left as it is."""
+        log.exception("machine engine failed on %s in %s", item.event, source)
+        self.trace.append(TraceEntry(self.clock.now(), item.event, source,
+                                     self.machine.state_id, (), "refused",
+                                     f"machine error: {exc!r}"))
+        self.cancel_timers()
+        if self._transport_open:
+            self._close_transport()
+        self.monitor.report(internal_error("machine_error", exc, Severity.FATAL))
 
     def _report(self, err: VoiceError | None) -> None:
         if err is not None:
@@ -364,25 +388,34 @@ class Dispatcher:
             self._close_transport()
         elif isinstance(effect, ReportError):
             self._report_effect(effect)
+        elif isinstance(effect, ConnectionUp):
+            self._report(self.outbox.connection_up(self.transport.send_event,
+                                                   replay=effect.replay))
+        elif isinstance(effect, NewConversation):
+            self._report(self.outbox.new_conversation())
 
     def _report_effect(self, effect: ReportError) -> None:
-        cause = effect.error if isinstance(effect.error, VoiceError) else None
-        if cause is not None and cause.code == effect.code:
+        cause = effect.error if isinstance(effect.error, BaseException) else None
+        if isinstance(cause, VoiceError) and cause.code == effect.code:
             self.monitor.report(cause)
             return
-        detail = f"; last error: {cause}" if cause is not None else ""
+        if isinstance(cause, VoiceError):
+            detail, source = f"; last error: {cause}", cause.source
+        elif cause is not None:  # a bug (crash row): say what raised
+            detail, source = f"; {type(cause).__name__}: {cause}", ErrorSource.CLIENT
+        else:
+            detail, source = "", ErrorSource.TRANSPORT
         err = VoiceError(
             severity=Severity(effect.severity), code=effect.code,
             message=f"{effect.code} after {self.machine.attempts} reconnect attempts"
             f" (state {self.machine.state_id}){detail}",
-            source=cause.source if cause is not None else ErrorSource.TRANSPORT,
+            source=source,
         )
         err.__cause__ = cause
         self.monitor.report(err)
 
     def _open_transport(self, effect: OpenTransport) -> None:
         assert self._tg is not None, "the session's task group is not running"
-        self._open_reason = effect.reason
         self.generation += 1
         self._transport_open = True
         scope = anyio.CancelScope()
@@ -402,16 +435,14 @@ class Dispatcher:
             except Exception as exc:  # classified, never lost
                 err = classify_exception(exc)
                 log.warning("opening transport #%d failed: %s", generation, err)
-                self.post(Posted("signaling_failed", severity=str(err.severity),
-                                 code=err.code, error=err, token=generation))
+                self.post(Posted("signaling_failed", severity=machine_severity(err),
+                                 code=err.code, error=err, retry_after=err.retry_after,
+                                 token=generation))
 
     def _close_transport(self) -> None:
         """Stop the open task, take back unacknowledged events, and close in a task: dispatch
         goes on at once (a wedged close cannot hold ``stop``)."""
         assert self._tg is not None, "the session's task group is not running"
-        if self._rollover is not None:
-            self._rollover.cancel()
-            self._rollover = None
         if self._transport_scope is not None:
             self._transport_scope.cancel()
             self._transport_scope = None
@@ -439,10 +470,11 @@ class Dispatcher:
             finally:
                 done.set()
 
-    # -- the server ------------------------------------------------------------------------------
+    # -- the server ---------------------------------------------------------------------------
     def server_event(self, event: Mapping[str, Any], generation: int) -> None:
         """One event from the server on transport ``generation``: subscribers, outbox, and the
-        machine event it maps to."""
+        machine event it maps to. Every ``error`` becomes ``server_error`` (ignorable and
+        ``session_expired`` too: the table decides); ``expires_at`` becomes ``session_info``."""
         if self.on_server_event:
             self.on_server_event.emit(event)
         etype = event.get("type")
@@ -457,40 +489,13 @@ class Dispatcher:
             err = classify_server_event(event)
             if err.ignorable:
                 log.info("ignorable server error %s: %s", err.code, err.message)
-                state = self.machine.state_id
-                self.trace.append(TraceEntry(self.clock.now(), "server_error", state, state,
-                                             (), "refused", f"ignorable {err.code}"))
-            elif err.code == "session_expired":
-                self.post(Posted("session_expired", code=err.code, error=err, token=generation))
-            else:
-                self.post(Posted("server_error", severity=str(err.severity), code=err.code,
-                                 error=err, token=generation))
+            self.post(Posted("server_error", severity=machine_severity(err), code=err.code,
+                             error=err, retry_after=err.retry_after, token=generation))
         elif etype in ("session.created", "session.updated"):
-            self._schedule_rollover(event.get("session"), generation)
+            session = event.get("session")
+            if isinstance(session, Mapping) and "expires_at" in session:
+                self.post(Posted("session_info", token=generation,
+                                 expires_in=expires_in(session["expires_at"],
+                                                       self._wall_clock())))
         elif etype == "rate_limits.updated" and isinstance(event.get("rate_limits"), list):
             self.monitor.rate_limits = list(event["rate_limits"])
-
-    def _schedule_rollover(self, session: Any, generation: int) -> None:
-        """Before the server's time limit, restart onto a new session (history replayed), at a
-        moment when nobody speaks if one comes before the limit."""
-        expires_at = session.get("expires_at") if isinstance(session, Mapping) else None
-        if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
-            return
-        if self._rollover is not None:
-            self._rollover.cancel()
-            self._rollover = None
-        deadline = self.clock.now() + (float(expires_at) - self._wall_clock())
-        quiet_from = deadline - self.rollover_margin
-
-        def attempt() -> None:
-            self._rollover = None
-            if generation != self.generation or not self._transport_open:
-                return  # that connection is gone already
-            if self.machine.state_id == "active" or self.clock.now() >= deadline - 2.0:
-                self.rollovers += 1
-                self.post(Posted("session_expired", code="rollover", token=generation))
-            else:  # someone is speaking: wait for a pause, but not past the limit
-                self._rollover = self.clock.call_later(0.5, attempt)
-
-        # Inside the margin already (a late session.updated, a short session): try at once.
-        self._rollover = self.clock.call_later(max(0.0, quiet_from - self.clock.now()), attempt)

@@ -33,7 +33,9 @@ from fsm_voice.dispatcher import (
 from fsm_voice.effects import Timer
 from fsm_voice.errors import VoiceError
 from fsm_voice.fastpath import FastLifecycle
-from fsm_voice.machine import ACTIVE_STATES, EVENTS, SEVERITIES, STATUSES, LifecycleMachine
+from fsm_voice.machine import ACTIVE_STATES, EVENTS, SEVERITIES, STATUSES
+from fsm_voice.machine import LifecycleMachine as _Reference
+from fsm_voice.machine.engine import LifecycleMachine
 from fsm_voice.monitor import Monitor
 from fsm_voice.outbox import Outbox, QueueOverflowError, validate_event
 from fsm_voice.policy import QualityAlert, SessionPolicy
@@ -62,12 +64,11 @@ class VoiceSession:
         clock: Clock | None = None,
         engine: Literal["fast", "statemachine"] = "fast",
         rng: random.Random | None = None,
-        machine: type[LifecycleMachine] = LifecycleMachine,
+        machine: type[LifecycleMachine] = _Reference,
         trace_limit: int = 10_000,
         session_config: Mapping[str, Any] | None = None,
         replay_history: bool = True,
         history_limit: int = 200,
-        rollover_margin: float = 30.0,
         wall_clock: Callable[[], float] = time.time,
         close_timeout: float = 10.0,
     ) -> None:
@@ -81,10 +82,12 @@ class VoiceSession:
         self.clock: Clock = clock or RealClock()
         if engine == "fast":
             self.machine: FastLifecycle | LifecycleMachine = FastLifecycle(
-                self.policy.retry, self.policy.ice, rng, machine=machine
+                self.policy.retry, self.policy.ice, rng, machine=machine,
+                rollover=self.policy.rollover,
             )
         elif engine == "statemachine":
-            self.machine = machine(self.policy.retry, self.policy.ice, rng)
+            self.machine = machine(self.policy.retry, self.policy.ice, rng,
+                                   rollover=self.policy.rollover)
         else:
             raise ValueError(f"engine must be 'fast' or 'statemachine', got {engine!r}")
         self.outbox = Outbox(limit=self.policy.event_queue_limit, session_config=session_config,
@@ -97,8 +100,7 @@ class VoiceSession:
         )
         self.dispatcher = Dispatcher(
             self.machine, transport, clock=self.clock, outbox=self.outbox, monitor=self.monitor,
-            trace_limit=trace_limit, close_timeout=close_timeout,
-            rollover_margin=rollover_margin, wall_clock=wall_clock,
+            trace_limit=trace_limit, close_timeout=close_timeout, wall_clock=wall_clock,
         )
         self.closers: list[Callable[[], Awaitable[Any]]] = []
         """Async callables run (in order, each guarded) when the session context exits, after
@@ -280,13 +282,19 @@ class VoiceSession:
         self.outbox.submit(event, self.transport.send_event if up else None)
 
     def post(self, event: str, *, severity: str | None = None, code: str = "",
-             error: VoiceError | None = None) -> None:
+             error: VoiceError | None = None, retry_after: float | None = None,
+             expires_in: float | None = None) -> None:
         """Feed a raw machine event (for embedding apps and tests)."""
         if event not in EVENTS:
             raise ValueError(f"unknown machine event {event!r}; known: {', '.join(EVENTS)}")
         if severity is not None and severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
-        self.dispatcher.post(Posted(event, severity=severity, code=code, error=error))
+        for name, value in (("retry_after", retry_after), ("expires_in", expires_in)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | float)):
+                raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+        self.dispatcher.post(Posted(event, severity=severity, code=code, error=error,
+                                    retry_after=retry_after, expires_in=expires_in))
 
     def _require_running(self) -> None:
         if self._stack is None:

@@ -108,9 +108,10 @@ async def test_dispatcher_alone_runs_effects_and_drops_stale_events() -> None:
         d.post(Posted("start"))
         await clock.settle()
         assert machine.state_id == "active" and t.opens == 1
+        await clock.advance(10)  # up for stable_after: a failure now restarts at once
         old = d.generation
         d.post(Posted("transport_failed", token=old))
-        await clock.advance(1)
+        await clock.settle()
         assert machine.state_id == "active" and d.generation == old + 1 and t.opens == 2
         d.post(Posted("transport_failed", token=old))  # from the closed connection
         await d.drain()

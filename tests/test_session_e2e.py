@@ -3,6 +3,7 @@ injected through the peer's control API (HTTP, as an operator would)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from fsm_voice.errors import VoiceError
 from fsm_voice.peer.server import RealtimePeer
 from fsm_voice.policy import IcePolicy, MonitorPolicy, RetryPolicy, RolloverPolicy, SessionPolicy
 from fsm_voice.session import VoiceSession
-from tests.test_session_real import session_for
+from tests.test_session_real import session_for, stable
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +31,7 @@ def policy(**retry: Any) -> SessionPolicy:
     """Short delays so each scenario runs in seconds; exact delays (jitter 0)."""
     return SessionPolicy(
         retry=RetryPolicy(**{"base_delay": 0.2, "factor": 2.0, "max_attempts": 3, "jitter": 0.0,
-                             **retry}),
+                             "stable_after": 0.5, **retry}),
         ice=IcePolicy(disconnected_grace=1.0, connect_timeout=5.0, restart_timeout=5.0),
         monitor=MonitorPolicy(metrics_interval=0.5, health_interval=5.0),
         rollover=RolloverPolicy(margin=2.0, min_interval=1.5),
@@ -38,11 +39,11 @@ def policy(**retry: Any) -> SessionPolicy:
 
 
 async def control(peer: RealtimePeer, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{peer.base_url}/control/{path}", json=body) as resp:
-            assert resp.status == 200, await resp.text()
-            result: dict[str, Any] = await resp.json()
-            return result
+    async with (aiohttp.ClientSession() as http,
+                http.post(f"{peer.base_url}/control/{path}", json=body) as resp):
+        assert resp.status == 200, await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
 
 
 def opens(s: VoiceSession) -> list[tuple[float, OpenTransport]]:
@@ -52,7 +53,7 @@ def opens(s: VoiceSession) -> list[tuple[float, OpenTransport]]:
 async def test_a_backend_that_drops_every_call_ends_in_error_after_the_bounded_attempts() -> None:
     async with RealtimePeer() as peer:
         await control(peer, "drop_calls_after", {"seconds": 0.5})
-        s = session_for(peer, policy=policy())
+        s = session_for(peer, policy=policy(stable_after=10.0))  # each call lives 0.5 s < 10 s
         errors: list[VoiceError] = []
         s.on_error(errors.append)
         async with s:
@@ -83,6 +84,7 @@ async def test_a_server_error_event_restarts_with_config_reapplied_and_history_r
             with anyio.fail_after(5):  # the peer's conversation.item.done comes back
                 while not s.history:
                     await anyio.sleep(0.05)
+            await stable(s)
             sent = await control(peer, "send_error", {"type": "server_error",
                                                       "code": "server_error",
                                                       "message": "the backend hiccupped"})
@@ -90,7 +92,10 @@ async def test_a_server_error_event_restarts_with_config_reapplied_and_history_r
             await s.wait_for("reconnecting", timeout=5)
             await s.wait_for("active", timeout=10)
             (new_id,) = set(peer.calls) - first
-            new = peer.calls[new_id].info()
+            with anyio.fail_after(5):  # until the new call has read what was sent on it
+                while "conversation.item.create" not in (
+                        new := peer.calls[new_id].info())["events_received"]:
+                    await anyio.sleep(0.05)
         assert new["events_received"].get("session.update") == 1
         assert new["events_received"].get("conversation.item.create") == 1  # the replay
         assert s.replayed_items == 1
@@ -141,7 +146,7 @@ async def test_rollovers_are_spaced_by_min_interval_on_a_short_server_limit() ->
             await anyio.sleep(6.0)
         rolls = [e.time for e in s.trace if e.event == "rollover_due" and e.outcome == "taken"]
         assert 1 <= len(rolls) <= 6.0 / 1.5 + 1
-        assert all(b - a >= 1.5 for a, b in zip(rolls, rolls[1:], strict=False))
+        assert all(b - a >= 1.5 for a, b in itertools.pairwise(rolls))
 
 
 async def test_stop_is_idle_at_once_when_the_aiortc_close_hangs() -> None:
