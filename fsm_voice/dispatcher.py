@@ -404,7 +404,8 @@ class Dispatcher:
         elif isinstance(effect, ReportError):
             self._report_effect(effect)
         elif isinstance(effect, ConnectionUp):
-            self.outbox.connection_up(self.transport.send_event, replay=effect.replay)
+            self._report(self.outbox.connection_up(self.transport.send_event,
+                                                   replay=effect.replay))
         elif isinstance(effect, NewConversation):
             self._report(self.outbox.new_conversation())
 
@@ -494,6 +495,8 @@ class Dispatcher:
         etype = event.get("type")
         if not isinstance(etype, str):
             return
+        if generation == self.generation and self._transport_open:
+            self.outbox.observe(event)  # items and confirmations: the current call's only
         mapped = SERVER_EVENT_MAP.get(etype)
         if mapped:
             self.post(Posted(mapped, token=generation))
@@ -509,8 +512,5 @@ class Dispatcher:
                 self.post(Posted("session_info", token=generation,
                                  expires_in=expires_in(session["expires_at"],
                                                        self._wall_clock())))
-        elif etype == "rate_limits.updated":
-            if isinstance(event.get("rate_limits"), list):
-                self.monitor.rate_limits = list(event["rate_limits"])
-        else:
-            self.outbox.observe(event)
+        elif etype == "rate_limits.updated" and isinstance(event.get("rate_limits"), list):
+            self.monitor.rate_limits = list(event["rate_limits"])

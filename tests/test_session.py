@@ -295,7 +295,7 @@ async def test_restart_reapplies_config_and_replays_history_before_queued_events
         assert [e["type"] for e in r.t.sent] == [
             "session.update", "conversation.item.create", "conversation.item.create",
             "response.create"]
-        assert r.t.sent[2]["item"] == {"type": "message", "role": "assistant",
+        assert r.t.sent[2]["item"] == {"id": "item_2", "type": "message", "role": "assistant",
                                        "content": [{"type": "output_text", "text": "hi there"}]}
         assert r.s.replayed_items == 2
 

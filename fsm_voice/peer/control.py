@@ -6,6 +6,8 @@ Every endpoint mirrors a :class:`~fsm_voice.peer.server.RealtimePeer` method:
 path                       method  body (JSON) -> result
 =========================  ======  ==============================================================
 /control/calls             GET     -> ``{"calls": [call info...]}``
+/control/calls/{id}/conversation GET -> ``{"call_id", "items": [item...]}`` (live calls)
+/control/calls/{id}/events GET     -> ``{"call_id", "events": [{event_id, type}...]}`` received
 /control/stats             GET     -> counters (offers, calls, events received per type, faults)
 /control/send_error        POST    ``{type?, code?, message, param?, call_id?}`` -> ``{"sent": n}``
 /control/go_silent         POST    ``{call_id?}`` -> ``{"calls": n}``
@@ -118,6 +120,22 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
     async def calls(request: web.Request) -> web.StreamResponse:
         return _json({"calls": peer.list_calls()})
 
+    def _live_call(request: web.Request) -> Any:
+        call = peer.calls.get(request.match_info["call_id"])
+        if call is None:
+            raise web.HTTPNotFound(
+                text=json.dumps(http_error("Call not found (or ended).", code="call_not_found")),
+                content_type="application/json")
+        return call
+
+    async def conversation(request: web.Request) -> web.StreamResponse:
+        call = _live_call(request)
+        return _json({"call_id": call.id, "items": call.conversation()})
+
+    async def received(request: web.Request) -> web.StreamResponse:
+        call = _live_call(request)
+        return _json({"call_id": call.id, "events": call.received()})
+
     async def stats(request: web.Request) -> web.StreamResponse:
         return _json(peer.stats())
 
@@ -191,6 +209,8 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
 
     app.router.add_get("/control/calls", guarded(calls))
     app.router.add_get("/control/stats", guarded(stats))
+    app.router.add_get("/control/calls/{call_id}/conversation", guarded(conversation))
+    app.router.add_get("/control/calls/{call_id}/events", guarded(received))
     for path, handler in (
         ("send_error", send_error),
         ("go_silent", go_silent),
