@@ -175,3 +175,17 @@ async def test_stop_is_idle_at_once_when_the_aiortc_close_hangs() -> None:
             await s.start()  # dispatch goes on; the new call waits for the abandoned close
             await s.wait_for("active", timeout=10)
         assert s.status == "idle"
+
+
+async def test_the_new_control_faults_refuse_bad_input_and_reset() -> None:
+    async with RealtimePeer() as peer, aiohttp.ClientSession() as http:
+        for path, body in (("drop_calls_after", {"seconds": -1}),
+                           ("drop_calls_after", {"seconds": "soon"}),
+                           ("expires_at", {"expires_at": "tomorrow"}),
+                           ("expires_at", {"expires_at": 1.5})):
+            async with http.post(f"{peer.base_url}/control/{path}", json=body) as resp:
+                assert resp.status == 400, (path, body)
+        assert await control(peer, "drop_calls_after", {"seconds": 2}) == {"drop_after": 2.0}
+        assert await control(peer, "expires_at", {"expires_at": 0}) == {"expires_at": 0}
+        await control(peer, "reset", {})
+        assert peer.drop_after is None and peer.expires_at is None
