@@ -50,7 +50,7 @@ from fsm_voice.errors import (
     machine_severity,
 )
 from fsm_voice.fastpath import FastLifecycle
-from fsm_voice.machine import ACTIVE_STATES
+from fsm_voice.machine import ACTIVE_STATES, STATUS_OF
 from fsm_voice.machine.engine import LifecycleMachine
 from fsm_voice.monitor import Monitor, Subscribers
 from fsm_voice.outbox import Outbox
@@ -312,7 +312,6 @@ class Dispatcher:
                 return
             if item.timer is not None:
                 self.timers.pop(item.timer, None)
-        previous_status = machine.status
         pending_rollover = machine.rollover == "pending"
         try:
             machine.send(item.event, severity=item.severity, code=item.code, error=item.error,
@@ -331,7 +330,7 @@ class Dispatcher:
                 item.event == "rollover_due" or pending_rollover):
             self.rollovers += 1
         outbox = self.outbox
-        if target in ("idle", "error") and outbox.queue:
+        if target in ("idle", "error") and len(outbox):
             self._report(outbox.drop(f"the session went {target}"))
         self.trace.append(TraceEntry(now, item.event, source, target, effects))
         for effect in effects:
@@ -340,9 +339,11 @@ class Dispatcher:
             except Exception as exc:  # one failed effect must not stop the others
                 log.exception("effect %r failed", effect)
                 self.monitor.report(internal_error("effect_failed", exc))
-        if outbox.queue and target in ACTIVE_STATES:  # e.g. queued while a send failed
+        if len(outbox) and target in ACTIVE_STATES:  # e.g. queued while a send failed
             outbox.flush(self.transport.send_event)
-        status = machine.status
+        if target == source:
+            return  # the status is the state's: it changes only with the state
+        status, previous_status = STATUS_OF[target], STATUS_OF[source]
         if status != previous_status:
             if self._waiters:
                 for w in [w for w in self._waiters if status in w.statuses]:
