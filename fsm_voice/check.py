@@ -136,10 +136,11 @@ def alphabet(table: Iterable[Row] | None = None) -> tuple[Letter, ...]:
 
 
 # -- configurations ------------------------------------------------------------------------------
-Observer = tuple[str, int, bool, bool]
+Observer = tuple[str, int, bool, bool, bool]
 """(speech status implied by speech events on this connection, counted reconnects in the
-episode, transport_connected seen on this connection, channel_open seen on this connection)."""
-INITIAL_OBSERVER: Final[Observer] = ("active", 0, False, False)
+episode, transport_connected seen on this connection, channel_open seen on this connection,
+an uncounted (quick) reconnect made in the episode)."""
+INITIAL_OBSERVER: Final[Observer] = ("active", 0, False, False, False)
 
 
 @attrs.frozen
@@ -246,7 +247,7 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-SERVER-2": "a recoverable server error never keeps the connection",
     "INV-SERVER-3": "`session_expired` in a working state replaces the connection",
     "INV-QUICK-1": "an uncounted reconnect follows only a transient signaling failure without "
-                   "`retry_after`",
+                   "`retry_after`, exactly once per episode (the first such failure)",
     "INV-ROLLOVER-1": "`rollover_due` is armed only with a finite delay >= `min_interval`; an "
                       "unusable `expires_in` arms nothing and is reported",
     "INV-ROLLOVER-2": "a rollover restarts only from `active` or on the return to it",
@@ -274,7 +275,7 @@ _ROLLOVER_LETTERS: Final = frozenset({"rollover_due", "speech_stopped", "audio_s
 
 
 def _observe(obs: Observer, letter: Letter, effects: Iterable[Effect]) -> Observer:
-    speech, tries, seen_media, seen_channel = obs
+    speech, tries, seen_media, seen_channel, quick = obs
     e = letter.event
     if e == "speech_started":
         speech = "listening"
@@ -285,7 +286,7 @@ def _observe(obs: Observer, letter: Letter, effects: Iterable[Effect]) -> Observ
     elif e == "audio_stopped" and speech == "speaking":
         speech = "active"
     elif e in ("start", "stop", "session_stable"):
-        tries = 0
+        tries, quick = 0, False
     elif e == "transport_connected":
         seen_media = True
     elif e == "channel_open":
@@ -293,10 +294,12 @@ def _observe(obs: Observer, letter: Letter, effects: Iterable[Effect]) -> Observ
     for eff in effects:
         if isinstance(eff, OpenTransport | CloseTransport):
             speech, seen_media, seen_channel = "active", False, False
-            if isinstance(eff, OpenTransport) and eff.reason is OpenReason.RECONNECT \
-                    and eff.attempt > 0:
-                tries += 1
-    return speech, tries, seen_media, seen_channel
+            if isinstance(eff, OpenTransport) and eff.reason is OpenReason.RECONNECT:
+                if eff.attempt > 0:
+                    tries += 1
+                else:
+                    quick = True
+    return speech, tries, seen_media, seen_channel, quick
 
 
 def _step_problems(
@@ -383,6 +386,14 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
             p.append(("INV-UP-1", f"{src} -> {dst} emitted {effects}"))
     elif ups:
         p.append(("INV-UP-1", f"ConnectionUp on {src} -> {dst}"))
+    quick_letter = (ev == "signaling_failed" and letter.severity == "transient"
+                    and letter.retry_after is None)
+    if quick_letter and src in CONNECTING and not before.observer[4] and not [
+            e for e in opens if e.reason is OpenReason.RECONNECT and e.attempt == 0]:
+        p.append(("INV-QUICK-1", f"{letter} in {src}: the episode's quick retry was not made"))
+    if [e for e in opens if e.reason is OpenReason.RECONNECT and e.attempt == 0] and \
+            before.observer[4]:
+        p.append(("INV-QUICK-1", "a second quick retry in one episode"))
     restart = [e for e in opens if e.reason is OpenReason.RESTART]
     if restart:
         if ev in _ROLLOVER_LETTERS:
@@ -820,8 +831,8 @@ def _pml_effect(e: Eff, letter: Letter, retry: RetryPolicy, rollover: RolloverPo
         if assertions:
             out.append("assert(!topen)")
         out += ["topen = 1", "speech = 0", "seen_media = 0", "seen_channel = 0"]
-        if e.reason is OpenReason.RECONNECT and e.counted:
-            out.append("tries = tries + 1")
+        if e.reason is OpenReason.RECONNECT:
+            out.append("tries = tries + 1" if e.counted else "quick = 1")
     elif e.kind == "close":
         out += ["topen = 0", "speech = 0", "seen_media = 0", "seen_channel = 0"]
     if e.when is not None and out:
@@ -835,9 +846,9 @@ _LETTER_OBSERVER: Final[dict[str, str]] = {
     "speech_stopped": "if :: speech == 1 -> speech = 0 :: else -> skip fi",
     "audio_started": "speech = 2",
     "audio_stopped": "if :: speech == 2 -> speech = 0 :: else -> skip fi",
-    "start": "tries = 0",
-    "stop": "tries = 0",
-    "session_stable": "tries = 0",
+    "start": "tries = 0; quick = 0",
+    "stop": "tries = 0; quick = 0",
+    "session_stable": "tries = 0; quick = 0",
     "transport_connected": "seen_media = 1",
     "channel_open": "seen_channel = 1",
 }
@@ -873,7 +884,7 @@ def to_promela(
         lines.append(f"{kind} {var} = {_pml_value(var, initial)};")
     lines += [f"bool armed_{t.value} = 0;" for t in Timer]
     lines += ["bool topen = 0;", "byte speech = 0;", "byte tries = 0;", "bool seen_media = 0;",
-              "bool seen_channel = 0;"]
+              "bool seen_channel = 0;", "bool quick = 0;"]
     if flags:
         lines += [f"bool {f} = 0;" for f in
                   ("ev_fatal", "ev_opened", "ev_start", "ev_stop", "ev_stable", "ev_timer")]

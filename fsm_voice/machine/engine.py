@@ -83,11 +83,11 @@ def build_machine(table: tuple[Row, ...] = TABLE, name: str = "LifecycleMachine"
     by_event: dict[str, Any] = {}
     for i, row in enumerate(table):
         for p in row.guard:
-            ns.setdefault(p.name, _guard(predicate(p)))
+            ns.setdefault(f"if_{p.name}", _guard(predicate(p)))
         action = f"row_{i}_{row.label}"
         ns[action] = _action(row)
-        cond = [p.name for p in row.guard if not p.neg]
-        unless = [p.name for p in row.guard if p.neg]
+        cond = [f"if_{p.name}" for p in row.guard if not p.neg]
+        unless = [f"if_{p.name}" for p in row.guard if p.neg]
         src, dst = states[row.source], states[row.target]
         kw: dict[str, Any] = {"on": action, "internal": row.internal}
         if cond:
