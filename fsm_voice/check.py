@@ -136,11 +136,12 @@ def alphabet(table: Iterable[Row] | None = None) -> tuple[Letter, ...]:
 
 
 # -- configurations ------------------------------------------------------------------------------
-Observer = tuple[str, int, bool, bool, bool]
+Observer = tuple[str, int, bool, bool, bool, bool]
 """(speech status implied by speech events on this connection, counted reconnects in the
 episode, transport_connected seen on this connection, channel_open seen on this connection,
-an uncounted (quick) reconnect made in the episode)."""
-INITIAL_OBSERVER: Final[Observer] = ("active", 0, False, False, False)
+an uncounted (quick) reconnect made in the episode, rollover_due fired since this connection
+came up)."""
+INITIAL_OBSERVER: Final[Observer] = ("active", 0, False, False, False, False)
 
 
 @attrs.frozen
@@ -228,6 +229,7 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-TIMER-2": "no timer is armed twice",
     "INV-TIMER-3": "an armed timer's expiry is always accepted",
     "INV-TIMER-4": "`session_stable` and `rollover_due` are armed only while a transport is open",
+    "INV-TIMER-5": "only armed timers (or the one that just fired) are cancelled",
     "INV-TRANSPORT-1": "no transport is opened while another is open",
     "INV-TRANSPORT-2": "no transport is open in `idle`, `error`, `backoff`",
     "INV-TRANSPORT-3": "the working and connecting states have an open transport",
@@ -240,17 +242,20 @@ INVARIANTS: Final[dict[str, str]] = {
                 "and arms `session_stable`; nothing else emits `ConnectionUp`",
     "INV-ICE-4": "in `active`/`listening`/`speaking` the state is the speech status implied by "
                  "the speech/audio events seen on the connection",
+    "INV-REPORT-1": "entering `error` reports exactly one fatal error: the event's code for a "
+                    "fatal event, else `retry_after_too_long` or `retries_exhausted`",
     "INV-DAMP-1": "a transport restart that is not a rollover happens only in a stable session "
                   "(`session_stable` not armed); inside an episode a failure backs off",
-    "INV-SERVER-1": "a transient (non-`session_expired`) server error keeps the state and is "
-                    "reported once; an ignorable one changes nothing and emits nothing",
+    "INV-SERVER-1": "a transient (non-`session_expired`) server error keeps the state and only "
+                    "reports; an ignorable one changes nothing and emits nothing",
     "INV-SERVER-2": "a recoverable server error never keeps the connection",
     "INV-SERVER-3": "`session_expired` in a working state replaces the connection",
     "INV-QUICK-1": "an uncounted reconnect follows only a transient signaling failure without "
                    "`retry_after`, exactly once per episode (the first such failure)",
     "INV-ROLLOVER-1": "`rollover_due` is armed only with a finite delay >= `min_interval`; an "
                       "unusable `expires_in` arms nothing and is reported",
-    "INV-ROLLOVER-2": "a rollover restarts only from `active` or on the return to it",
+    "INV-ROLLOVER-2": "a rollover restarts exactly when `rollover_due` has fired on this "
+                      "connection and the session is (back) in `active`",
     "INV-CRASH-1": "a raising callback in any configuration ends in `error`: event undone, "
                    "every timer cancelled, transport closed, `machine_error` reported",
     "LIVE-1": "a peer that fails every connection drives the session to `error` "
@@ -275,7 +280,7 @@ _ROLLOVER_LETTERS: Final = frozenset({"rollover_due", "speech_stopped", "audio_s
 
 
 def _observe(obs: Observer, letter: Letter, effects: Iterable[Effect]) -> Observer:
-    speech, tries, seen_media, seen_channel, quick = obs
+    speech, tries, seen_media, seen_channel, quick, due = obs
     e = letter.event
     if e == "speech_started":
         speech = "listening"
@@ -291,15 +296,19 @@ def _observe(obs: Observer, letter: Letter, effects: Iterable[Effect]) -> Observ
         seen_media = True
     elif e == "channel_open":
         seen_channel = True
+    elif e == "rollover_due":
+        due = True
     for eff in effects:
+        if isinstance(eff, ConnectionUp):
+            due = False
         if isinstance(eff, OpenTransport | CloseTransport):
-            speech, seen_media, seen_channel = "active", False, False
+            speech, seen_media, seen_channel, due = "active", False, False, False
             if isinstance(eff, OpenTransport) and eff.reason is OpenReason.RECONNECT:
                 if eff.attempt > 0:
                     tries += 1
                 else:
                     quick = True
-    return speech, tries, seen_media, seen_channel, quick
+    return speech, tries, seen_media, seen_channel, quick, due
 
 
 def _step_problems(
@@ -334,6 +343,8 @@ def _step_problems(
                     math.isfinite(eff.delay) and eff.delay >= rollover.min_interval):
                 p.append(("INV-ROLLOVER-1", f"rollover armed with delay {eff.delay}"))
         elif isinstance(eff, CancelTimer):
+            if eff.timer not in armed and eff.timer.value != letter.event:
+                p.append(("INV-TIMER-5", f"{eff.timer} cancelled while not armed"))
             armed.discard(eff.timer)
         elif isinstance(eff, OpenTransport):
             if topen:
@@ -376,8 +387,16 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
                           or opens[0].reason is not OpenReason.START or dst != "connecting"
                           or new.attempts != 0):
         p.append(("INV-START-1", f"start emitted {effects} and led to {dst}"))
-    if ev != "start" and dst == "connecting" and src != "connecting":
+    if ev != "start" and dst == "connecting" and (src != "connecting" or opens or closes):
         p.append(("INV-START-1", f"{ev} entered connecting"))
+    reports = [e for e in effects if isinstance(e, ReportError)]
+    if dst == "error" and src != "error":
+        ra_long = retry.retry_after_too_long(letter.retry_after)
+        want = ((letter.code or "fatal") if letter.severity == "fatal" else
+                "retry_after_too_long" if ra_long else "retries_exhausted")
+        if [(r.code, r.severity) for r in reports] != [(want, "fatal")]:
+            p.append(("INV-REPORT-1", f"{letter}: {src} -> error reported "
+                      f"{[(r.code, r.severity) for r in reports]}, expected {want}"))
     ups = [e for e in effects if isinstance(e, ConnectionUp)]
     if src in CONNECTING and dst in WORKING:
         if not (new.observer[2] and new.observer[3]):
@@ -395,16 +414,18 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
             before.observer[4]:
         p.append(("INV-QUICK-1", "a second quick retry in one episode"))
     restart = [e for e in opens if e.reason is OpenReason.RESTART]
-    if restart:
-        if ev in _ROLLOVER_LETTERS:
-            back_to_active = (src == "active" and ev == "rollover_due") or (
-                (src, ev) in (("listening", "speech_stopped"), ("speaking", "audio_stopped"))
-            ) or (src == "ice_grace" and ev == "ice_recovered"
-                  and before.observer[0] == "active")
-            if not back_to_active:
-                p.append(("INV-ROLLOVER-2", f"rollover restart from {src} on {ev}"))
-        elif Timer.STABLE in before.armed:
-            p.append(("INV-DAMP-1", f"{letter} restarted the transport inside an episode"))
+    due = before.observer[5] or ev == "rollover_due"
+    back_to_active = (src == "active" and ev == "rollover_due") or (
+        (src, ev) in (("listening", "speech_stopped"), ("speaking", "audio_stopped"))
+    ) or (src == "ice_grace" and ev == "ice_recovered" and before.observer[0] == "active")
+    if ev in _ROLLOVER_LETTERS:
+        if due and back_to_active and not restart:
+            p.append(("INV-ROLLOVER-2", f"the due rollover not taken on {ev} in {src}"))
+        if restart and not (due and back_to_active):
+            p.append(("INV-ROLLOVER-2", f"rollover restart from {src} on {ev} "
+                      f"({'due' if due else 'not due'})"))
+    elif restart and Timer.STABLE in before.armed:
+        p.append(("INV-DAMP-1", f"{letter} restarted the transport inside an episode"))
     if ev == "rollover_due" and src in ("listening", "speaking", "ice_grace") and (
             closes or opens):
         p.append(("INV-ROLLOVER-2", f"rollover in {src} replaced the connection"))
@@ -419,9 +440,9 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
         if letter.severity in ("transient", "ignorable") and not expired:
             if dst != src or opens or closes:
                 p.append(("INV-SERVER-1", f"{letter} in {src} led to {dst} / {effects}"))
-            n = sum(isinstance(e, ReportError) for e in effects)
-            if n != (1 if letter.severity == "transient" else 0):
-                p.append(("INV-SERVER-1", f"{letter} reported {n} times"))
+            if [type(e) for e in effects] != ([ReportError] if letter.severity == "transient"
+                                              else []):
+                p.append(("INV-SERVER-1", f"{letter} in {src} emitted {effects}"))
         if letter.severity == "recoverable" and not closes:
             p.append(("INV-SERVER-2", f"{letter} in {src} kept the connection"))
         if expired and letter.severity != "ignorable" and not closes:
@@ -652,7 +673,7 @@ def table_rows(table: Iterable[Row] | None = None) -> list[tuple[str, ...]]:
     """The table as text rows (from, event, guard, to, kind, updates, effects, label)."""
     from fsm_voice.machine.table import TABLE
 
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (r.source, r.event, r.guard_text, r.target, "internal" if r.internal else "external",
          _cell(r.updates), _cell(r.effects), r.label)
         for r in (table if table is not None else TABLE)
@@ -741,11 +762,11 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-RETRY-1": ("INV-RETRY-1", "INV-RETRY-3", "retry_bound"),
     "SPEC-RETRY-2": ("INV-RETRY-2",),
     "SPEC-RETRY-3": ("INV-RETRY-3", "stable_ends_episode"),
-    "SPEC-RETRY-4": ("INV-RETRY-4",),
+    "SPEC-RETRY-4": ("INV-RETRY-4", "INV-REPORT-1"),
     "SPEC-RETRY-5": ("INV-RETRY-2", "INV-RETRY-5"),
     "SPEC-DAMP-1": ("INV-DAMP-1", "LIVE-1", "peer_fails_reaches_error"),
     "SPEC-DAMP-2": ("INV-TIMER-1", "INV-UP-1", "stable_ends_episode"),
-    "SPEC-FATAL-1": ("INV-FATAL-1", "no_reconnect_after_fatal"),
+    "SPEC-FATAL-1": ("INV-FATAL-1", "INV-REPORT-1", "no_reconnect_after_fatal"),
     "SPEC-TRANSIENT-1": ("INV-QUICK-1", "LIVE-1"),
     "SPEC-SERVER-1": ("INV-SERVER-1",),
     "SPEC-SERVER-2": ("INV-SERVER-2", "INV-DAMP-1"),
@@ -761,7 +782,8 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-ROLLOVER-1": ("INV-ROLLOVER-1",),
     "SPEC-ROLLOVER-2": ("INV-ROLLOVER-2",),
     "SPEC-ROLLOVER-3": ("INV-TIMER-4", "INV-TIMER-1"),
-    "SPEC-TIMER-1": ("INV-TIMER-1", "INV-TIMER-2", "INV-TIMER-3", "idle_has_no_timer"),
+    "SPEC-TIMER-1": ("INV-TIMER-1", "INV-TIMER-2", "INV-TIMER-3", "INV-TIMER-5",
+                     "idle_has_no_timer"),
     "SPEC-CRASH-1": ("INV-CRASH-1",),
     **{k: (k,) for k in INVARIANTS},
 }
@@ -826,15 +848,19 @@ def _pml_effect(e: Eff, letter: Letter, retry: RetryPolicy, rollover: RolloverPo
                 out.append(f"assert(!{bit})")
             out.append(f"{bit} = 1")
         else:
+            if assertions and e.timer.value != letter.event:  # INV-TIMER-5
+                out.append(f"assert({bit})")
             out.append(f"{bit} = 0")
     elif e.kind == "open":
         if assertions:
             out.append("assert(!topen)")
-        out += ["topen = 1", "speech = 0", "seen_media = 0", "seen_channel = 0"]
+        out += ["topen = 1", "speech = 0", "seen_media = 0", "seen_channel = 0", "due = 0"]
         if e.reason is OpenReason.RECONNECT:
             out.append("tries = tries + 1" if e.counted else "quick = 1")
     elif e.kind == "close":
-        out += ["topen = 0", "speech = 0", "seen_media = 0", "seen_channel = 0"]
+        out += ["topen = 0", "speech = 0", "seen_media = 0", "seen_channel = 0", "due = 0"]
+    elif e.kind == "connection_up":
+        out.append("due = 0")
     if e.when is not None and out:
         cond = _pml_pred(e.when, letter, retry, rollover)
         return [f"if :: {cond} -> {'; '.join(out)} :: else -> skip fi"]
@@ -851,6 +877,7 @@ _LETTER_OBSERVER: Final[dict[str, str]] = {
     "session_stable": "tries = 0; quick = 0",
     "transport_connected": "seen_media = 1",
     "channel_open": "seen_channel = 1",
+    "rollover_due": "due = 1",
 }
 
 
@@ -884,7 +911,7 @@ def to_promela(
         lines.append(f"{kind} {var} = {_pml_value(var, initial)};")
     lines += [f"bool armed_{t.value} = 0;" for t in Timer]
     lines += ["bool topen = 0;", "byte speech = 0;", "byte tries = 0;", "bool seen_media = 0;",
-              "bool seen_channel = 0;", "bool quick = 0;"]
+              "bool seen_channel = 0;", "bool quick = 0;", "bool due = 0;"]
     if flags:
         lines += [f"bool {f} = 0;" for f in
                   ("ev_fatal", "ev_opened", "ev_start", "ev_stop", "ev_stable", "ev_timer")]
@@ -973,7 +1000,7 @@ def _spin_build(d: Path, model: str) -> None:
     if not spin or not cc:
         raise RuntimeError("spin and gcc are needed: apt-get install spin gcc")
     (d / "model.pml").write_text(model)
-    subprocess.run([spin, "-a", "model.pml"], cwd=d, check=True, capture_output=True)
+    subprocess.run([spin, "-o2", "-a", "model.pml"], cwd=d, check=True, capture_output=True)
     subprocess.run([cc, "-O2", "-DNFAIR=3", "-DVECTORSZ=4096", "-o", "pan", "pan.c"], cwd=d,
                    check=True, capture_output=True)
 

@@ -261,7 +261,7 @@ def _explore(table: tuple[Row, ...], max_attempts: int) -> tuple[list[str], Beha
     from fsm_voice.machine.logic import LifecycleLogic
 
     cls = type("Plain", (LifecycleLogic,), {"TABLE": table})
-    ex = explore(cls, attrs.evolve(CHECK_RETRY, max_attempts=max_attempts))
+    ex = explore(cls, attrs.evolve(CHECK_RETRY, max_attempts=max_attempts), stop_at_first=True)
     behaviour = frozenset((ex.configs[e.source], e.letter, ex.configs[e.target], e.effects)
                           for e in ex.edges)
     taken = ex.rows_taken

@@ -32,6 +32,8 @@ byte speech = 0;
 byte tries = 0;
 bool seen_media = 0;
 bool seen_channel = 0;
+bool quick = 0;
+bool due = 0;
 bool ev_fatal = 0;
 bool ev_opened = 0;
 bool ev_start = 0;
@@ -43,12 +45,13 @@ active proctype lifecycle() {
     do
     :: d_step { st == ST_idle ->
          /* start | begin_session -> connecting */
-         tries = 0;
+         tries = 0; quick = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          attempts = 0;
          quick_used = 0;
          episode = 1;
@@ -67,12 +70,13 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_error ->
          /* start | begin_session -> connecting */
-         tries = 0;
+         tries = 0; quick = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          attempts = 0;
          quick_used = 0;
          episode = 1;
@@ -91,7 +95,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_idle ->
          /* stop | - -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          ev_fatal = 0;
          ev_opened = 0;
          ev_start = 0;
@@ -101,13 +105,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -126,13 +131,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_active ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -151,13 +157,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_listening ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -176,13 +183,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_speaking ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -201,14 +209,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -227,13 +236,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -252,7 +262,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_backoff ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          armed_backoff_expired = 0;
          st = ST_idle;
          attempts = 0;
@@ -271,13 +281,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -296,7 +307,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_error ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          st = ST_idle;
          attempts = 0;
          quick_used = 0;
@@ -318,6 +329,7 @@ active proctype lifecycle() {
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -344,6 +356,7 @@ active proctype lifecycle() {
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -370,6 +383,7 @@ active proctype lifecycle() {
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -396,6 +410,7 @@ active proctype lifecycle() {
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -422,6 +437,7 @@ active proctype lifecycle() {
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -448,6 +464,7 @@ active proctype lifecycle() {
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -475,7 +492,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -495,7 +513,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -516,8 +535,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -536,8 +556,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -558,13 +579,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -586,8 +609,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -606,8 +630,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -628,13 +653,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -656,8 +683,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -676,8 +704,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -698,13 +727,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -727,8 +758,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -748,8 +780,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -771,13 +804,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -800,7 +835,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -820,7 +856,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -842,7 +879,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -862,7 +900,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -884,12 +923,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -912,7 +954,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -932,7 +975,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -954,12 +998,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -982,7 +1029,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1002,7 +1050,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1024,12 +1073,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -1052,7 +1104,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1072,7 +1125,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1094,7 +1148,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1116,7 +1171,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1138,7 +1194,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1160,7 +1217,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1182,7 +1240,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1204,7 +1263,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1288,8 +1348,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1310,8 +1371,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1330,8 +1392,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1352,13 +1415,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1380,8 +1445,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1402,8 +1468,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1422,8 +1489,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1444,13 +1512,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1472,8 +1542,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1494,8 +1565,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1514,8 +1586,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1536,13 +1609,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1565,8 +1640,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1588,8 +1664,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1609,8 +1686,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1632,13 +1710,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1660,8 +1740,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1681,13 +1762,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1709,8 +1792,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1730,13 +1814,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1758,8 +1844,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1779,13 +1866,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1808,8 +1897,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1830,13 +1920,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1858,8 +1950,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1880,8 +1973,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1902,8 +1996,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1925,8 +2020,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1947,8 +2043,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1969,8 +2066,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1991,8 +2089,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2014,8 +2113,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2032,7 +2132,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* session_info[expires_in=1800] | arm_rollover -> connecting */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2045,7 +2145,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_active ->
          /* session_info[expires_in=1800] | arm_rollover -> active */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2067,7 +2167,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_listening && !((rollover == 2)) ->
          /* session_info[expires_in=1800] | arm_rollover -> listening */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2089,7 +2189,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_speaking && !((rollover == 2)) ->
          /* session_info[expires_in=1800] | arm_rollover -> speaking */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2111,7 +2211,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((rollover == 2)) ->
          /* session_info[expires_in=1800] | arm_rollover -> ice_grace */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2124,7 +2224,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* session_info[expires_in=1800] | arm_rollover -> restarting */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2137,7 +2237,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* session_info[expires_in=1800] | arm_rollover -> reconnecting */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2151,6 +2251,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && armed_rollover_due ->
          /* rollover_due | drop_rollover -> connecting */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 0;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2162,17 +2263,20 @@ active proctype lifecycle() {
     :: d_step { st == ST_active && armed_rollover_due ->
          /* rollover_due | rollover -> restarting */
          armed_rollover_due = 0;
+         due = 1;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
          if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2191,6 +2295,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_listening && armed_rollover_due ->
          /* rollover_due | rollover_pending -> listening */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 2;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2202,6 +2307,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_speaking && armed_rollover_due ->
          /* rollover_due | rollover_pending -> speaking */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 2;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2213,6 +2319,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && armed_rollover_due ->
          /* rollover_due | rollover_pending -> ice_grace */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 2;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2224,6 +2331,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && armed_rollover_due ->
          /* rollover_due | drop_rollover -> restarting */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 0;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2235,6 +2343,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && armed_rollover_due ->
          /* rollover_due | drop_rollover -> reconnecting */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 0;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2251,7 +2360,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2272,7 +2382,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2295,7 +2406,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2316,7 +2428,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2432,13 +2545,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2569,13 +2684,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2627,7 +2744,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_active && armed_session_stable ->
          /* session_stable | episode_ends -> active */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2641,7 +2758,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_listening && armed_session_stable ->
          /* session_stable | episode_ends -> listening */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2655,7 +2772,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_speaking && armed_session_stable ->
          /* session_stable | episode_ends -> speaking */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2669,7 +2786,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && armed_session_stable ->
          /* session_stable | episode_ends -> ice_grace */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2711,13 +2828,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2753,8 +2872,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2775,8 +2895,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2799,13 +2920,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2829,7 +2952,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2850,7 +2974,8 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2874,6 +2999,7 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          tries = tries + 1;
          attempts = attempts + 1;
          st = ST_reconnecting;

@@ -104,5 +104,5 @@ def test_compiled_table_has_every_row() -> None:
 
 
 def test_refusal_message_names_event_and_state() -> None:
-    with pytest.raises(TransitionNotAllowed, match="channel_open.*idle"):
+    with pytest.raises(TransitionNotAllowed, match=r"channel_open.*idle"):
         FastLifecycle().send("channel_open")

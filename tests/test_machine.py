@@ -63,7 +63,7 @@ both = pytest.mark.parametrize("engine", ["statemachine", "fast"])
 
 
 def test_statuses_are_declared_once() -> None:  # SPEC-STATUS-1/2
-    assert STATUSES == tuple(s.value for s in Status)
+    assert tuple(s.value for s in Status) == STATUSES
     assert set(STATUS_OF.values()) == set(STATUSES)
     assert set(STATUS_OF) == {s.id for s in LifecycleMachine.states}
 

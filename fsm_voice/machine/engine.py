@@ -45,7 +45,7 @@ class LifecycleMachine(LifecycleLogic, StateMachine):
     def status(self) -> str:
         return STATUS_OF[self.state_id]
 
-    def send(self, event: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def send(self, event: str, *args: Any, **kwargs: Any) -> Any:
         """Dispatch ``event``; a raising guard or action leaves the machine in ``error`` with
         the event undone (SPEC-CRASH-1). Refused events raise ``TransitionNotAllowed``."""
         source = self.state_id
@@ -94,7 +94,7 @@ def build_machine(table: tuple[Row, ...] = TABLE, name: str = "LifecycleMachine"
             kw["cond"] = cond
         if unless:
             kw["unless"] = unless
-        t = src.to.itself(**kw) if src is dst else src.to(dst, **kw)
+        t = src.to.itself(**kw) if src is dst else src.to(dst, **kw)  # type: ignore[no-untyped-call]
         by_event[row.event] = t if row.event not in by_event else by_event[row.event] | t
     ns.update(by_event)
     ns["__module__"] = __name__

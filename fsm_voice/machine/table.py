@@ -51,7 +51,7 @@ class Update:
         return f"{self.var}={v}"
 
 
-def SET(var: str, value: bool | int | str) -> Update:  # noqa: N802 - reads like the spec
+def SET(var: str, value: bool | int | str) -> Update:
     return Update(var, "set", value)
 
 
