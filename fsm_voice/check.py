@@ -230,6 +230,8 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-TIMER-3": "an armed timer's expiry is always accepted",
     "INV-TIMER-4": "`session_stable` and `rollover_due` are armed only while a transport is open",
     "INV-TIMER-5": "only armed timers (or the one that just fired) are cancelled",
+    "INV-TIMER-6": "an event that keeps the state and the connection does not touch the state's "
+                   "timer",
     "INV-TRANSPORT-1": "no transport is opened while another is open",
     "INV-TRANSPORT-2": "no transport is open in `idle`, `error`, `backoff`",
     "INV-TRANSPORT-3": "the working and connecting states have an open transport",
@@ -242,13 +244,17 @@ INVARIANTS: Final[dict[str, str]] = {
                 "and arms `session_stable`; nothing else emits `ConnectionUp`",
     "INV-ICE-4": "in `active`/`listening`/`speaking` the state is the speech status implied by "
                  "the speech/audio events seen on the connection",
+    "INV-DAMP-2": "outside an episode, a failure of a working connection (transport, grace, "
+                  "recoverable server error without `retry_after`, `session_expired`) restarts "
+                  "the transport at once",
     "INV-REPORT-1": "entering `error` reports exactly one fatal error: the event's code for a "
                     "fatal event, else `retry_after_too_long` or `retries_exhausted`",
     "INV-DAMP-1": "a transport restart that is not a rollover happens only in a stable session "
                   "(`session_stable` not armed); inside an episode a failure backs off",
-    "INV-SERVER-1": "a transient (non-`session_expired`) server error keeps the state and only "
-                    "reports; an ignorable one changes nothing and emits nothing",
-    "INV-SERVER-2": "a recoverable server error never keeps the connection",
+    "INV-SERVER-1": "an ignorable server error changes nothing and emits nothing; a transient "
+                    "one (not `session_expired` in a working state) keeps the state, only reports",
+    "INV-SERVER-2": "a recoverable server error never keeps the connection and is reported "
+                    "(as itself, unless it ends the session)",
     "INV-SERVER-3": "`session_expired` in a working state replaces the connection",
     "INV-QUICK-1": "an uncounted reconnect follows only a transient signaling failure without "
                    "`retry_after`, exactly once per episode (the first such failure)",
@@ -390,6 +396,10 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
     if ev != "start" and dst == "connecting" and (src != "connecting" or opens or closes):
         p.append(("INV-START-1", f"{ev} entered connecting"))
     reports = [e for e in effects if isinstance(e, ReportError)]
+    timer = STATE[src].timer
+    if src == dst and not opens and not closes and timer is not None and any(
+            isinstance(e, ArmTimer | CancelTimer) and e.timer is timer for e in effects):
+        p.append(("INV-TIMER-6", f"{letter} re-armed {timer} without leaving {src}"))
     if dst == "error" and src != "error":
         ra_long = retry.retry_after_too_long(letter.retry_after)
         want = ((letter.code or "fatal") if letter.severity == "fatal" else
@@ -426,6 +436,12 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
                       f"({'due' if due else 'not due'})"))
     elif restart and Timer.STABLE in before.armed:
         p.append(("INV-DAMP-1", f"{letter} restarted the transport inside an episode"))
+    failure = ev in ("transport_failed", "ice_grace_expired") or (
+        ev == "server_error" and letter.severity not in ("fatal", "ignorable") and (
+            letter.code == "session_expired" or (letter.severity == "recoverable"
+                                                 and letter.retry_after is None)))
+    if src in WORKING and failure and Timer.STABLE not in before.armed and not restart:
+        p.append(("INV-DAMP-2", f"{letter} in a stable {src} did not restart at once"))
     if ev == "rollover_due" and src in ("listening", "speaking", "ice_grace") and (
             closes or opens):
         p.append(("INV-ROLLOVER-2", f"rollover in {src} replaced the connection"))
@@ -437,7 +453,7 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
             p.append(("INV-ROLLOVER-1", f"expires_in {letter.expires_in} gave {effects}"))
     if ev == "server_error" and letter.severity != "fatal":
         expired = letter.code == "session_expired" and src in WORKING
-        if letter.severity in ("transient", "ignorable") and not expired:
+        if letter.severity == "ignorable" or (letter.severity == "transient" and not expired):
             if dst != src or opens or closes:
                 p.append(("INV-SERVER-1", f"{letter} in {src} led to {dst} / {effects}"))
             if [type(e) for e in effects] != ([ReportError] if letter.severity == "transient"
@@ -445,6 +461,9 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
                 p.append(("INV-SERVER-1", f"{letter} in {src} emitted {effects}"))
         if letter.severity == "recoverable" and not closes:
             p.append(("INV-SERVER-2", f"{letter} in {src} kept the connection"))
+        if letter.severity == "recoverable" and not expired and dst != "error" and [
+                (r.code, r.severity) for r in reports] != [(letter.code, "recoverable")]:
+            p.append(("INV-SERVER-2", f"{letter} in {src} reported {reports}"))
         if expired and letter.severity != "ignorable" and not closes:
             p.append(("INV-SERVER-3", f"{letter} in {src} kept the connection"))
     return p
@@ -764,7 +783,7 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-RETRY-3": ("INV-RETRY-3", "stable_ends_episode"),
     "SPEC-RETRY-4": ("INV-RETRY-4", "INV-REPORT-1"),
     "SPEC-RETRY-5": ("INV-RETRY-2", "INV-RETRY-5"),
-    "SPEC-DAMP-1": ("INV-DAMP-1", "LIVE-1", "peer_fails_reaches_error"),
+    "SPEC-DAMP-1": ("INV-DAMP-1", "INV-DAMP-2", "LIVE-1", "peer_fails_reaches_error"),
     "SPEC-DAMP-2": ("INV-TIMER-1", "INV-UP-1", "stable_ends_episode"),
     "SPEC-FATAL-1": ("INV-FATAL-1", "INV-REPORT-1", "no_reconnect_after_fatal"),
     "SPEC-TRANSIENT-1": ("INV-QUICK-1", "LIVE-1"),
@@ -783,7 +802,7 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-ROLLOVER-2": ("INV-ROLLOVER-2",),
     "SPEC-ROLLOVER-3": ("INV-TIMER-4", "INV-TIMER-1"),
     "SPEC-TIMER-1": ("INV-TIMER-1", "INV-TIMER-2", "INV-TIMER-3", "INV-TIMER-5",
-                     "idle_has_no_timer"),
+                     "INV-TIMER-6", "idle_has_no_timer"),
     "SPEC-CRASH-1": ("INV-CRASH-1",),
     **{k: (k,) for k in INVARIANTS},
 }
