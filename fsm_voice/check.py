@@ -222,14 +222,15 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-RETRY-3": "the n-th counted reconnect of an episode is `OpenTransport(reconnect, n)`; "
                    "the count restarts only at `start`, `stop` and `session_stable`",
     "INV-RETRY-4": "`retries_exhausted` is reported only after `max_attempts` counted reconnects",
-    "INV-RETRY-5": "no backoff waits for a `retry_after` beyond `max_retry_after`; "
-                   "`retry_after_too_long` ends in `error`",
+    "INV-RETRY-5": "a failure with `retry_after` that replaces the connection waits in backoff "
+                   "(except `session_expired`: a rollover); none waits beyond "
+                   "`max_retry_after`: `retry_after_too_long` ends in `error`",
     "INV-TIMER-1": "the armed timers are exactly the state's timer, `session_stable` while an "
                    "episode is open in a working state, `rollover_due` while armed",
     "INV-TIMER-2": "no timer is armed twice",
     "INV-TIMER-3": "an armed timer's expiry is always accepted",
     "INV-TIMER-4": "`session_stable` and `rollover_due` are armed only while a transport is open",
-    "INV-TIMER-5": "only armed timers (or the one that just fired) are cancelled",
+    "INV-TIMER-5": "only armed timers are cancelled (not the one that just fired)",
     "INV-TIMER-6": "an event that keeps the state and the connection does not touch the state's "
                    "timer",
     "INV-TRANSPORT-1": "no transport is opened while another is open",
@@ -242,6 +243,8 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-UP-1": "reaching a working state from a connecting one needs both halves seen on that "
                 "connection and emits `ConnectionUp(replay)` (replay iff not from `connecting`) "
                 "and arms `session_stable`; nothing else emits `ConnectionUp`",
+    "INV-ICE-1": "`ice_disconnected` in a working state enters `ice_grace`; `ice_recovered` "
+                 "leaves it",
     "INV-ICE-4": "in `active`/`listening`/`speaking` the state is the speech status implied by "
                  "the speech/audio events seen on the connection",
     "INV-DAMP-2": "outside an episode, a failure of a working connection (transport, grace, "
@@ -349,7 +352,7 @@ def _step_problems(
                     math.isfinite(eff.delay) and eff.delay >= rollover.min_interval):
                 p.append(("INV-ROLLOVER-1", f"rollover armed with delay {eff.delay}"))
         elif isinstance(eff, CancelTimer):
-            if eff.timer not in armed and eff.timer.value != letter.event:
+            if eff.timer not in armed:
                 p.append(("INV-TIMER-5", f"{eff.timer} cancelled while not armed"))
             armed.discard(eff.timer)
         elif isinstance(eff, OpenTransport):
@@ -400,6 +403,16 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
     if src == dst and not opens and not closes and timer is not None and any(
             isinstance(e, ArmTimer | CancelTimer) and e.timer is timer for e in effects):
         p.append(("INV-TIMER-6", f"{letter} re-armed {timer} without leaving {src}"))
+    if any(r.severity == "fatal" for r in reports) and dst != "error":
+        p.append(("INV-REPORT-1", f"fatal report on {src} -> {dst}"))
+    if (letter.retry_after is not None and closes and dst != "error"
+            and letter.code != "session_expired" and not any(
+                isinstance(e, ArmTimer) and e.timer is Timer.BACKOFF for e in effects)):
+        p.append(("INV-RETRY-5", f"{letter} replaced the connection without waiting"))
+    if ev == "ice_disconnected" and dst != "ice_grace":
+        p.append(("INV-ICE-1", f"ice_disconnected in {src} led to {dst}"))
+    if ev == "ice_recovered" and dst == "ice_grace":
+        p.append(("INV-ICE-1", "ice_recovered stayed in ice_grace"))
     if dst == "error" and src != "error":
         ra_long = retry.retry_after_too_long(letter.retry_after)
         want = ((letter.code or "fatal") if letter.severity == "fatal" else
@@ -790,7 +803,7 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-SERVER-1": ("INV-SERVER-1",),
     "SPEC-SERVER-2": ("INV-SERVER-2", "INV-DAMP-1"),
     "SPEC-SERVER-3": ("INV-SERVER-3",),
-    "SPEC-ICE-1": ("INV-TIMER-1", "INV-TRANSPORT-3"),
+    "SPEC-ICE-1": ("INV-ICE-1", "INV-TIMER-1", "INV-TRANSPORT-3"),
     "SPEC-ICE-2": ("INV-DAMP-1", "INV-TRANSPORT-1"),
     "SPEC-ICE-3": ("INV-TIMER-1", "reconnecting_ends"),
     "SPEC-ICE-4": ("INV-ICE-4",),
@@ -867,7 +880,7 @@ def _pml_effect(e: Eff, letter: Letter, retry: RetryPolicy, rollover: RolloverPo
                 out.append(f"assert(!{bit})")
             out.append(f"{bit} = 1")
         else:
-            if assertions and e.timer.value != letter.event:  # INV-TIMER-5
+            if assertions:  # INV-TIMER-5
                 out.append(f"assert({bit})")
             out.append(f"{bit} = 0")
     elif e.kind == "open":
@@ -985,8 +998,8 @@ def _pml_body(r: Row, letter: Letter, retry: RetryPolicy, rollover: RolloverPoli
     if letter.event in _LETTER_OBSERVER:
         body.append(_LETTER_OBSERVER[letter.event])
     src = STATE[r.source]
-    if not r.internal and src.timer is not None:
-        body.append(f"armed_{src.timer.value} = 0")
+    if not r.internal and src.timer is not None and src.timer.value != letter.event:
+        body += _pml_effect(Eff("cancel", timer=src.timer), letter, retry, rollover, True)
     effs = [x for e in r.effects for x in _pml_effect(e, letter, retry, rollover, True)]
     body += effs
     body += [_pml_update(u) for u in r.updates]

@@ -96,6 +96,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (channel_up == 1) && !seen_media ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -123,6 +124,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (channel_up == 1) && !seen_media ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -150,6 +152,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (channel_up == 1) && !seen_media ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -177,6 +180,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (media_up == 1) && !seen_channel ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -204,6 +208,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (media_up == 1) && !seen_channel ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -231,6 +236,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (media_up == 1) && !seen_channel ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -257,6 +263,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -278,6 +285,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -523,6 +531,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -545,6 +554,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) ->
          /* transport_failed | give_up -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -569,6 +579,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) ->
          /* transport_failed | restart -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -600,6 +611,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -621,6 +633,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -644,6 +657,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -665,6 +679,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -727,6 +742,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -758,6 +774,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -779,6 +796,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -802,6 +820,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -833,6 +852,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -854,6 +874,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -877,6 +898,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -908,6 +930,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -929,6 +952,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -953,7 +977,6 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -974,7 +997,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
-         armed_connect_timeout = 0;
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -999,7 +1021,6 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -1020,7 +1041,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
-         armed_connect_timeout = 0;
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1045,7 +1065,6 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) && armed_restart_timeout ->
          /* restart_timeout | back_off -> backoff */
          armed_restart_timeout = 0;
-         armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -1066,7 +1085,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) && armed_restart_timeout ->
          /* restart_timeout | give_up -> error */
-         armed_restart_timeout = 0;
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1090,7 +1108,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_backoff && armed_backoff_expired ->
          /* backoff_expired | retry_now -> reconnecting */
-         armed_backoff_expired = 0;
          armed_backoff_expired = 0;
          assert(!topen);
          topen = 1;
@@ -1116,7 +1133,6 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) && armed_ice_grace_expired ->
          /* ice_grace_expired | back_off -> backoff */
          armed_ice_grace_expired = 0;
-         armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -1138,7 +1154,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) && armed_ice_grace_expired ->
          /* ice_grace_expired | give_up -> error */
-         armed_ice_grace_expired = 0;
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -1163,7 +1178,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && armed_ice_grace_expired ->
          /* ice_grace_expired | restart -> restarting */
-         armed_ice_grace_expired = 0;
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;

@@ -106,6 +106,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting ->
          /* stop | shutdown -> idle */
          tries = 0; quick = 0;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -210,6 +211,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace ->
          /* stop | shutdown -> idle */
          tries = 0; quick = 0;
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -237,6 +239,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting ->
          /* stop | shutdown -> idle */
          tries = 0; quick = 0;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -263,6 +266,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_backoff ->
          /* stop | shutdown -> idle */
          tries = 0; quick = 0;
+         assert(armed_backoff_expired);
          armed_backoff_expired = 0;
          st = ST_idle;
          attempts = 0;
@@ -282,6 +286,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting ->
          /* stop | shutdown -> idle */
          tries = 0; quick = 0;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -326,6 +331,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (channel_up == 1) ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -353,6 +359,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (channel_up == 1) ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -380,6 +387,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (channel_up == 1) ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -407,6 +415,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (media_up == 1) ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -434,6 +443,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (media_up == 1) ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -461,6 +471,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (media_up == 1) ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
@@ -487,6 +498,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -508,6 +520,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -753,6 +766,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -775,6 +789,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) ->
          /* transport_failed | give_up -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -799,6 +814,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) ->
          /* transport_failed | restart -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -830,6 +846,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -851,6 +868,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -874,6 +892,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -895,6 +914,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -918,6 +938,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -949,6 +970,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -970,6 +992,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -993,6 +1016,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1024,6 +1048,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1045,6 +1070,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1068,6 +1094,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1099,6 +1126,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1120,6 +1148,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1143,6 +1172,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* signaling_failed[transient, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1166,6 +1196,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* signaling_failed[transient, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1189,6 +1220,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* signaling_failed[transient, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1212,6 +1244,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* signaling_failed[fatal] | fail_fatal -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1235,6 +1268,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* signaling_failed[fatal] | fail_fatal -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1258,6 +1292,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* signaling_failed[fatal] | fail_fatal -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -1635,6 +1670,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (episode == 1) ->
          /* server_error[transient, code=session_expired, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -1659,6 +1695,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1)) && (episode == 1) && (attempts < MAX_ATTEMPTS) ->
          /* server_error[transient, code=session_expired, retry_after=120] | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -1681,6 +1718,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1)) && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) ->
          /* server_error[transient, code=session_expired, retry_after=120] | give_up -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -1705,6 +1743,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1)) && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) ->
          /* server_error[transient, code=session_expired, retry_after=120] | restart -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -1892,6 +1931,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* server_error[recoverable, code=test_code, retry_after=1] | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -1915,6 +1955,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -2015,6 +2056,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace ->
          /* server_error[recoverable, code=test_code, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -2108,6 +2150,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace ->
          /* server_error[fatal, code=test_code] | fail_fatal -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -2270,7 +2313,6 @@ active proctype lifecycle() {
          seen_channel = 0;
          due = 0;
          if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
@@ -2355,7 +2397,6 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -2376,7 +2417,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
-         armed_connect_timeout = 0;
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -2401,7 +2441,6 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -2422,7 +2461,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
-         armed_connect_timeout = 0;
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
@@ -2799,6 +2837,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (resume == 1) ->
          /* ice_recovered | resume_listening -> listening */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          st = ST_listening;
          resume = 0;
@@ -2811,6 +2850,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((resume == 1)) && (resume == 2) ->
          /* ice_recovered | resume_speaking -> speaking */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          st = ST_speaking;
          resume = 0;
@@ -2823,6 +2863,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((resume == 1)) && !((resume == 2)) && (rollover == 2) ->
          /* ice_recovered | rollover -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -2854,6 +2895,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((resume == 1)) && !((resume == 2)) && !((rollover == 2)) ->
          /* ice_recovered | resume_active -> active */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          st = ST_active;
          resume = 0;
@@ -2866,7 +2908,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) && armed_ice_grace_expired ->
          /* ice_grace_expired | back_off -> backoff */
-         armed_ice_grace_expired = 0;
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -2889,7 +2930,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) && armed_ice_grace_expired ->
          /* ice_grace_expired | give_up -> error */
-         armed_ice_grace_expired = 0;
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -2914,7 +2954,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && armed_ice_grace_expired ->
          /* ice_grace_expired | restart -> restarting */
-         armed_ice_grace_expired = 0;
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
@@ -2947,7 +2986,6 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) && armed_restart_timeout ->
          /* restart_timeout | back_off -> backoff */
          armed_restart_timeout = 0;
-         armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -2968,7 +3006,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) && armed_restart_timeout ->
          /* restart_timeout | give_up -> error */
-         armed_restart_timeout = 0;
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
@@ -2992,7 +3029,6 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_backoff && armed_backoff_expired ->
          /* backoff_expired | retry_now -> reconnecting */
-         armed_backoff_expired = 0;
          armed_backoff_expired = 0;
          assert(!topen);
          topen = 1;

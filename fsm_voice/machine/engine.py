@@ -34,8 +34,8 @@ class LifecycleMachine(LifecycleLogic, StateMachine):
     def on_enter_state(self, state: State, **kw: Any) -> None:
         self._enter(state.id, kw)
 
-    def on_exit_state(self, state: State, **kw: Any) -> None:
-        self._exit(state.id)
+    def on_exit_state(self, state: State, event: Any, **kw: Any) -> None:
+        self._exit(state.id, str(event))
 
     @property
     def state_id(self) -> str:
