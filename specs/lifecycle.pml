@@ -1796,7 +1796,7 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_active && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -1804,22 +1804,15 @@ active proctype lifecycle() {
          due = 0;
          if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
          if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
-         due = 0;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
@@ -1848,7 +1841,7 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_listening && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -1856,22 +1849,15 @@ active proctype lifecycle() {
          due = 0;
          if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
          if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
-         due = 0;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
@@ -1900,7 +1886,7 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_speaking && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
          topen = 0;
          speech = 0;
          seen_media = 0;
@@ -1908,22 +1894,15 @@ active proctype lifecycle() {
          due = 0;
          if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
          if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
-         due = 0;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
@@ -1954,7 +1933,7 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
          assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
@@ -1964,22 +1943,15 @@ active proctype lifecycle() {
          due = 0;
          if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
          if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
-         due = 0;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;

@@ -394,6 +394,8 @@ def _build() -> tuple[Row, ...]:
             add(Row(s, "server_error", "backoff", (*rec, RA_SET, CAN_RETRY),
                     (*_CLOSED, SET("episode", True)), (*_close(s), _report()),
                     label="back_off"))
+            add(Row(s, "server_error", "error", (*rec, RA_SET), _CLOSED,
+                    (*_close(s), _report("retries_exhausted", "fatal")), label="give_up"))
             add(_restart(s, "server_error", rec, (_report(),)))
             add(Row(s, "server_error", s, (), (), (_report(),), internal=True,
                     label="report_nonfatal"))
