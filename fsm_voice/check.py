@@ -826,7 +826,7 @@ CHECKS: Final = frozenset(INVARIANTS) | frozenset(LTL_PROPERTIES)
 
 
 def rule_ids(spec_text: str) -> list[str]:
-    return sorted(set(re.findall(r"\b((?:SPEC|INV)-[A-Z]+-\d+)\b", spec_text)))
+    return sorted(set(re.findall(r"\b((?:SPEC|INV)-[A-Z]+-\d+|LIVE-\d+)\b", spec_text)))
 
 
 # -- Promela: a translation of the table ---------------------------------------------------------

@@ -57,7 +57,7 @@ ISSUE_MUTANTS = {
     "no-reset-when-stable": "INV-RETRY-3",
     "backoff-keeps-transport": "INV-TRANSPORT-2",
     "grace-forgets-speech": "INV-ICE-4",
-    "quick-retry-never-spent": "LIVE-1",
+    "quick-retry-never-spent": "INV-QUICK-1",
     "restart-counts-attempt": "INV-RETRY-3",
 }
 
