@@ -136,10 +136,12 @@ def alphabet(table: Iterable[Row] | None = None) -> tuple[Letter, ...]:
 
 
 # -- configurations ------------------------------------------------------------------------------
-Observer = tuple[str, int, bool, bool]
+Observer = tuple[str, int, bool, bool, bool, bool]
 """(speech status implied by speech events on this connection, counted reconnects in the
-episode, transport_connected seen on this connection, channel_open seen on this connection)."""
-INITIAL_OBSERVER: Final[Observer] = ("active", 0, False, False)
+episode, transport_connected seen on this connection, channel_open seen on this connection,
+an uncounted (quick) reconnect made in the episode, rollover_due fired since this connection
+came up)."""
+INITIAL_OBSERVER: Final[Observer] = ("active", 0, False, False, False, False)
 
 
 @attrs.frozen
@@ -220,13 +222,17 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-RETRY-3": "the n-th counted reconnect of an episode is `OpenTransport(reconnect, n)`; "
                    "the count restarts only at `start`, `stop` and `session_stable`",
     "INV-RETRY-4": "`retries_exhausted` is reported only after `max_attempts` counted reconnects",
-    "INV-RETRY-5": "no backoff waits for a `retry_after` beyond `max_retry_after`; "
-                   "`retry_after_too_long` ends in `error`",
+    "INV-RETRY-5": "a failure with `retry_after` that replaces the connection waits in backoff "
+                   "(except `session_expired`: a rollover); none waits beyond "
+                   "`max_retry_after`: `retry_after_too_long` ends in `error`",
     "INV-TIMER-1": "the armed timers are exactly the state's timer, `session_stable` while an "
                    "episode is open in a working state, `rollover_due` while armed",
     "INV-TIMER-2": "no timer is armed twice",
     "INV-TIMER-3": "an armed timer's expiry is always accepted",
     "INV-TIMER-4": "`session_stable` and `rollover_due` are armed only while a transport is open",
+    "INV-TIMER-5": "only armed timers are cancelled (not the one that just fired)",
+    "INV-TIMER-6": "an event that keeps the state and the connection does not touch the state's "
+                   "timer",
     "INV-TRANSPORT-1": "no transport is opened while another is open",
     "INV-TRANSPORT-2": "no transport is open in `idle`, `error`, `backoff`",
     "INV-TRANSPORT-3": "the working and connecting states have an open transport",
@@ -237,19 +243,28 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-UP-1": "reaching a working state from a connecting one needs both halves seen on that "
                 "connection and emits `ConnectionUp(replay)` (replay iff not from `connecting`) "
                 "and arms `session_stable`; nothing else emits `ConnectionUp`",
+    "INV-ICE-1": "`ice_disconnected` in a working state enters `ice_grace`; `ice_recovered` "
+                 "leaves it",
     "INV-ICE-4": "in `active`/`listening`/`speaking` the state is the speech status implied by "
                  "the speech/audio events seen on the connection",
+    "INV-DAMP-2": "outside an episode, a failure of a working connection (transport, grace, "
+                  "recoverable server error without `retry_after`, `session_expired`) restarts "
+                  "the transport at once",
+    "INV-REPORT-1": "entering `error` reports exactly one fatal error: the event's code for a "
+                    "fatal event, else `retry_after_too_long` or `retries_exhausted`",
     "INV-DAMP-1": "a transport restart that is not a rollover happens only in a stable session "
                   "(`session_stable` not armed); inside an episode a failure backs off",
-    "INV-SERVER-1": "a transient (non-`session_expired`) server error keeps the state and is "
-                    "reported once; an ignorable one changes nothing and emits nothing",
-    "INV-SERVER-2": "a recoverable server error never keeps the connection",
+    "INV-SERVER-1": "an ignorable server error changes nothing and emits nothing; a transient "
+                    "one (not `session_expired` in a working state) keeps the state, only reports",
+    "INV-SERVER-2": "a recoverable server error never keeps the connection and is reported "
+                    "(as itself, unless it ends the session)",
     "INV-SERVER-3": "`session_expired` in a working state replaces the connection",
     "INV-QUICK-1": "an uncounted reconnect follows only a transient signaling failure without "
-                   "`retry_after`",
+                   "`retry_after`, exactly once per episode (the first such failure)",
     "INV-ROLLOVER-1": "`rollover_due` is armed only with a finite delay >= `min_interval`; an "
                       "unusable `expires_in` arms nothing and is reported",
-    "INV-ROLLOVER-2": "a rollover restarts only from `active` or on the return to it",
+    "INV-ROLLOVER-2": "a rollover restarts exactly when `rollover_due` has fired on this "
+                      "connection and the session is (back) in `active`",
     "INV-CRASH-1": "a raising callback in any configuration ends in `error`: event undone, "
                    "every timer cancelled, transport closed, `machine_error` reported",
     "LIVE-1": "a peer that fails every connection drives the session to `error` "
@@ -274,7 +289,7 @@ _ROLLOVER_LETTERS: Final = frozenset({"rollover_due", "speech_stopped", "audio_s
 
 
 def _observe(obs: Observer, letter: Letter, effects: Iterable[Effect]) -> Observer:
-    speech, tries, seen_media, seen_channel = obs
+    speech, tries, seen_media, seen_channel, quick, due = obs
     e = letter.event
     if e == "speech_started":
         speech = "listening"
@@ -285,18 +300,24 @@ def _observe(obs: Observer, letter: Letter, effects: Iterable[Effect]) -> Observ
     elif e == "audio_stopped" and speech == "speaking":
         speech = "active"
     elif e in ("start", "stop", "session_stable"):
-        tries = 0
+        tries, quick = 0, False
     elif e == "transport_connected":
         seen_media = True
     elif e == "channel_open":
         seen_channel = True
+    elif e == "rollover_due":
+        due = True
     for eff in effects:
+        if isinstance(eff, ConnectionUp):
+            due = False
         if isinstance(eff, OpenTransport | CloseTransport):
-            speech, seen_media, seen_channel = "active", False, False
-            if isinstance(eff, OpenTransport) and eff.reason is OpenReason.RECONNECT \
-                    and eff.attempt > 0:
-                tries += 1
-    return speech, tries, seen_media, seen_channel
+            speech, seen_media, seen_channel, due = "active", False, False, False
+            if isinstance(eff, OpenTransport) and eff.reason is OpenReason.RECONNECT:
+                if eff.attempt > 0:
+                    tries += 1
+                else:
+                    quick = True
+    return speech, tries, seen_media, seen_channel, quick, due
 
 
 def _step_problems(
@@ -331,6 +352,8 @@ def _step_problems(
                     math.isfinite(eff.delay) and eff.delay >= rollover.min_interval):
                 p.append(("INV-ROLLOVER-1", f"rollover armed with delay {eff.delay}"))
         elif isinstance(eff, CancelTimer):
+            if eff.timer not in armed:
+                p.append(("INV-TIMER-5", f"{eff.timer} cancelled while not armed"))
             armed.discard(eff.timer)
         elif isinstance(eff, OpenTransport):
             if topen:
@@ -373,8 +396,30 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
                           or opens[0].reason is not OpenReason.START or dst != "connecting"
                           or new.attempts != 0):
         p.append(("INV-START-1", f"start emitted {effects} and led to {dst}"))
-    if ev != "start" and dst == "connecting" and src != "connecting":
+    if ev != "start" and dst == "connecting" and (src != "connecting" or opens or closes):
         p.append(("INV-START-1", f"{ev} entered connecting"))
+    reports = [e for e in effects if isinstance(e, ReportError)]
+    timer = STATE[src].timer
+    if src == dst and not opens and not closes and timer is not None and any(
+            isinstance(e, ArmTimer | CancelTimer) and e.timer is timer for e in effects):
+        p.append(("INV-TIMER-6", f"{letter} re-armed {timer} without leaving {src}"))
+    if any(r.severity == "fatal" for r in reports) and dst != "error":
+        p.append(("INV-REPORT-1", f"fatal report on {src} -> {dst}"))
+    if (letter.retry_after is not None and closes and dst != "error"
+            and letter.code != "session_expired" and not any(
+                isinstance(e, ArmTimer) and e.timer is Timer.BACKOFF for e in effects)):
+        p.append(("INV-RETRY-5", f"{letter} replaced the connection without waiting"))
+    if ev == "ice_disconnected" and dst != "ice_grace":
+        p.append(("INV-ICE-1", f"ice_disconnected in {src} led to {dst}"))
+    if ev == "ice_recovered" and dst == "ice_grace":
+        p.append(("INV-ICE-1", "ice_recovered stayed in ice_grace"))
+    if dst == "error" and src != "error":
+        ra_long = retry.retry_after_too_long(letter.retry_after)
+        want = ((letter.code or "fatal") if letter.severity == "fatal" else
+                "retry_after_too_long" if ra_long else "retries_exhausted")
+        if [(r.code, r.severity) for r in reports] != [(want, "fatal")]:
+            p.append(("INV-REPORT-1", f"{letter}: {src} -> error reported "
+                      f"{[(r.code, r.severity) for r in reports]}, expected {want}"))
     ups = [e for e in effects if isinstance(e, ConnectionUp)]
     if src in CONNECTING and dst in WORKING:
         if not (new.observer[2] and new.observer[3]):
@@ -383,17 +428,33 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
             p.append(("INV-UP-1", f"{src} -> {dst} emitted {effects}"))
     elif ups:
         p.append(("INV-UP-1", f"ConnectionUp on {src} -> {dst}"))
+    quick_letter = (ev == "signaling_failed" and letter.severity == "transient"
+                    and letter.retry_after is None)
+    if quick_letter and src in CONNECTING and not before.observer[4] and not [
+            e for e in opens if e.reason is OpenReason.RECONNECT and e.attempt == 0]:
+        p.append(("INV-QUICK-1", f"{letter} in {src}: the episode's quick retry was not made"))
+    if [e for e in opens if e.reason is OpenReason.RECONNECT and e.attempt == 0] and \
+            before.observer[4]:
+        p.append(("INV-QUICK-1", "a second quick retry in one episode"))
     restart = [e for e in opens if e.reason is OpenReason.RESTART]
-    if restart:
-        if ev in _ROLLOVER_LETTERS:
-            back_to_active = (src == "active" and ev == "rollover_due") or (
-                (src, ev) in (("listening", "speech_stopped"), ("speaking", "audio_stopped"))
-            ) or (src == "ice_grace" and ev == "ice_recovered"
-                  and before.observer[0] == "active")
-            if not back_to_active:
-                p.append(("INV-ROLLOVER-2", f"rollover restart from {src} on {ev}"))
-        elif Timer.STABLE in before.armed:
-            p.append(("INV-DAMP-1", f"{letter} restarted the transport inside an episode"))
+    due = before.observer[5] or ev == "rollover_due"
+    back_to_active = (src == "active" and ev == "rollover_due") or (
+        (src, ev) in (("listening", "speech_stopped"), ("speaking", "audio_stopped"))
+    ) or (src == "ice_grace" and ev == "ice_recovered" and before.observer[0] == "active")
+    if ev in _ROLLOVER_LETTERS:
+        if due and back_to_active and not restart:
+            p.append(("INV-ROLLOVER-2", f"the due rollover not taken on {ev} in {src}"))
+        if restart and not (due and back_to_active):
+            p.append(("INV-ROLLOVER-2", f"rollover restart from {src} on {ev} "
+                      f"({'due' if due else 'not due'})"))
+    elif restart and Timer.STABLE in before.armed:
+        p.append(("INV-DAMP-1", f"{letter} restarted the transport inside an episode"))
+    failure = ev in ("transport_failed", "ice_grace_expired") or (
+        ev == "server_error" and letter.severity not in ("fatal", "ignorable") and (
+            letter.code == "session_expired" or (letter.severity == "recoverable"
+                                                 and letter.retry_after is None)))
+    if src in WORKING and failure and Timer.STABLE not in before.armed and not restart:
+        p.append(("INV-DAMP-2", f"{letter} in a stable {src} did not restart at once"))
     if ev == "rollover_due" and src in ("listening", "speaking", "ice_grace") and (
             closes or opens):
         p.append(("INV-ROLLOVER-2", f"rollover in {src} replaced the connection"))
@@ -405,14 +466,17 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
             p.append(("INV-ROLLOVER-1", f"expires_in {letter.expires_in} gave {effects}"))
     if ev == "server_error" and letter.severity != "fatal":
         expired = letter.code == "session_expired" and src in WORKING
-        if letter.severity in ("transient", "ignorable") and not expired:
+        if letter.severity == "ignorable" or (letter.severity == "transient" and not expired):
             if dst != src or opens or closes:
                 p.append(("INV-SERVER-1", f"{letter} in {src} led to {dst} / {effects}"))
-            n = sum(isinstance(e, ReportError) for e in effects)
-            if n != (1 if letter.severity == "transient" else 0):
-                p.append(("INV-SERVER-1", f"{letter} reported {n} times"))
+            if [type(e) for e in effects] != ([ReportError] if letter.severity == "transient"
+                                              else []):
+                p.append(("INV-SERVER-1", f"{letter} in {src} emitted {effects}"))
         if letter.severity == "recoverable" and not closes:
             p.append(("INV-SERVER-2", f"{letter} in {src} kept the connection"))
+        if letter.severity == "recoverable" and not expired and dst != "error" and [
+                (r.code, r.severity) for r in reports] != [(letter.code, "recoverable")]:
+            p.append(("INV-SERVER-2", f"{letter} in {src} reported {reports}"))
         if expired and letter.severity != "ignorable" and not closes:
             p.append(("INV-SERVER-3", f"{letter} in {src} kept the connection"))
     return p
@@ -641,7 +705,7 @@ def table_rows(table: Iterable[Row] | None = None) -> list[tuple[str, ...]]:
     """The table as text rows (from, event, guard, to, kind, updates, effects, label)."""
     from fsm_voice.machine.table import TABLE
 
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (r.source, r.event, r.guard_text, r.target, "internal" if r.internal else "external",
          _cell(r.updates), _cell(r.effects), r.label)
         for r in (table if table is not None else TABLE)
@@ -730,16 +794,16 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-RETRY-1": ("INV-RETRY-1", "INV-RETRY-3", "retry_bound"),
     "SPEC-RETRY-2": ("INV-RETRY-2",),
     "SPEC-RETRY-3": ("INV-RETRY-3", "stable_ends_episode"),
-    "SPEC-RETRY-4": ("INV-RETRY-4",),
+    "SPEC-RETRY-4": ("INV-RETRY-4", "INV-REPORT-1"),
     "SPEC-RETRY-5": ("INV-RETRY-2", "INV-RETRY-5"),
-    "SPEC-DAMP-1": ("INV-DAMP-1", "LIVE-1", "peer_fails_reaches_error"),
+    "SPEC-DAMP-1": ("INV-DAMP-1", "INV-DAMP-2", "LIVE-1", "peer_fails_reaches_error"),
     "SPEC-DAMP-2": ("INV-TIMER-1", "INV-UP-1", "stable_ends_episode"),
-    "SPEC-FATAL-1": ("INV-FATAL-1", "no_reconnect_after_fatal"),
+    "SPEC-FATAL-1": ("INV-FATAL-1", "INV-REPORT-1", "no_reconnect_after_fatal"),
     "SPEC-TRANSIENT-1": ("INV-QUICK-1", "LIVE-1"),
     "SPEC-SERVER-1": ("INV-SERVER-1",),
     "SPEC-SERVER-2": ("INV-SERVER-2", "INV-DAMP-1"),
     "SPEC-SERVER-3": ("INV-SERVER-3",),
-    "SPEC-ICE-1": ("INV-TIMER-1", "INV-TRANSPORT-3"),
+    "SPEC-ICE-1": ("INV-ICE-1", "INV-TIMER-1", "INV-TRANSPORT-3"),
     "SPEC-ICE-2": ("INV-DAMP-1", "INV-TRANSPORT-1"),
     "SPEC-ICE-3": ("INV-TIMER-1", "reconnecting_ends"),
     "SPEC-ICE-4": ("INV-ICE-4",),
@@ -750,7 +814,8 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-ROLLOVER-1": ("INV-ROLLOVER-1",),
     "SPEC-ROLLOVER-2": ("INV-ROLLOVER-2",),
     "SPEC-ROLLOVER-3": ("INV-TIMER-4", "INV-TIMER-1"),
-    "SPEC-TIMER-1": ("INV-TIMER-1", "INV-TIMER-2", "INV-TIMER-3", "idle_has_no_timer"),
+    "SPEC-TIMER-1": ("INV-TIMER-1", "INV-TIMER-2", "INV-TIMER-3", "INV-TIMER-5",
+                     "INV-TIMER-6", "idle_has_no_timer"),
     "SPEC-CRASH-1": ("INV-CRASH-1",),
     **{k: (k,) for k in INVARIANTS},
 }
@@ -761,7 +826,7 @@ CHECKS: Final = frozenset(INVARIANTS) | frozenset(LTL_PROPERTIES)
 
 
 def rule_ids(spec_text: str) -> list[str]:
-    return sorted(set(re.findall(r"\b((?:SPEC|INV)-[A-Z]+-\d+)\b", spec_text)))
+    return sorted(set(re.findall(r"\b((?:SPEC|INV)-[A-Z]+-\d+|LIVE-\d+)\b", spec_text)))
 
 
 # -- Promela: a translation of the table ---------------------------------------------------------
@@ -815,15 +880,19 @@ def _pml_effect(e: Eff, letter: Letter, retry: RetryPolicy, rollover: RolloverPo
                 out.append(f"assert(!{bit})")
             out.append(f"{bit} = 1")
         else:
+            if assertions:  # INV-TIMER-5
+                out.append(f"assert({bit})")
             out.append(f"{bit} = 0")
     elif e.kind == "open":
         if assertions:
             out.append("assert(!topen)")
-        out += ["topen = 1", "speech = 0", "seen_media = 0", "seen_channel = 0"]
-        if e.reason is OpenReason.RECONNECT and e.counted:
-            out.append("tries = tries + 1")
+        out += ["topen = 1", "speech = 0", "seen_media = 0", "seen_channel = 0", "due = 0"]
+        if e.reason is OpenReason.RECONNECT:
+            out.append("tries = tries + 1" if e.counted else "quick = 1")
     elif e.kind == "close":
-        out += ["topen = 0", "speech = 0", "seen_media = 0", "seen_channel = 0"]
+        out += ["topen = 0", "speech = 0", "seen_media = 0", "seen_channel = 0", "due = 0"]
+    elif e.kind == "connection_up":
+        out.append("due = 0")
     if e.when is not None and out:
         cond = _pml_pred(e.when, letter, retry, rollover)
         return [f"if :: {cond} -> {'; '.join(out)} :: else -> skip fi"]
@@ -835,11 +904,12 @@ _LETTER_OBSERVER: Final[dict[str, str]] = {
     "speech_stopped": "if :: speech == 1 -> speech = 0 :: else -> skip fi",
     "audio_started": "speech = 2",
     "audio_stopped": "if :: speech == 2 -> speech = 0 :: else -> skip fi",
-    "start": "tries = 0",
-    "stop": "tries = 0",
-    "session_stable": "tries = 0",
+    "start": "tries = 0; quick = 0",
+    "stop": "tries = 0; quick = 0",
+    "session_stable": "tries = 0; quick = 0",
     "transport_connected": "seen_media = 1",
     "channel_open": "seen_channel = 1",
+    "rollover_due": "due = 1",
 }
 
 
@@ -873,7 +943,7 @@ def to_promela(
         lines.append(f"{kind} {var} = {_pml_value(var, initial)};")
     lines += [f"bool armed_{t.value} = 0;" for t in Timer]
     lines += ["bool topen = 0;", "byte speech = 0;", "byte tries = 0;", "bool seen_media = 0;",
-              "bool seen_channel = 0;"]
+              "bool seen_channel = 0;", "bool quick = 0;", "bool due = 0;"]
     if flags:
         lines += [f"bool {f} = 0;" for f in
                   ("ev_fatal", "ev_opened", "ev_start", "ev_stop", "ev_stable", "ev_timer")]
@@ -928,8 +998,8 @@ def _pml_body(r: Row, letter: Letter, retry: RetryPolicy, rollover: RolloverPoli
     if letter.event in _LETTER_OBSERVER:
         body.append(_LETTER_OBSERVER[letter.event])
     src = STATE[r.source]
-    if not r.internal and src.timer is not None:
-        body.append(f"armed_{src.timer.value} = 0")
+    if not r.internal and src.timer is not None and src.timer.value != letter.event:
+        body += _pml_effect(Eff("cancel", timer=src.timer), letter, retry, rollover, True)
     effs = [x for e in r.effects for x in _pml_effect(e, letter, retry, rollover, True)]
     body += effs
     body += [_pml_update(u) for u in r.updates]
@@ -962,7 +1032,7 @@ def _spin_build(d: Path, model: str) -> None:
     if not spin or not cc:
         raise RuntimeError("spin and gcc are needed: apt-get install spin gcc")
     (d / "model.pml").write_text(model)
-    subprocess.run([spin, "-a", "model.pml"], cwd=d, check=True, capture_output=True)
+    subprocess.run([spin, "-o2", "-a", "model.pml"], cwd=d, check=True, capture_output=True)
     subprocess.run([cc, "-O2", "-DNFAIR=3", "-DVECTORSZ=4096", "-o", "pan", "pan.c"], cwd=d,
                    check=True, capture_output=True)
 

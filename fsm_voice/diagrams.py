@@ -3,8 +3,8 @@
 Writes ``diagrams/lifecycle.mmd`` (Mermaid), ``lifecycle.dot`` and ``lifecycle.svg`` (Graphviz),
 ``lifecycle.scxml`` (W3C SCXML, readable by ``statemachine.io.load``), the Promela models
 ``specs/lifecycle.pml`` / ``lifecycle-peer.pml``, and the generated blocks of
-``specs/connection.md`` (states, invariants, transition table) and ``README.md`` (diagram). ``tests/test_diagrams.py`` fails when the committed files differ from
-what the machine generates now.
+``specs/connection.md`` (states, invariants, transition table) and ``README.md`` (diagram).
+``tests/test_diagrams.py`` fails when the committed files differ from what the table generates.
 """
 
 from __future__ import annotations

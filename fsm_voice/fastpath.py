@@ -99,7 +99,7 @@ class FastLifecycle(LifecycleLogic):
             if internal:
                 self._apply(row, kw)
             else:
-                self._exit(source)
+                self._exit(source, event)
                 self._apply(row, kw)
                 self.state_id = target
                 self._enter(target, kw)

@@ -250,31 +250,45 @@ class Verdict:
     """The rules that failed (killed), or why it is equivalent."""
 
 
-def _behaviour(table: tuple[Row, ...], max_attempts: int) -> frozenset[object]:
+Behaviour = frozenset[tuple[object, ...]]
+_ORIGINAL: dict[int, Behaviour] = {}
+
+
+def _explore(table: tuple[Row, ...], max_attempts: int) -> tuple[list[str], Behaviour,
+                                                                  list[Row]]:
+    """(failed rules, reachable behaviour, dead rows) of ``table`` with ``max_attempts``."""
     from fsm_voice.check import CHECK_RETRY, explore
     from fsm_voice.machine.logic import LifecycleLogic
 
     cls = type("Plain", (LifecycleLogic,), {"TABLE": table})
-    ex = explore(cls, attrs.evolve(CHECK_RETRY, max_attempts=max_attempts), crash=False,
-                 liveness=False)
-    return frozenset((ex.configs[e.source], e.letter, ex.configs[e.target], e.effects)
-                     for e in ex.edges)
+    ex = explore(cls, attrs.evolve(CHECK_RETRY, max_attempts=max_attempts), stop_at_first=True)
+    behaviour = frozenset((ex.configs[e.source], e.letter, ex.configs[e.target], e.effects)
+                          for e in ex.edges)
+    taken = ex.rows_taken
+    return (list(dict.fromkeys(v.rule for v in ex.violations)), behaviour,
+            [r for r in table if r not in taken])
 
 
 def judge(m: Mutant) -> Verdict:
-    """``fsm-voice check`` (without the spec comparison and spin) as the oracle; a surviving
-    mutant whose reachable behaviour equals the original's is equivalent."""
-    from fsm_voice.check import check_all, dead_rows
-    from fsm_voice.machine.logic import LifecycleLogic
-
-    cls = type("Plain", (LifecycleLogic,), {"TABLE": m.table})
-    failed = check_all(cls)
-    if failed:
-        return Verdict(m.name, "killed", tuple(failed))
-    if all(_behaviour(m.table, n) == _behaviour(TABLE, n) for n in (3, 1, 0)):
+    """``fsm-voice check`` (explorer with max_attempts 3, 1, 0, liveness, crash, dead rows;
+    without the spec comparison, which every mutant fails, and spin) as the oracle. A mutant
+    that passes and whose reachable behaviour equals the original's is equivalent."""
+    failed: list[str] = []
+    same = True
+    dead: set[Row] | None = None
+    for n in (3, 1, 0):
+        rules, behaviour, dead_n = _explore(m.table, n)
+        failed += [r for r in rules if r not in failed]
+        if failed:
+            return Verdict(m.name, "killed", tuple(failed))
+        if n not in _ORIGINAL:
+            _ORIGINAL[n] = _explore(TABLE, n)[1]
+        same = same and behaviour == _ORIGINAL[n]
+        dead = set(dead_n) if dead is None else dead & set(dead_n)
+    if same:
         return Verdict(m.name, "equivalent", ("same transitions and effects from every "
                                               "reachable configuration (max_attempts 3, 1, 0)",))
-    if dead_rows(cls):
+    if dead:
         return Verdict(m.name, "killed", ("DEAD-ROW",))
     return Verdict(m.name, "survived", ())
 

@@ -32,6 +32,8 @@ byte speech = 0;
 byte tries = 0;
 bool seen_media = 0;
 bool seen_channel = 0;
+bool quick = 0;
+bool due = 0;
 bool ev_fatal = 0;
 bool ev_opened = 0;
 bool ev_start = 0;
@@ -43,12 +45,13 @@ active proctype lifecycle() {
     do
     :: d_step { st == ST_idle ->
          /* start | begin_session -> connecting */
-         tries = 0;
+         tries = 0; quick = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          attempts = 0;
          quick_used = 0;
          episode = 1;
@@ -67,12 +70,13 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_error ->
          /* start | begin_session -> connecting */
-         tries = 0;
+         tries = 0; quick = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          attempts = 0;
          quick_used = 0;
          episode = 1;
@@ -92,9 +96,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (channel_up == 1) && !seen_media ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -118,9 +124,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (channel_up == 1) && !seen_media ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -144,9 +152,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (channel_up == 1) && !seen_media ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -170,9 +180,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (media_up == 1) && !seen_channel ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -196,9 +208,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (media_up == 1) && !seen_channel ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -222,9 +236,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (media_up == 1) && !seen_channel ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -247,12 +263,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -267,12 +285,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -293,8 +313,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -313,8 +334,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -335,13 +357,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -363,8 +387,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -383,8 +408,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -405,13 +431,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -433,8 +461,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -453,8 +482,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -475,13 +505,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -499,13 +531,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -520,13 +554,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) ->
          /* transport_failed | give_up -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -543,18 +579,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) ->
          /* transport_failed | restart -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -572,12 +611,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -592,12 +633,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -614,12 +657,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -634,12 +679,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -695,17 +742,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -723,12 +774,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -743,12 +796,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -765,17 +820,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -793,12 +852,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -813,12 +874,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -835,17 +898,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -863,12 +930,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -883,12 +952,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -906,12 +977,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -927,12 +998,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -950,12 +1021,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -971,12 +1042,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -994,12 +1065,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) && armed_restart_timeout ->
          /* restart_timeout | back_off -> backoff */
          armed_restart_timeout = 0;
-         armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1015,12 +1086,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) && armed_restart_timeout ->
          /* restart_timeout | give_up -> error */
          armed_restart_timeout = 0;
-         armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1038,12 +1109,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_backoff && armed_backoff_expired ->
          /* backoff_expired | retry_now -> reconnecting */
          armed_backoff_expired = 0;
-         armed_backoff_expired = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          tries = tries + 1;
          attempts = attempts + 1;
          st = ST_reconnecting;
@@ -1062,13 +1133,13 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) && armed_ice_grace_expired ->
          /* ice_grace_expired | back_off -> backoff */
          armed_ice_grace_expired = 0;
-         armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1084,13 +1155,13 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) && armed_ice_grace_expired ->
          /* ice_grace_expired | give_up -> error */
          armed_ice_grace_expired = 0;
-         armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1108,18 +1179,19 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && armed_ice_grace_expired ->
          /* ice_grace_expired | restart -> restarting */
          armed_ice_grace_expired = 0;
-         armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;

@@ -32,6 +32,8 @@ byte speech = 0;
 byte tries = 0;
 bool seen_media = 0;
 bool seen_channel = 0;
+bool quick = 0;
+bool due = 0;
 bool ev_fatal = 0;
 bool ev_opened = 0;
 bool ev_start = 0;
@@ -43,12 +45,13 @@ active proctype lifecycle() {
     do
     :: d_step { st == ST_idle ->
          /* start | begin_session -> connecting */
-         tries = 0;
+         tries = 0; quick = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          attempts = 0;
          quick_used = 0;
          episode = 1;
@@ -67,12 +70,13 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_error ->
          /* start | begin_session -> connecting */
-         tries = 0;
+         tries = 0; quick = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          attempts = 0;
          quick_used = 0;
          episode = 1;
@@ -91,7 +95,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_idle ->
          /* stop | - -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          ev_fatal = 0;
          ev_opened = 0;
          ev_start = 0;
@@ -101,13 +105,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -126,13 +132,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_active ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -151,13 +158,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_listening ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -176,13 +184,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_speaking ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -201,14 +210,16 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -227,13 +238,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -252,7 +265,8 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_backoff ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
+         assert(armed_backoff_expired);
          armed_backoff_expired = 0;
          st = ST_idle;
          attempts = 0;
@@ -271,13 +285,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_idle;
          attempts = 0;
@@ -296,7 +312,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_error ->
          /* stop | shutdown -> idle */
-         tries = 0;
+         tries = 0; quick = 0;
          st = ST_idle;
          attempts = 0;
          quick_used = 0;
@@ -315,9 +331,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (channel_up == 1) ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -341,9 +359,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (channel_up == 1) ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -367,9 +387,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (channel_up == 1) ->
          /* transport_connected | session_up -> active */
          seen_media = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -393,9 +415,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (media_up == 1) ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -419,9 +443,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (media_up == 1) ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -445,9 +471,11 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (media_up == 1) ->
          /* channel_open | session_up -> active */
          seen_channel = 1;
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          assert(!armed_session_stable);
          armed_session_stable = 1;
+         due = 0;
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
@@ -470,12 +498,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -490,12 +520,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -516,8 +548,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -536,8 +569,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -558,13 +592,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -586,8 +622,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -606,8 +643,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -628,13 +666,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -656,8 +696,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -676,8 +717,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -698,13 +740,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -722,13 +766,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -743,13 +789,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) ->
          /* transport_failed | give_up -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -766,18 +814,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) ->
          /* transport_failed | restart -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -795,12 +846,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -815,12 +868,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -837,12 +892,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) ->
          /* transport_failed | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -857,12 +914,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) ->
          /* transport_failed | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -879,17 +938,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -907,12 +970,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -927,12 +992,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -949,17 +1016,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -977,12 +1048,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -997,12 +1070,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1019,17 +1094,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(quick_used == 1) ->
          /* signaling_failed[transient] | quick_reconnect -> reconnecting */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
+         quick = 1;
          rollover = 0;
          quick_used = 1;
          st = ST_reconnecting;
@@ -1047,12 +1126,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* signaling_failed[transient] | back_off -> backoff */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1067,12 +1148,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting && !(!(quick_used == 1)) && !((attempts < MAX_ATTEMPTS)) ->
          /* signaling_failed[transient] | give_up -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1089,12 +1172,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* signaling_failed[transient, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1111,12 +1196,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* signaling_failed[transient, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1133,12 +1220,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* signaling_failed[transient, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1155,12 +1244,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* signaling_failed[fatal] | fail_fatal -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1177,12 +1268,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* signaling_failed[fatal] | fail_fatal -> error */
+         assert(armed_restart_timeout);
          armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1199,12 +1292,14 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* signaling_failed[fatal] | fail_fatal -> error */
+         assert(armed_connect_timeout);
          armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1288,8 +1383,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1310,8 +1406,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1330,8 +1427,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1352,13 +1450,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1380,8 +1480,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1402,8 +1503,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1422,8 +1524,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1444,13 +1547,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1472,8 +1577,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1494,8 +1600,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1514,8 +1621,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1536,13 +1644,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1560,13 +1670,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (episode == 1) ->
          /* server_error[transient, code=session_expired, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1583,13 +1695,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1)) && (episode == 1) && (attempts < MAX_ATTEMPTS) ->
          /* server_error[transient, code=session_expired, retry_after=120] | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -1604,13 +1718,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1)) && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) ->
          /* server_error[transient, code=session_expired, retry_after=120] | give_up -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1627,18 +1743,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1)) && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) ->
          /* server_error[transient, code=session_expired, retry_after=120] | restart -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -1660,8 +1779,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1676,28 +1796,23 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_active && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
@@ -1709,8 +1824,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1725,28 +1841,23 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_listening && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
@@ -1758,8 +1869,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1774,28 +1886,23 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_speaking && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
@@ -1803,13 +1910,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && (attempts < MAX_ATTEMPTS) ->
          /* server_error[recoverable, code=test_code, retry_after=1] | back_off -> backoff */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          episode = 1;
          st = ST_backoff;
@@ -1824,29 +1933,25 @@ active proctype lifecycle() {
          ev_timer = 0;
        }
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && !((attempts < MAX_ATTEMPTS)) ->
-         /* server_error[recoverable, code=test_code, retry_after=1] | restart -> restarting */
+         /* server_error[recoverable, code=test_code, retry_after=1] | give_up -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
-         assert(!topen);
-         topen = 1;
-         speech = 0;
-         seen_media = 0;
-         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
-         episode = 1;
-         st = ST_restarting;
+         st = ST_error;
          media_up = 0;
          channel_up = 0;
+         episode = 0;
+         rollover = 0;
          resume = 0;
-         assert(!armed_restart_timeout);
-         armed_restart_timeout = 1;
          ev_fatal = 0;
-         ev_opened = 1;
+         ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
@@ -1858,8 +1963,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1880,8 +1986,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1902,8 +2009,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1920,13 +2028,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace ->
          /* server_error[recoverable, code=test_code, retry_after=120] | retry_after_too_long -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1947,8 +2057,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1969,8 +2080,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -1991,8 +2103,9 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2009,13 +2122,15 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace ->
          /* server_error[fatal, code=test_code] | fail_fatal -> error */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2032,7 +2147,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_connecting ->
          /* session_info[expires_in=1800] | arm_rollover -> connecting */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2045,7 +2160,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_active ->
          /* session_info[expires_in=1800] | arm_rollover -> active */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2067,7 +2182,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_listening && !((rollover == 2)) ->
          /* session_info[expires_in=1800] | arm_rollover -> listening */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2089,7 +2204,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_speaking && !((rollover == 2)) ->
          /* session_info[expires_in=1800] | arm_rollover -> speaking */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2111,7 +2226,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((rollover == 2)) ->
          /* session_info[expires_in=1800] | arm_rollover -> ice_grace */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2124,7 +2239,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_restarting ->
          /* session_info[expires_in=1800] | arm_rollover -> restarting */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2137,7 +2252,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_reconnecting ->
          /* session_info[expires_in=1800] | arm_rollover -> reconnecting */
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!armed_rollover_due);
          armed_rollover_due = 1;
          rollover = 1;
@@ -2151,6 +2266,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && armed_rollover_due ->
          /* rollover_due | drop_rollover -> connecting */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 0;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2162,17 +2278,19 @@ active proctype lifecycle() {
     :: d_step { st == ST_active && armed_rollover_due ->
          /* rollover_due | rollover -> restarting */
          armed_rollover_due = 0;
+         due = 1;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2191,6 +2309,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_listening && armed_rollover_due ->
          /* rollover_due | rollover_pending -> listening */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 2;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2202,6 +2321,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_speaking && armed_rollover_due ->
          /* rollover_due | rollover_pending -> speaking */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 2;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2213,6 +2333,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && armed_rollover_due ->
          /* rollover_due | rollover_pending -> ice_grace */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 2;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2224,6 +2345,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && armed_rollover_due ->
          /* rollover_due | drop_rollover -> restarting */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 0;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2235,6 +2357,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && armed_rollover_due ->
          /* rollover_due | drop_rollover -> reconnecting */
          armed_rollover_due = 0;
+         due = 1;
          rollover = 0;
          ev_fatal = 0;
          ev_opened = 0;
@@ -2246,12 +2369,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2267,12 +2390,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2290,12 +2413,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && (attempts < MAX_ATTEMPTS) && armed_connect_timeout ->
          /* connect_timeout | back_off -> backoff */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2311,12 +2434,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting && !((attempts < MAX_ATTEMPTS)) && armed_connect_timeout ->
          /* connect_timeout | give_up -> error */
          armed_connect_timeout = 0;
-         armed_connect_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2432,13 +2555,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2569,13 +2694,15 @@ active proctype lifecycle() {
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2627,7 +2754,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_active && armed_session_stable ->
          /* session_stable | episode_ends -> active */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2641,7 +2768,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_listening && armed_session_stable ->
          /* session_stable | episode_ends -> listening */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2655,7 +2782,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_speaking && armed_session_stable ->
          /* session_stable | episode_ends -> speaking */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2669,7 +2796,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && armed_session_stable ->
          /* session_stable | episode_ends -> ice_grace */
          armed_session_stable = 0;
-         tries = 0;
+         tries = 0; quick = 0;
          attempts = 0;
          quick_used = 0;
          episode = 0;
@@ -2682,6 +2809,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && (resume == 1) ->
          /* ice_recovered | resume_listening -> listening */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          st = ST_listening;
          resume = 0;
@@ -2694,6 +2822,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((resume == 1)) && (resume == 2) ->
          /* ice_recovered | resume_speaking -> speaking */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          st = ST_speaking;
          resume = 0;
@@ -2706,18 +2835,21 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((resume == 1)) && !((resume == 2)) && (rollover == 2) ->
          /* ice_recovered | rollover -> restarting */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2735,6 +2867,7 @@ active proctype lifecycle() {
        }
     :: d_step { st == ST_ice_grace && !((resume == 1)) && !((resume == 2)) && !((rollover == 2)) ->
          /* ice_recovered | resume_active -> active */
+         assert(armed_ice_grace_expired);
          armed_ice_grace_expired = 0;
          st = ST_active;
          resume = 0;
@@ -2748,13 +2881,13 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && (episode == 1) && (attempts < MAX_ATTEMPTS) && armed_ice_grace_expired ->
          /* ice_grace_expired | back_off -> backoff */
          armed_ice_grace_expired = 0;
-         armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2770,13 +2903,13 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && (episode == 1) && armed_ice_grace_expired ->
          /* ice_grace_expired | give_up -> error */
          armed_ice_grace_expired = 0;
-         armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2794,18 +2927,19 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && !((episode == 1) && (attempts < MAX_ATTEMPTS)) && !((episode == 1)) && armed_ice_grace_expired ->
          /* ice_grace_expired | restart -> restarting */
          armed_ice_grace_expired = 0;
-         armed_ice_grace_expired = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (episode == 1) -> armed_session_stable = 0 :: else -> skip fi;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          rollover = 0;
          episode = 1;
          st = ST_restarting;
@@ -2824,12 +2958,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && (attempts < MAX_ATTEMPTS) && armed_restart_timeout ->
          /* restart_timeout | back_off -> backoff */
          armed_restart_timeout = 0;
-         armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_backoff;
          resume = 0;
@@ -2845,12 +2979,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting && !((attempts < MAX_ATTEMPTS)) && armed_restart_timeout ->
          /* restart_timeout | give_up -> error */
          armed_restart_timeout = 0;
-         armed_restart_timeout = 0;
          topen = 0;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
-         if :: (rollover == 1) -> armed_rollover_due = 0 :: else -> skip fi;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
          rollover = 0;
          st = ST_error;
          media_up = 0;
@@ -2868,12 +3002,12 @@ active proctype lifecycle() {
     :: d_step { st == ST_backoff && armed_backoff_expired ->
          /* backoff_expired | retry_now -> reconnecting */
          armed_backoff_expired = 0;
-         armed_backoff_expired = 0;
          assert(!topen);
          topen = 1;
          speech = 0;
          seen_media = 0;
          seen_channel = 0;
+         due = 0;
          tries = tries + 1;
          attempts = attempts + 1;
          st = ST_reconnecting;

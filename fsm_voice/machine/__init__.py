@@ -11,9 +11,8 @@ and executes. Refused events raise ``TransitionNotAllowed`` and change nothing.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from fsm_voice.machine.engine import LifecycleMachine as _Base
 from fsm_voice.machine.engine import build_machine
 from fsm_voice.machine.logic import LifecycleLogic, Snapshot
 from fsm_voice.machine.table import (
@@ -27,8 +26,11 @@ from fsm_voice.machine.table import (
     Status,
 )
 
-LifecycleMachine: Final[type[_Base]] = build_machine(TABLE)
-"""The reference engine for :data:`~fsm_voice.machine.table.TABLE`."""
+if TYPE_CHECKING:  # statically: the base every generated class derives from
+    from fsm_voice.machine.engine import LifecycleMachine
+else:
+    LifecycleMachine = build_machine(TABLE)
+    """The reference engine for :data:`~fsm_voice.machine.table.TABLE`."""
 
 #: Public statuses (SPEC-STATUS-1), as plain strings.
 STATUSES: Final = tuple(str(s) for s in Status)

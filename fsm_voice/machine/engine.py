@@ -34,8 +34,8 @@ class LifecycleMachine(LifecycleLogic, StateMachine):
     def on_enter_state(self, state: State, **kw: Any) -> None:
         self._enter(state.id, kw)
 
-    def on_exit_state(self, state: State, **kw: Any) -> None:
-        self._exit(state.id)
+    def on_exit_state(self, state: State, event: Any, **kw: Any) -> None:
+        self._exit(state.id, str(event))
 
     @property
     def state_id(self) -> str:
@@ -45,7 +45,7 @@ class LifecycleMachine(LifecycleLogic, StateMachine):
     def status(self) -> str:
         return STATUS_OF[self.state_id]
 
-    def send(self, event: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def send(self, event: str, *args: Any, **kwargs: Any) -> Any:
         """Dispatch ``event``; a raising guard or action leaves the machine in ``error`` with
         the event undone (SPEC-CRASH-1). Refused events raise ``TransitionNotAllowed``."""
         source = self.state_id
@@ -83,18 +83,18 @@ def build_machine(table: tuple[Row, ...] = TABLE, name: str = "LifecycleMachine"
     by_event: dict[str, Any] = {}
     for i, row in enumerate(table):
         for p in row.guard:
-            ns.setdefault(p.name, _guard(predicate(p)))
+            ns.setdefault(f"if_{p.name}", _guard(predicate(p)))
         action = f"row_{i}_{row.label}"
         ns[action] = _action(row)
-        cond = [p.name for p in row.guard if not p.neg]
-        unless = [p.name for p in row.guard if p.neg]
+        cond = [f"if_{p.name}" for p in row.guard if not p.neg]
+        unless = [f"if_{p.name}" for p in row.guard if p.neg]
         src, dst = states[row.source], states[row.target]
         kw: dict[str, Any] = {"on": action, "internal": row.internal}
         if cond:
             kw["cond"] = cond
         if unless:
             kw["unless"] = unless
-        t = src.to.itself(**kw) if src is dst else src.to(dst, **kw)
+        t = src.to.itself(**kw) if src is dst else src.to(dst, **kw)  # type: ignore[no-untyped-call]
         by_event[row.event] = t if row.event not in by_event else by_event[row.event] | t
     ns.update(by_event)
     ns["__module__"] = __name__

@@ -159,9 +159,10 @@ class LifecycleLogic:
         if decl.timer is not None:
             self.effects.append(ArmTimer(decl.timer, self._delay(decl.timer, kw)))
 
-    def _exit(self, state_id: str) -> None:
+    def _exit(self, state_id: str, event: str) -> None:
+        """Cancel the state's timer, unless its own expiry is the event (it is gone already)."""
         timer = STATE[state_id].timer
-        if timer is not None:
+        if timer is not None and timer.value != event:
             self.effects.append(CancelTimer(timer))
 
     # -- crash-only (SPEC-CRASH-1) --------------------------------------------------------------

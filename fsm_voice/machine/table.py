@@ -51,7 +51,7 @@ class Update:
         return f"{self.var}={v}"
 
 
-def SET(var: str, value: bool | int | str) -> Update:  # noqa: N802 - reads like the spec
+def SET(var: str, value: bool | int | str) -> Update:
     return Update(var, "set", value)
 
 
@@ -223,12 +223,14 @@ class Row:
 
 
 # -- effect building blocks ----------------------------------------------------------------------
-def _close(source: str) -> tuple[Eff, ...]:
-    """Close the transport of ``source`` and cancel the timers that belong to it."""
+def _close(source: str, fired: Timer | None = None) -> tuple[Eff, ...]:
+    """Close the transport of ``source`` and cancel the timers that belong to it (but not
+    ``fired``, the timer whose expiry is the event)."""
     out = [Eff("close")]
     if source in WORKING:
         out.append(Eff("cancel", timer=Timer.STABLE, when=flag("episode")))
-    out.append(Eff("cancel", timer=Timer.ROLLOVER, when=is_("rollover", "armed")))
+    if fired is not Timer.ROLLOVER:
+        out.append(Eff("cancel", timer=Timer.ROLLOVER, when=is_("rollover", "armed")))
     return tuple(out)
 
 
@@ -258,8 +260,9 @@ def _fail(source: str, event: str, pre: tuple[Pred, ...] = (),
 
 def _restart(source: str, event: str, guard: tuple[Pred, ...] = (),
              report: tuple[Eff, ...] = (), label: str = "restart") -> Row:
+    fired = Timer.ROLLOVER if event == Timer.ROLLOVER.value else None
     return Row(source, event, "restarting", guard, (*_CLOSED, SET("episode", True)),
-               (*_close(source), *report, Eff("open", OpenReason.RESTART)), label=label)
+               (*_close(source, fired), *report, Eff("open", OpenReason.RESTART)), label=label)
 
 
 def _damped(source: str, event: str, pre: tuple[Pred, ...] = (),
@@ -391,6 +394,8 @@ def _build() -> tuple[Row, ...]:
             add(Row(s, "server_error", "backoff", (*rec, RA_SET, CAN_RETRY),
                     (*_CLOSED, SET("episode", True)), (*_close(s), _report()),
                     label="back_off"))
+            add(Row(s, "server_error", "error", (*rec, RA_SET), _CLOSED,
+                    (*_close(s), _report("retries_exhausted", "fatal")), label="give_up"))
             add(_restart(s, "server_error", rec, (_report(),)))
             add(Row(s, "server_error", s, (), (), (_report(),), internal=True,
                     label="report_nonfatal"))
