@@ -14,9 +14,10 @@ from statemachine import State, StateMachine
 from transitions import Machine
 
 from fsm_voice.clock import VirtualClock
+from fsm_voice.dispatcher import Posted
 from fsm_voice.fastpath import FastLifecycle
 from fsm_voice.machine import LifecycleMachine
-from fsm_voice.session import VoiceSession, _Posted
+from fsm_voice.session import VoiceSession
 from fsm_voice.testing import ScriptedTransport
 
 # A session that talks: the server events a live conversation produces, over and over.
@@ -98,8 +99,8 @@ def bench_runtime(n: int = 200_000) -> float:
             await anyio.wait_all_tasks_blocked()
             t0 = time.perf_counter()
             for i in range(n):
-                s._post(_Posted(CYCLE[i % len(CYCLE)], token=s._generation))
-            await s._drain()
+                s.dispatcher.post(Posted(CYCLE[i % len(CYCLE)], token=s.dispatcher.generation))
+            await s.dispatcher.drain()
             dt = time.perf_counter() - t0
             assert s.status == "active", s.status
             return n / dt
@@ -133,9 +134,9 @@ def bench_many_sessions(sessions: int = 1000, per_session: int = 200) -> float:
             t0 = time.perf_counter()
             for s, _t in live:
                 for i in range(per_session):
-                    s._post(_Posted(CYCLE[i % len(CYCLE)], token=s._generation))
+                    s.dispatcher.post(Posted(CYCLE[i % len(CYCLE)], token=s.dispatcher.generation))
             for s, _t in live:
-                await s._drain()
+                await s.dispatcher.drain()
             dt = time.perf_counter() - t0
             assert all(s.status == "active" for s, _ in live)
             done.set()

@@ -181,61 +181,98 @@ def _find_spec(explicit: str | None) -> Path | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.mutate:
+        return _cmd_mutate(args)
+    import attrs
     from rich.console import Console
     from rich.table import Table
 
-    from fsm_voice.check import explore, parse_spec_table, run_spin, table_rows, to_promela
+    from fsm_voice.check import (
+        CHECK_RETRY,
+        dead_rows,
+        explore,
+        generated_spec,
+        run_spin,
+        spin_state_count,
+        to_promela,
+    )
     from fsm_voice.machine import LifecycleMachine
-    from fsm_voice.policy import RetryPolicy
 
     console = Console()
     PLANTED = _planted()
     machine: type[LifecycleMachine] = PLANTED[args.planted] if args.planted else LifecycleMachine
     ok = True
     ex = explore(machine)
-    taken = set(ex.rows_taken)
-    for max_attempts in (0, 1):  # rows only reachable with other bounds (e.g. give_up at once)
-        taken |= explore(machine, RetryPolicy(max_attempts=max_attempts)).rows_taken
+    violations = list(ex.violations)
+    for max_attempts in (1, 0):  # rows only reachable with other bounds (e.g. give_up at once)
+        violations += explore(machine, attrs.evolve(CHECK_RETRY, max_attempts=max_attempts),
+                              stop_at_first=True).violations
     table = Table(title=f"Explored {machine.__name__}", show_header=False)
     for k, v in ex.summary().items():
         table.add_row(k, str(v))
-    rows = table_rows(machine)
-    table.add_row("table rows (implementation)", str(len(rows)))
-    table.add_row("rows taken with max_attempts in {0, 1, 3}", str(len(taken)))
+    table.add_row("table rows", str(len(machine.TABLE)))
     console.print(table)
-    for violation in ex.violations[: args.show]:
+    for violation in violations[: args.show]:
         ok = False
         console.print(f"[bold red]VIOLATION[/] {violation}")
-    if len(ex.violations) > args.show:
-        console.print(f"... and {len(ex.violations) - args.show} more violations")
-    dead = {(r[0], r[1], r[3], tuple(a for a in r[5].split(", ") if a != "-")) for r in rows} - {
-        (s, e, t, a) for s, e, t, a in taken
-    }
+    if len(violations) > args.show:
+        console.print(f"... and {len(violations) - args.show} more violations")
+    dead = dead_rows(machine)
     if dead:
         ok = False
-        console.print(f"[red]rows never taken:[/] {sorted(dead)}")
+        console.print(f"[red]rows never taken:[/] {[(r.source, r.event, r.label) for r in dead]}")
     spec = _find_spec(args.spec)
     if spec is not None and not args.planted:
         try:
-            spec_rows = parse_spec_table(spec.read_text())
+            text = spec.read_text()
+            fresh = generated_spec(text)
         except (OSError, ValueError) as exc:
-            console.print(f"[red]cannot read the spec table from {spec}: {exc}[/]")
+            console.print(f"[red]cannot read the generated blocks of {spec}: {exc}[/]")
             return 1
-        if spec_rows != [tuple(r) for r in rows]:
+        if fresh != text:
             ok = False
-            missing = set(rows) - set(spec_rows)
-            extra = set(spec_rows) - set(rows)
-            console.print(f"[red]spec table ({spec}) differs from the machine[/]: "
-                          f"not in spec {sorted(missing)}; only in spec {sorted(extra)}")
+            console.print(f"[red]the tables of {spec} differ from the machine[/]; "
+                          "run `fsm-voice diagram`")
         else:
-            console.print(f"spec table matches the machine ({len(rows)} rows, {spec})")
+            console.print(f"spec tables match the machine ({len(machine.TABLE)} rows, {spec})")
     if args.spin:
-        for r in run_spin(to_promela(ex)):
-            mark = "[green]ok[/]" if r.ok else "[bold red]VIOLATED[/]"
-            console.print(f"spin: {r.prop:28s} {mark}")
-            ok = ok and r.ok
+        count = spin_state_count(to_promela(machine, flags=False))
+        same = count == len(ex.configs)
+        ok = ok and same
+        mark = "[green]ok[/]" if same else "[bold red]DIFFERS[/]"
+        console.print(f"spin: {count} reachable states, explorer {len(ex.configs)} "
+                      f"configurations {mark}")
+        for model in (to_promela(machine), to_promela(machine, peer=True)):
+            for r in run_spin(model):
+                mark = "[green]ok[/]" if r.ok else "[bold red]VIOLATED[/]"
+                console.print(f"spin: {r.prop:28s} {mark}")
+                ok = ok and r.ok
     console.print("[bold green]check passed[/]" if ok else "[bold red]check FAILED[/]")
     return 0 if ok else 1
+
+
+def _cmd_mutate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fsm_voice.mutants import NAMED, operator_mutants, run
+
+    console = Console()
+
+    named = run(list(NAMED.values()), workers=args.workers)
+    ops = run(list(operator_mutants()), workers=args.workers)
+    for title, verdicts in (("named mutants", named), ("operator mutants", ops)):
+        killed = sum(v.outcome == "killed" for v in verdicts)
+        equivalent = [v for v in verdicts if v.outcome == "equivalent"]
+        survived = [v for v in verdicts if v.outcome == "survived"]
+        console.print(f"{title}: {len(verdicts)}, killed {killed}, equivalent "
+                      f"{len(equivalent)}, survived {len(survived)}; score "
+                      f"{killed}/{len(verdicts) - len(equivalent)}")
+        if title == "named mutants":
+            for v in verdicts:
+                console.print(f"  {v.name:34s} {v.outcome:10s} {', '.join(v.rules)}")
+        for v in survived:
+            console.print(f"  [bold red]SURVIVED[/] {v.name}")
+    return 0 if all(v.outcome != "survived" for v in (*named, *ops)) else 1
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
@@ -245,7 +282,7 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise ConfigError.invalid("--root", args.root, "an existing directory")
     stale = []
-    for rel, text in generated().items():
+    for rel, text in generated(root).items():
         path = root / rel
         if args.check:
             if not path.exists() or path.read_text() != text:
@@ -271,13 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="explore the machine exhaustively, check invariants and spin",
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--planted", choices=_planted_names(),
-                   help="check a deliberately broken variant")
+    c.add_argument("--planted", choices=_planted_names(), help="check a named mutant")
+    c.add_argument("--mutate", action="store_true",
+                   help="mutation testing: run every mutant with check as the oracle")
+    c.add_argument("--workers", type=count, default=2, help="processes for --mutate")
     c.add_argument("--spec", help="path to specs/connection.md (default: found from cwd)")
     c.add_argument("--no-spin", dest="spin", action="store_false", help="skip the spin model check")
     c.add_argument("--show", type=count, default=3, help="violations to print (default 3)")
     c.set_defaults(func=cmd_check)
-    d = sub.add_parser("diagram", help="write diagrams/ and specs/lifecycle.pml",
+    d = sub.add_parser("diagram", help="regenerate diagrams/, specs/*.pml, the spec's tables "
+                       "and the README's diagram",
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--check", action="store_true", help="only report drift, write nothing")
     d.add_argument("--root", default=".", help="project root (default: cwd)")

@@ -2,16 +2,19 @@
 
 Timers are callbacks (``call_later``), not tasks: arming one costs a heap push, cancelling it a
 flag, so a host running many sessions pays nothing per timer beyond that. The session owns every
-handle and cancels them all when it stops.
+handle and cancels them all when it stops. :func:`fail_after` bounds a wait on a clock (a real or a
+virtual one), like ``anyio.fail_after`` does on the event loop's time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import anyio
@@ -44,6 +47,27 @@ class RealClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return asyncio.get_running_loop().call_later(delay, callback)
+
+
+@contextlib.contextmanager
+def fail_after(clock: Clock, delay: float | None) -> Iterator[anyio.CancelScope]:
+    """Cancel the body after ``delay`` seconds of ``clock`` and raise :class:`TimeoutError`
+    (``None``: no limit). The expiry is a clock callback, so a virtual clock decides when."""
+    if delay is not None and (not isinstance(delay, int | float) or math.isnan(delay)):
+        raise ValueError(f"a timeout is a number of seconds or None, got {delay!r}")
+    with anyio.CancelScope() as scope:
+        handle: TimerHandle | None = None
+        if delay is not None and delay <= 0:
+            scope.cancel()
+        elif delay is not None and delay != math.inf:
+            handle = clock.call_later(delay, scope.cancel)
+        try:
+            yield scope
+        finally:
+            if handle is not None:
+                handle.cancel()
+    if scope.cancelled_caught:
+        raise TimeoutError(f"not done within {delay} s")
 
 
 class _VirtualHandle:

@@ -19,6 +19,10 @@ class Timer(enum.StrEnum):
     ICE_GRACE = "ice_grace_expired"
     RESTART_TIMEOUT = "restart_timeout"
     BACKOFF = "backoff_expired"
+    STABLE = "session_stable"
+    """Armed when a connection comes up: when it fires the failure episode ends (damping)."""
+    ROLLOVER = "rollover_due"
+    """Armed by ``session_info``: roll the session over before the server's time limit."""
 
 
 class OpenReason(enum.StrEnum):
@@ -63,4 +67,25 @@ class ReportError:
     """The :class:`~fsm_voice.errors.VoiceError` behind it, when there is one."""
 
 
-Effect = OpenTransport | CloseTransport | ArmTimer | CancelTimer | ReportError
+@attrs.frozen(slots=True)
+class NewConversation:
+    """Emitted by ``start``: discard the conversation, history and outbox of an earlier session."""
+
+
+@attrs.frozen(slots=True)
+class ConnectionUp:
+    """A connection reached ``active``: send the session config, then (iff ``replay``) replay the
+    conversation, then flush the outbox."""
+
+    replay: bool
+
+
+Effect = (
+    OpenTransport
+    | CloseTransport
+    | ArmTimer
+    | CancelTimer
+    | ReportError
+    | NewConversation
+    | ConnectionUp
+)

@@ -64,6 +64,7 @@ __all__ = [
     "classify_exception",
     "classify_http",
     "classify_server_event",
+    "machine_severity",
     "parse_retry_after",
     "redact",
 ]
@@ -612,6 +613,12 @@ def classify_exception(exc: BaseException) -> VoiceError:
 # --------------------------------------------------------------------------------------------
 # Dispatch
 # --------------------------------------------------------------------------------------------
+
+
+def machine_severity(err: VoiceError) -> str:
+    """The ``severity=`` the lifecycle machine gets for ``err``: ``"ignorable"`` for harmless
+    races (the table decides that they change nothing), else the severity itself."""
+    return "ignorable" if err.ignorable else str(err.severity)
 
 
 def classify(obj: object) -> VoiceError:

@@ -1,12 +1,13 @@
-"""A compiled, table-driven engine for the lifecycle: same table, same callbacks, much faster.
+"""A compiled, table-driven engine for the lifecycle: same rows, no python-statemachine.
 
-:func:`compile_machine` reads the python-statemachine class (states, transitions, ``cond`` and
-``on`` callback names, ``internal`` flags) and builds a dict ``(state, event) -> candidates``.
-:class:`FastLifecycle` interprets it with the semantics of python-statemachine's
-``StateMachine``: the first candidate whose guards all hold wins; exit callbacks, then the
-transition's actions, then the state changes, then entry callbacks; an internal transition runs
-only its actions. A differential hypothesis test (``tests/test_fastpath.py``) checks that it
-agrees with python-statemachine on every event sequence.
+:func:`compile_table` turns :data:`~fsm_voice.machine.table.TABLE` (or a mutant of it) into a
+dict ``(state, event) -> candidates`` with the guards compiled to closures. :class:`FastLifecycle`
+interprets it with the semantics of the generated python-statemachine class: the first candidate
+whose guards all hold wins; exit (cancel the source timer), the row's updates and effects, entry;
+an internal row runs only its updates and effects; a raising guard or action restores the
+configuration, discards the event's effects and takes the crash row. ``tests/test_fastpath.py``
+proves it equal to the reference engine on every reachable configuration x every event x every
+parameter class.
 """
 
 from __future__ import annotations
@@ -15,70 +16,32 @@ import random
 from collections.abc import Callable
 from typing import Any, Final
 
-import attrs
 from statemachine.exceptions import TransitionNotAllowed
 
-from fsm_voice.effects import Effect
-from fsm_voice.machine import STATUS_OF, LifecycleLogic, LifecycleMachine
-from fsm_voice.policy import IcePolicy, RetryPolicy
+from fsm_voice.machine import LifecycleMachine
+from fsm_voice.machine.logic import LifecycleLogic, predicate
+from fsm_voice.machine.table import STATUS_OF, TABLE, Row
+from fsm_voice.policy import IcePolicy, RetryPolicy, RolloverPolicy
+
+Guard = tuple[Callable[..., bool], bool]
+Candidate = tuple[str, bool, tuple[Guard, ...], Row]
 
 
-@attrs.frozen(slots=True)
-class CompiledTransition:
-    source: str
-    target: str
-    event: str
-    internal: bool
-    guards: tuple[tuple[str, bool], ...]
-    """(callback name, expected truth value) in evaluation order."""
-    actions: tuple[str, ...]
-
-
-def _names(specs: Any, *, with_expected: bool = False) -> list[Any]:
-    out: list[Any] = []
-    for spec in specs:
-        if spec.is_convention:
-            continue
-        if not isinstance(spec.func, str):
-            raise TypeError(f"fastpath needs callbacks named by string, got {spec.func!r}")
-        out.append((spec.func, spec.expected_value is not False) if with_expected else spec.func)
-    return out
-
-
-def compile_machine(
-    cls: type[LifecycleMachine] = LifecycleMachine,
-) -> dict[tuple[str, str], tuple[CompiledTransition, ...]]:
-    """The transition table of ``cls`` keyed by ``(source state id, event id)``."""
-    table: dict[tuple[str, str], list[CompiledTransition]] = {}
-    for state in cls.states:
-        for t in state.transitions:
-            for event in t.events:
-                ct = CompiledTransition(
-                    source=t.source.id,
-                    target=t.target.id,
-                    event=str(event),
-                    internal=bool(t.internal),
-                    guards=tuple(_names(t.cond, with_expected=True)),
-                    actions=tuple(_names(t.on)),
-                )
-                table.setdefault((ct.source, ct.event), []).append(ct)
-    return {k: tuple(v) for k, v in table.items()}
-
-
-_Bound = tuple[
-    str,
-    bool,
-    tuple[tuple[Callable[..., Any], bool], ...],
-    tuple[Callable[..., Any], ...],
-    CompiledTransition,
-]
+def compile_table(table: tuple[Row, ...] = TABLE) -> dict[tuple[str, str], tuple[Candidate, ...]]:
+    """``(source, event) -> ((target, internal, ((guard, negated), ...), row), ...)``."""
+    out: dict[tuple[str, str], list[Candidate]] = {}
+    for row in table:
+        guards = tuple((predicate(p), p.neg) for p in row.guard)
+        out.setdefault((row.source, row.event), []).append(
+            (row.target, row.internal, guards, row))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 class FastLifecycle(LifecycleLogic):
-    """Drop-in for :class:`LifecycleMachine` where dispatch speed matters (``send``, ``state_id``,
-    ``status``, ``take_effects``, counters)."""
+    """Drop-in for :class:`LifecycleMachine` where dispatch speed matters (``send``,
+    ``state_id``, ``status``, ``take_effects``, counters)."""
 
-    _tables: Final[dict[type, dict[tuple[str, str], tuple[CompiledTransition, ...]]]] = {}
+    _tables: Final[dict[tuple[Row, ...], dict[tuple[str, str], tuple[Candidate, ...]]]] = {}
 
     def __init__(
         self,
@@ -86,77 +49,72 @@ class FastLifecycle(LifecycleLogic):
         ice: IcePolicy | None = None,
         rng: random.Random | None = None,
         *,
-        machine: type[LifecycleMachine] = LifecycleMachine,
+        machine: type[LifecycleLogic] = LifecycleMachine,
+        rollover: RolloverPolicy | None = None,
     ) -> None:
-        self._init_logic(retry, ice, rng)
-        table = self._tables.get(machine)
+        self._init_logic(retry, ice, rng, rollover)
+        self.TABLE = machine.TABLE
+        table = self._tables.get(machine.TABLE)
         if table is None:
-            table = self._tables[machine] = compile_machine(machine)
+            table = self._tables[machine.TABLE] = compile_table(machine.TABLE)
         self.table = table
-        # A throwaway instance of the machine class resolves the callbacks, so subclasses that
-        # override a guard or action (e.g. the planted-bug variants) behave the same here.
-        proto = machine.__new__(machine)
-        self._bound: dict[tuple[str, str], tuple[_Bound, ...]] = {
-            key: tuple(
-                (
-                    ct.target,
-                    ct.internal,
-                    tuple((getattr(type(proto), g).__get__(self), exp) for g, exp in ct.guards),
-                    tuple(getattr(type(proto), a).__get__(self) for a in ct.actions),
-                    ct,
-                )
-                for ct in cands
-            )
-            for key, cands in table.items()
-        }
-        self._enter_hook = type(proto)._enter.__get__(self)
-        self._exit_hook = type(proto)._exit.__get__(self)
-        self.state_id: str = machine.initial_state.id
-        self.fired: CompiledTransition | None = None
+        if machine._after_row is not LifecycleLogic._after_row:  # a test's raising hook
+            self._after_row = machine._after_row.__get__(self)  # type: ignore[method-assign]
+        self.state_id: str = "idle"
+        self.fired: Row | None = None
         """The table row taken by the last accepted event."""
 
     @property
     def status(self) -> str:
         return STATUS_OF[self.state_id]
 
+    def _select(self, source: str, event: str, kw: dict[str, Any]) -> Candidate | None:
+        for cand in self.table.get((source, event), ()):
+            for guard, neg in cand[2]:
+                if bool(guard(self, **kw)) is neg:
+                    break
+            else:
+                return cand
+        return None
+
     def send(
-        self, event: str, *, severity: str | None = None, code: str = "", error: Any = None
+        self,
+        event: str,
+        *,
+        severity: str | None = None,
+        code: str = "",
+        error: Any = None,
+        retry_after: float | None = None,
+        expires_in: float | None = None,
     ) -> None:
         source = self.state_id
-        cands = self._bound.get((source, event))
-        if cands is not None:
-            for target, internal, guards, actions, ct in cands:
-                for guard, expected in guards:
-                    if bool(guard(severity=severity, code=code, error=error)) is not expected:
-                        break
-                else:
-                    self.fired = ct
-                    if internal:
-                        for act in actions:
-                            act(severity=severity, code=code, error=error)
-                        return
-                    self._exit_hook(source)
-                    for act in actions:
-                        act(severity=severity, code=code, error=error)
-                    self.state_id = target
-                    self._enter_hook(target)
-                    return
-        raise TransitionNotAllowed(_Event(event), {_State(source)})  # type: ignore[arg-type]
-
-    def take_effects(self) -> list[Effect]:
-        out, self.effects = self.effects, []
-        return out
+        kw = {"severity": severity, "code": code, "error": error, "retry_after": retry_after,
+              "expires_in": expires_in}
+        saved, mark = self.snapshot(source), len(self.effects)
+        try:
+            cand = self._select(source, event, kw)
+            if cand is None:
+                raise TransitionNotAllowed(_Event(event), {_State(source)})  # type: ignore[arg-type]
+            target, internal, _guards, row = cand
+            if internal:
+                self._apply(row, kw)
+            else:
+                self._exit(source, event)
+                self._apply(row, kw)
+                self.state_id = target
+                self._enter(target, kw)
+            self.fired = row
+        except TransitionNotAllowed:
+            raise
+        except Exception as exc:
+            self.state_id = self._crash(saved, mark, exc)
+            self.fired = None
 
     def enabled(self, event: str, **kw: Any) -> bool:
         """Whether ``event`` would be accepted now (guards evaluated, nothing changed)."""
-        for _t, _internal, guards, _actions, _ct in self._bound.get((self.state_id, event), ()):
-            if all(
-                bool(g(severity=kw.get("severity"), code=kw.get("code", ""),
-                       error=kw.get("error"))) is exp
-                for g, exp in guards
-            ):
-                return True
-        return False
+        params = {"severity": None, "code": "", "error": None, "retry_after": None,
+                  "expires_in": None, **kw}
+        return self._select(self.state_id, event, params) is not None
 
 
 class _Named:

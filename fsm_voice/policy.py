@@ -29,6 +29,7 @@ __all__ = [
     "QualityAlert",
     "QualityThresholds",
     "RetryPolicy",
+    "RolloverPolicy",
     "SessionPolicy",
     "parse_ice_url",
 ]
@@ -117,8 +118,19 @@ class RetryPolicy:
     """Retries before giving up, in [0, 20] (0: never retry)."""
     max_delay: float = attrs.field(default=30.0, converter=_to_float, validator=_number(0, 3600))
     """Upper bound of the nominal delay, seconds; >= base_delay, <= 3600."""
-    jitter: float = attrs.field(default=0.0, converter=_to_float, validator=_number(0, 1))
-    """Fraction of random spread, in [0, 1]."""
+    jitter: float = attrs.field(default=0.2, converter=_to_float, validator=_number(0, 1))
+    """Fraction of random spread, in [0, 1]; on by default so that clients that lose the same
+    server do not come back in lockstep (checks and exact-delay tests pass ``jitter=0``)."""
+    stable_after: float = attrs.field(
+        default=10.0, converter=_to_float, validator=_number(0, 3600, low_open=True)
+    )
+    """Seconds a connection must stay up before the failure episode ends (flap damping): until
+    then, failures back off and count toward ``max_attempts``. In (0, 3600]."""
+    max_retry_after: float = attrs.field(
+        default=60.0, converter=_to_float, validator=_number(0, 3600)
+    )
+    """The longest server ``Retry-After`` honoured, seconds; a longer one ends the episode in
+    ``error`` (``retry_after_too_long``). In [0, 3600]."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_delay < self.base_delay:
@@ -146,9 +158,48 @@ class RetryPolicy:
         u = (rng or _DEFAULT_RNG).random() * 2.0 - 1.0
         return nominal * (1.0 + self.jitter * u)
 
+    def backoff(
+        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        """The backoff before retry ``attempt``: the longer of :meth:`delay` and the server's
+        ``retry_after`` (the machine ends the episode before a ``retry_after`` beyond
+        ``max_retry_after`` gets here)."""
+        d = self.delay(attempt, rng)
+        return d if retry_after is None else max(d, float(retry_after))
+
+    def retry_after_too_long(self, retry_after: float | None) -> bool:
+        """Whether the server asks for a longer wait than this policy honours."""
+        return retry_after is not None and not retry_after <= self.max_retry_after
+
     def delays(self) -> tuple[float, ...]:
         """The nominal (jitter-free) delay of every attempt: ``(2.0, 4.0, 8.0)`` by default."""
         return tuple(self._nominal(n) for n in range(self.max_attempts))
+
+
+@attrs.frozen
+class RolloverPolicy:
+    """When the machine rolls a session over before the server's time limit (``session_info``)."""
+
+    margin: float = attrs.field(default=30.0, converter=_to_float, validator=_number(0, 3600))
+    """Roll over this many seconds before the session expires, in [0, 3600]."""
+    min_interval: float = attrs.field(
+        default=60.0, converter=_to_float, validator=_number(0, 86400, low_open=True)
+    )
+    """Never arm a rollover sooner than this (no rollover storm), in (0, 86400]."""
+    max_expires_in: float = attrs.field(
+        default=7 * 86400.0, converter=_to_float, validator=_number(0, 10**9, low_open=True)
+    )
+    """An ``expires_in`` beyond this is absurd: reported and ignored."""
+
+    def delay(self, expires_in: float | None) -> float | None:
+        """The rollover delay for ``expires_in`` seconds left, or None when the value is not
+        usable (None, not a number, <= 0, nan, inf, beyond ``max_expires_in``)."""
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+            return None
+        left = float(expires_in)
+        if not math.isfinite(left) or left <= 0.0 or left > self.max_expires_in:
+            return None
+        return max(left - self.margin, self.min_interval)
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,6 +467,9 @@ class SessionPolicy:
 
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_instance(RetryPolicy))
     ice: IcePolicy = attrs.field(factory=IcePolicy, validator=_instance(IcePolicy))
+    rollover: RolloverPolicy = attrs.field(
+        factory=RolloverPolicy, validator=_instance(RolloverPolicy)
+    )
     quality: QualityThresholds = attrs.field(
         factory=QualityThresholds, validator=_instance(QualityThresholds)
     )

@@ -10,5 +10,5 @@ letters = st.sampled_from(alphabet())
 sequences = st.lists(letters, max_size=60)
 
 
-def kwargs(letter: Letter) -> dict[str, str]:
+def kwargs(letter: Letter) -> dict[str, object]:
     return letter.kwargs()

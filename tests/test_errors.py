@@ -28,6 +28,7 @@ from fsm_voice.errors import (
     classify_exception,
     classify_http,
     classify_server_event,
+    machine_severity,
     parse_retry_after,
     redact,
 )
@@ -164,6 +165,18 @@ def test_every_table_code_maps_as_the_table_says(
     assert err.code == code
     assert err.source is ErrorSource.SERVER
     assert not (err.ignorable and err.severity is not T), "only transient errors are ignorable"
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    ("response_cancel_not_active", "ignorable"), ("invalid_value", "transient"),
+    ("server_error", "recoverable"), ("session_expired", "recoverable"),
+    ("invalid_api_key", "fatal")])
+def test_machine_severity_marks_ignorable_races(code: str, expected: str) -> None:
+    """The machine gets every server error; ``ignorable`` is a severity to its table."""
+    from fsm_voice.machine import SEVERITIES
+
+    assert machine_severity(classify_server_event(server_event(code))) == expected
+    assert expected in SEVERITIES
 
 
 # Independent expectations: if the table is edited wrongly, these fail.

@@ -20,6 +20,7 @@ from fsm_voice.policy import (
     QualityAlert,
     QualityThresholds,
     RetryPolicy,
+    RolloverPolicy,
     SessionPolicy,
     parse_ice_url,
 )
@@ -32,15 +33,38 @@ from fsm_voice.ports import ConnectionMetrics
 
 def test_retry_defaults() -> None:
     p = RetryPolicy()
-    assert (p.base_delay, p.factor, p.max_attempts, p.max_delay, p.jitter) == (
-        2.0,
-        2.0,
-        3,
-        30.0,
-        0.0,
-    )
+    assert (p.base_delay, p.factor, p.max_attempts, p.max_delay, p.jitter, p.stable_after,
+            p.max_retry_after) == (2.0, 2.0, 3, 30.0, 0.2, 10.0, 60.0)
     assert p.delays() == (2.0, 4.0, 8.0)
-    assert [p.delay(n) for n in range(3)] == [2.0, 4.0, 8.0]
+    exact = RetryPolicy(jitter=0)
+    assert [exact.delay(n) for n in range(3)] == [2.0, 4.0, 8.0]
+
+
+@pytest.mark.parametrize(("retry_after", "expected"), [(None, 4.0), (1.0, 4.0), (5.0, 5.0)])
+def test_backoff_honours_retry_after(retry_after: float | None, expected: float) -> None:
+    assert RetryPolicy(jitter=0).backoff(1, retry_after) == expected
+
+
+@pytest.mark.parametrize(("retry_after", "too_long"), [(None, False), (60.0, False),
+                                                       (60.5, True), (math.inf, True),
+                                                       (math.nan, True)])
+def test_retry_after_too_long(retry_after: float | None, too_long: bool) -> None:
+    assert RetryPolicy().retry_after_too_long(retry_after) is too_long
+
+
+@pytest.mark.parametrize(("expires_in", "delay"), [
+    (1800.0, 1770.0), (10.0, 60.0), (90.0, 60.0), (91, 61.0), (0.0, None), (-1.0, None),
+    (math.nan, None), (math.inf, None), (-math.inf, None), (1e12, None), (None, None),
+    (True, None), ("60", None)])
+def test_rollover_delay_is_sanitised(expires_in: Any, delay: float | None) -> None:
+    assert RolloverPolicy().delay(expires_in) == delay
+
+
+@pytest.mark.parametrize("kwargs", [{"margin": -1}, {"min_interval": 0},
+                                    {"max_expires_in": math.inf}, {"margin": math.nan}])
+def test_rollover_policy_rejects_bad_values(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        RolloverPolicy(**kwargs)
 
 
 def test_retry_is_frozen() -> None:
@@ -49,7 +73,7 @@ def test_retry_is_frozen() -> None:
 
 
 def test_max_delay_clamps() -> None:
-    p = RetryPolicy(base_delay=1, factor=3, max_attempts=6, max_delay=20)
+    p = RetryPolicy(base_delay=1, factor=3, max_attempts=6, max_delay=20, jitter=0)
     assert p.delays() == (1.0, 3.0, 9.0, 20.0, 20.0, 20.0)
     assert p.delay(10_000) == 20.0  # no overflow for absurd attempts
 
@@ -97,7 +121,7 @@ def test_jitter_does_not_change_nominal_delays() -> None:
 def test_without_jitter_rng_is_not_consumed() -> None:
     rng = random.Random(1)
     state = rng.getstate()
-    RetryPolicy().delay(1, rng)
+    RetryPolicy(jitter=0).delay(1, rng)
     assert rng.getstate() == state
 
 

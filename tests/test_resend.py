@@ -22,7 +22,7 @@ from fsm_voice.peer.server import RealtimePeer
 from fsm_voice.ports import TransportSignal
 from fsm_voice.signaling import HttpSignaling
 from fsm_voice.transport import AiortcTransport, NullSink, SilenceSource
-from tests.test_session_real import FAST  # the short real-session policy
+from tests.test_session_real import FAST, stable  # the short real-session policy
 
 pytestmark = pytest.mark.anyio
 
@@ -121,7 +121,7 @@ async def test_no_event_sent_into_a_dead_path_is_lost_across_a_restart(
         await s.wait_for("active", timeout=10)
         old_call = s.transport.call_id  # type: ignore[attr-defined]
         assert isinstance(old_call, str)
-        await anyio.sleep(0.3)
+        await stable(s)  # a failure now restarts (same session), not a counted reconnect
         peer.go_silent()
         with anyio.fail_after(15):
             while not any(e.target == "restarting" for e in s.trace) or sent < 40:

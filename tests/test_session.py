@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,15 +12,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fsm_voice.clock import VirtualClock
-from fsm_voice.effects import OpenTransport
-from fsm_voice.errors import VoiceError
-from fsm_voice.machine import STATUSES
-from fsm_voice.policy import QualityThresholds, SessionPolicy
+from fsm_voice.dispatcher import expires_in
+from fsm_voice.effects import ArmTimer, OpenTransport, Timer
+from fsm_voice.errors import ErrorSource, Severity, VoiceError
+from fsm_voice.machine import STATUSES, LifecycleMachine
+from fsm_voice.machine.table import Row
+from fsm_voice.policy import QualityThresholds, RetryPolicy, RolloverPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics, TransportSignal
 from fsm_voice.session import QueueOverflowError, StatusChange, VoiceSession
 from fsm_voice.testing import ScriptedTransport, failure
 
 pytestmark = pytest.mark.anyio
+
+EXACT = SessionPolicy(retry=RetryPolicy(jitter=0.0))
+"""Default policy without jitter: exact backoff delays (2, 4, 8 s)."""
 
 
 @pytest.fixture
@@ -40,6 +46,7 @@ class Rig:
 async def rig(script: list[Any], **kw: Any) -> AsyncIterator[Rig]:
     clock = VirtualClock()
     t = ScriptedTransport(script, default=kw.pop("default", "ok"))
+    kw.setdefault("policy", EXACT)
     async with VoiceSession(t, clock=clock, **kw) as s:
         yield Rig(s, t, clock)
 
@@ -92,13 +99,15 @@ async def test_connect_timeout_when_transport_hangs() -> None:  # SPEC-CONNECT-1
         await r.clock.advance(0.2)
         assert r.s.state == "backoff"
         await r.clock.advance(2.0)
+        assert r.s.status == "active" and r.s.attempts == 1
+        await r.clock.advance(10.0)  # stable_after: the failure episode ends
         assert r.s.status == "active" and r.s.attempts == 0
 
 
 async def test_ice_disconnect_grace_then_restart_and_history_of_generations() -> None:
     async for r in rig(["ok", "ok"]):
         await r.s.start()
-        await r.clock.settle()
+        await r.clock.advance(10.0)  # up for stable_after: a new failure restarts at once
         old_sink = r.t.sink
         r.t.emit(TransportSignal.ICE_DISCONNECTED)
         await r.clock.advance(4.9)
@@ -112,17 +121,20 @@ async def test_ice_disconnect_grace_then_restart_and_history_of_generations() ->
         assert r.s.trace[-1].outcome == "stale"
 
 
-async def test_nonfatal_server_error_keeps_session_fatal_ends_it() -> None:
+async def test_transient_server_error_keeps_session_ignorable_is_silent_fatal_ends_it() -> None:
     async for r in rig(["ok"]):
         await r.s.start()
         await r.clock.settle()
-        r.t.server({"type": "error", "error": {"type": "server_error", "code": "server_error",
-                                               "message": "boom"}})
+        r.t.server({"type": "error", "error": {"type": "invalid_request_error",
+                                               "code": "invalid_event", "message": "boom"}})
         r.t.server({"type": "error", "error": {"type": "invalid_request_error",
                                                "code": "response_cancel_not_active"}})
         await r.clock.settle()
-        assert r.s.status == "active"
-        assert [e.code for e in r.errors] == ["server_error"]  # ignorable one not reported
+        assert r.s.status == "active" and r.t.opens == 1
+        assert [e.code for e in r.errors] == ["invalid_event"]  # ignorable one not reported
+        # ... but it did reach the machine, which decided to change nothing
+        (ignored,) = [e for e in r.s.trace if e.event == "server_error"][1:]
+        assert ignored.outcome == "taken" and ignored.effects == ()
         r.t.server({"type": "error", "error": {"type": "invalid_request_error",
                                                "code": "invalid_api_key"}})
         await r.clock.advance(30)
@@ -141,7 +153,7 @@ async def test_events_queued_while_reconnecting_are_delivered_in_order() -> None
             r.s.send_event({"type": name})
         with pytest.raises(QueueOverflowError, match="event_queue_limit=3"):
             r.s.send_event({"type": "e"})
-        await r.clock.advance(20)
+        await r.clock.advance(30)  # backoff 2 s, reconnect hangs 15 s, backoff 4 s, up
         assert r.s.status == "active"
         assert [e["type"] for e in r.t.sent] == ["a", "b", "c", "d"]
         assert r.s.sent_events == r.s.delivered_events == 4
@@ -153,7 +165,9 @@ async def test_stop_from_backoff_cancels_everything() -> None:  # SPEC-STOP-1
         await r.clock.settle()
         assert r.s.state == "backoff"
         await r.s.stop()
-        assert r.s.status == "idle" and r.s.armed_timers == frozenset() and not r.t.is_open
+        assert r.s.status == "idle" and r.s.armed_timers == frozenset()
+        await r.clock.settle()
+        assert not r.t.is_open
         await r.clock.advance(60)
         assert r.t.opens == 1  # the cancelled backoff never fired
 
@@ -201,7 +215,7 @@ def test_runtime_properties_hold_under_random_faults(script: list[str],
         steps_ = [s if s in ("ok", "hang") else failure(s) for s in script]
         t = ScriptedTransport(steps_)
         changes: list[StatusChange] = []
-        async with VoiceSession(t, clock=clock) as s:
+        async with VoiceSession(t, clock=clock, policy=EXACT) as s:
             s.on_status(changes.append)
             await s.start()
             old_sinks: list[Any] = []
@@ -246,6 +260,7 @@ def test_runtime_properties_hold_under_random_faults(script: list[str],
                         assert not any(isinstance(x, OpenTransport) for x in e.effects)
             await s.stop()
             assert s.status == "idle" and s.armed_timers == frozenset()
+            await clock.settle()  # the close runs in the session's task group
             assert not t.is_open and t.opens == t.closes
         # Backoff delays are exactly 2, 4, 8 s after each failure (no jitter configured).
         for e in s.trace:
@@ -275,12 +290,12 @@ async def test_restart_reapplies_config_and_replays_history_before_queued_events
         await r.clock.settle()
         r.s.send_event({"type": "response.create"})
         r.t.sent.clear()
-        await r.clock.advance(30)  # restart hangs -> backoff 2 s -> reconnect ok
+        await r.clock.advance(30)  # backoff 2 s, reconnect hangs, backoff 4 s, reconnect ok
         assert r.s.status == "active"
         assert [e["type"] for e in r.t.sent] == [
             "session.update", "conversation.item.create", "conversation.item.create",
             "response.create"]
-        assert r.t.sent[2]["item"] == {"type": "message", "role": "assistant",
+        assert r.t.sent[2]["item"] == {"id": "item_2", "type": "message", "role": "assistant",
                                        "content": [{"type": "output_text", "text": "hi there"}]}
         assert r.s.replayed_items == 2
 
@@ -300,7 +315,7 @@ async def test_rollover_before_the_session_time_limit_waits_for_a_pause() -> Non
     wall0 = 1_700_000_000.0
     clock = VirtualClock()
     t = ScriptedTransport(["ok", "ok"])
-    async with VoiceSession(t, clock=clock, rollover_margin=30.0,
+    async with VoiceSession(t, clock=clock, policy=EXACT,
                             wall_clock=lambda: wall0 + clock.now()) as s:
         await s.start()
         await clock.settle()
@@ -308,12 +323,14 @@ async def test_rollover_before_the_session_time_limit_waits_for_a_pause() -> Non
                                                          "expires_at": int(wall0) + 100}})
         await clock.advance(60)
         t.server({"type": "input_audio_buffer.speech_started"})
-        await clock.advance(15)  # 75 s: past the rollover point, but the user is speaking
+        await clock.advance(15)  # 75 s: past the rollover point (70), but the user is speaking
         assert s.status == "listening" and t.opens == 1
         t.server({"type": "input_audio_buffer.speech_stopped"})
         await clock.advance(1)
         assert s.rollovers == 1 and t.opens == 2 and s.status == "active"
-        assert any(e.event == "session_expired" for e in s.trace)
+        (info,) = [e for e in s.trace if e.event == "session_info"][:1]
+        assert info.outcome == "taken"
+        assert any(e.event == "rollover_due" for e in s.trace)
 
 
 # -- robustness (findings of the code review) --------------------------------------------------
@@ -334,25 +351,64 @@ async def test_outside_cancellation_still_cleans_up_and_never_hangs() -> None:
     assert s.armed_timers == frozenset()
 
 
-async def test_a_failing_machine_callback_is_reported_and_dispatch_goes_on() -> None:
-    from fsm_voice.machine import LifecycleMachine
+class Broken(LifecycleMachine):  # type: ignore[misc,valid-type]
+    """A machine whose action raises on an external transition (connecting -> active)."""
 
-    class Broken(LifecycleMachine):
-        def report_nonfatal(self, **kw: Any) -> None:
+    def _after_row(self, row: Row) -> None:
+        if row.label == "session_up":
             raise RuntimeError("bug in an action")
 
-    async for r in rig(["ok"], machine=Broken):
+
+@pytest.mark.parametrize("engine", ["fast", "statemachine"])
+async def test_a_raising_action_ends_the_session_cleanly(engine: Any) -> None:  # crash-only
+    async for r in rig(["ok"], machine=Broken, engine=engine):
         await r.s.start()
         await r.clock.settle()
-        r.t.server({"type": "error", "error": {"type": "server_error", "code": "server_error"}})
-        r.t.server({"type": "input_audio_buffer.speech_started"})
-        await r.clock.settle()
-        assert r.errors[0].code == "machine_error" and "bug in an action" in r.errors[0].message
-        assert r.s.status == "listening"  # the next event was still dispatched
+        assert r.s.status == "error"
+        assert r.s.armed_timers == frozenset() and not r.t.is_open and r.t.closes == 1
+        assert r.errors[-1].code == "machine_error"
+        assert r.errors[-1].severity is Severity.FATAL
+        assert "bug in an action" in r.errors[-1].message
+        assert r.t.sent == []  # the failed transition's ConnectionUp was discarded
+        await r.clock.advance(60)
+        assert r.t.opens == 1  # nothing armed, nothing retried
+
+
+async def test_raw_posts_are_validated() -> None:
+    async for r in rig(["ok"]):
         with pytest.raises(ValueError, match="severity"):
             r.s.post("server_error", severity="warning")
         with pytest.raises(ValueError, match="unknown machine event"):
             r.s.post("connected")
+        with pytest.raises(TypeError, match="retry_after"):
+            r.s.post("server_error", severity="recoverable", retry_after="5")  # type: ignore
+
+
+async def test_server_session_expired_is_posted_as_is_and_restarts() -> None:
+    async for r in rig(["ok", "ok"]):
+        await r.s.start()
+        await r.clock.advance(10.0)
+        r.t.server({"type": "error", "error": {"type": "invalid_request_error",
+                                               "code": "session_expired"}})
+        await r.clock.settle()
+        (posted,) = [e for e in r.s.trace if e.event == "server_error"]
+        assert posted.source == "active" and posted.target == "restarting"
+        assert r.s.status == "active" and r.t.opens == 2
+
+
+async def test_retry_after_goes_to_the_machine() -> None:
+    busy = VoiceError(severity=Severity.RECOVERABLE, code="server_overloaded", message="busy",
+                      source=ErrorSource.SIGNALING, retry_after=5.0, http_status=503)
+    async for r in rig([busy, "ok"]):
+        await r.s.start()
+        await r.clock.settle()
+        (backoff,) = [x for e in r.s.trace for x in e.effects
+                      if isinstance(x, ArmTimer) and x.timer is Timer.BACKOFF]
+        assert backoff.delay == 5.0  # not the policy's 2 s
+        await r.clock.advance(4.9)
+        assert r.t.opens == 1
+        await r.clock.advance(0.2)
+        assert r.s.status == "active" and r.t.opens == 2
 
 
 async def test_a_new_start_does_not_inherit_queue_or_history() -> None:
@@ -413,14 +469,41 @@ async def test_async_subscribers_are_refused_clearly() -> None:
             r.s.on_status(cb)
 
 
-async def test_rollover_scheduled_inside_the_margin_happens_at_once() -> None:
+async def test_rollover_inside_the_margin_still_waits_min_interval() -> None:
     wall0 = 1_700_000_000.0
     clock = VirtualClock()
     t = ScriptedTransport(["ok", "ok"])
-    async with VoiceSession(t, clock=clock, rollover_margin=30.0,
+    policy = SessionPolicy(retry=RetryPolicy(jitter=0.0),
+                           rollover=RolloverPolicy(margin=30.0, min_interval=60.0))
+    async with VoiceSession(t, clock=clock, policy=policy,
                             wall_clock=lambda: wall0 + clock.now()) as s:
         await s.start()
         await clock.advance(75)
         t.server({"type": "session.updated", "session": {"expires_at": int(wall0) + 100}})
-        await clock.advance(0.1)
+        await clock.advance(59.9)
+        assert s.rollovers == 0 and t.opens == 1  # no storm: never sooner than min_interval
+        await clock.advance(0.2)
         assert s.rollovers == 1 and t.opens == 2
+
+
+async def test_expires_at_is_converted_never_judged_and_never_raises() -> None:
+    async for r in rig(["ok"], wall_clock=lambda: 1_700_000_000.0):
+        await r.s.start()
+        await r.clock.settle()
+        for value in (10**400, -(10**400), "soon", True, 0, 1.5e308 * 10):
+            r.t.server({"type": "session.updated", "session": {"expires_at": value}})
+        r.t.server({"type": "session.updated", "session": {}})  # no expires_at: no event
+        await r.clock.settle()
+        infos = [e for e in r.s.trace if e.event == "session_info"]
+        assert len(infos) == 6 and all(e.outcome == "taken" for e in infos)
+        assert r.s.status == "active" and r.t.opens == 1 and r.s.armed_timers == {
+            Timer.STABLE}
+        assert [e.code for e in r.errors] == ["invalid_expires_in"] * 6
+
+
+@pytest.mark.parametrize("value, expected", [
+    (10**400, math.inf), (-(10**400), -math.inf), (1_700_000_100, 100.0), (1.7e9 + 0.5, 0.5),
+    ("soon", math.nan), (None, math.nan), (False, math.nan)])
+def test_expires_in_conversion(value: object, expected: float) -> None:
+    got = expires_in(value, 1_700_000_000.0)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))

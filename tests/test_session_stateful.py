@@ -4,6 +4,7 @@ of an application, a transport, a server or the clock."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -14,7 +15,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from fsm_voice.clock import VirtualClock
 from fsm_voice.effects import ArmTimer, OpenTransport, Timer
-from fsm_voice.machine import STATUSES, TIMER_OF
+from fsm_voice.machine import STATUSES, TIMER_OF, WORKING_STATES
+from fsm_voice.policy import RetryPolicy, SessionPolicy
 from fsm_voice.ports import TransportSignal
 from fsm_voice.session import VoiceSession
 from fsm_voice.testing import ScriptedTransport, failure
@@ -28,6 +30,10 @@ SERVER_EVENTS = [
     {"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_api_key"}},
     {"type": "error", "error": {"type": "invalid_request_error",
                                 "code": "response_cancel_not_active"}},
+    {"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired"}},
+    {"type": "session.updated", "session": {"expires_at": 0}},
+    {"type": "session.updated", "session": {"expires_at": 10**400}},
+    {"type": "session.updated", "session": {"expires_at": int(time.time()) + 95}},
 ]
 STEPS = ["ok", "ok", "hang", "transient", "recoverable", "fatal"]
 
@@ -39,7 +45,8 @@ class RuntimeRules(RuleBasedStateMachine):
         self.portal: BlockingPortal = self._portal_cm.__enter__()
         self.clock = VirtualClock()
         self.t = ScriptedTransport(default="ok")
-        self.s = VoiceSession(self.t, clock=self.clock)
+        self.s = VoiceSession(self.t, clock=self.clock,
+                              policy=SessionPolicy(retry=RetryPolicy(jitter=0.0)))
         self.old_sinks: list[Any] = []
         # The session's task group must be entered and exited by one task: a host task.
         self._done = self.portal.call(anyio.Event)
@@ -80,6 +87,7 @@ class RuntimeRules(RuleBasedStateMachine):
     def stop(self) -> None:
         self.portal.call(self.s.stop)
         assert self.s.status == "idle" and self.s.armed_timers == frozenset()
+        self.settle()  # the close itself runs in the session's task group
         assert not self.t.is_open
 
     @rule(signal=st.sampled_from(list(TransportSignal)))
@@ -114,6 +122,11 @@ class RuntimeRules(RuleBasedStateMachine):
         assert s.status in STATUSES
         assert s.attempts <= 3
         expected = {TIMER_OF[s.state]} if s.state in TIMER_OF else set()
+        m = s.machine
+        if s.state in WORKING_STATES and m.episode:
+            expected.add(Timer.STABLE)  # armed when the connection came up, until it fires
+        if m.rollover == "armed":
+            expected.add(Timer.ROLLOVER)
         assert set(s.armed_timers) == expected, (s.state, s.armed_timers)
         if s.state in ("idle", "error", "backoff"):
             assert not self.t.is_open

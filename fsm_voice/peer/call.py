@@ -39,6 +39,7 @@ CHANNEL_LABEL = "oai-events"
 MAX_UTTERANCE_MS = 30_000.0
 MAX_MANUAL_BUFFER_MS = 60_000.0
 MIN_COMMIT_MS = 100.0
+MAX_RECORDED_EVENTS = 10_000
 
 _TONE_CACHE: dict[float, bytes] = {}
 _AUDIO_PART: dict[str, Any] = {"type": "audio", "transcript": ""}
@@ -99,6 +100,10 @@ class Call:
         self.events_received: collections.Counter[str] = collections.Counter()
         self.events_sent: collections.Counter[str] = collections.Counter()
         self.events_dropped = 0
+        self.received_events: collections.deque[tuple[str | None, str, bool]] = (
+            collections.deque(maxlen=MAX_RECORDED_EVENTS))
+        """``(event_id, type, handled)`` of every client event that arrived, oldest first
+        (bounded); ``handled`` is False for one that arrived while the call was closing."""
         self.audio_frames_in = 0
         self.responses_completed = 0
         self.responses_cancelled = 0
@@ -119,6 +124,8 @@ class Call:
         self._manual = bytearray()  # input buffer when turn detection is off
         self._last_user_audio: bytes | None = None
         self._close_lock = asyncio.Lock()
+        self.drop_after: float | None = None
+        """Fault injection: close the call this many seconds after its data channel opens."""
 
     # ----------------------------------------------------------------- configuration
 
@@ -174,6 +181,15 @@ class Call:
             "datagrams_dropped": sum(t.dropped for _, t in self._muted),
             "media_muted": self.media_muted,
         }
+
+    def conversation(self) -> list[p.JsonObject]:
+        """The call's conversation items, in order (copies)."""
+        return [dict(item) for item in self.history]
+
+    def received(self) -> list[p.JsonObject]:
+        """The client events that arrived, oldest first: ``{"event_id", "type", "handled"}``."""
+        return [{"event_id": eid, "type": etype, "handled": handled}
+                for eid, etype, handled in self.received_events]
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         if self.closed:
@@ -346,12 +362,21 @@ class Call:
 
     def _on_channel_open(self) -> None:
         self.send({"type": "session.created", "session": self.session})
+        if self.drop_after is not None:
+            self._spawn(self._drop_later(self.drop_after), "drop")
+
+    async def _drop_later(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.close("dropped_by_control")
 
     def _on_message(self, raw: str | bytes) -> None:
-        if self.closed:
-            return
         event, error = p.parse_client_event(raw)
         etype = event["type"] if event is not None else "<invalid>"
+        raw_id = event.get("event_id") if event is not None else None
+        self.received_events.append(
+            (raw_id if isinstance(raw_id, str) else None, etype, not self.closed))
+        if self.closed:  # arrived (SCTP acknowledges it) but the call is ending: not handled
+            return
         self.events_received[etype] += 1
         if self._on_event_received is not None:
             self._on_event_received(etype)

@@ -6,6 +6,8 @@ Every endpoint mirrors a :class:`~fsm_voice.peer.server.RealtimePeer` method:
 path                       method  body (JSON) -> result
 =========================  ======  ==============================================================
 /control/calls             GET     -> ``{"calls": [call info...]}``
+/control/calls/{id}/conversation GET -> ``{"call_id", "items": [item...]}`` (live calls)
+/control/calls/{id}/events GET     -> ``{"call_id", "events": [{event_id, type}...]}`` received
 /control/stats             GET     -> counters (offers, calls, events received per type, faults)
 /control/send_error        POST    ``{type?, code?, message, param?, call_id?}`` -> ``{"sent": n}``
 /control/go_silent         POST    ``{call_id?}`` -> ``{"calls": n}``
@@ -16,6 +18,8 @@ path                       method  body (JSON) -> result
 /control/close_call        POST    ``{call_id?}`` -> ``{"closed": n}``
 /control/reject_offers     POST    ``{count, status, retry_after?, code?, message?}``
 /control/delay_answers     POST    ``{seconds}``
+/control/drop_calls_after  POST    ``{seconds|null}``: close each new call that long after it opens
+/control/expires_at        POST    ``{expires_at|null}``: new calls report this session.expires_at
 /control/reset             POST    clears pending offer rejections and answer delay
 =========================  ======  ==============================================================
 
@@ -184,6 +188,22 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
     async def calls(request: web.Request) -> web.StreamResponse:
         return _json({"calls": peer.list_calls()})
 
+    def _live_call(request: web.Request) -> Any:
+        call = peer.calls.get(request.match_info["call_id"])
+        if call is None:
+            raise web.HTTPNotFound(
+                text=json.dumps(http_error("Call not found (or ended).", code="call_not_found")),
+                content_type="application/json")
+        return call
+
+    async def conversation(request: web.Request) -> web.StreamResponse:
+        call = _live_call(request)
+        return _json({"call_id": call.id, "items": call.conversation()})
+
+    async def received(request: web.Request) -> web.StreamResponse:
+        call = _live_call(request)
+        return _json({"call_id": call.id, "events": call.received()})
+
     async def stats(request: web.Request) -> web.StreamResponse:
         return _json(peer.stats())
 
@@ -242,12 +262,31 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
             raise _bad(str(exc)) from exc
         return _json({"answer_delay": peer.answer_delay})
 
+    async def drop_calls_after(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        seconds = None if body.get("seconds") is None else _number(body, "seconds")
+        try:
+            peer.drop_calls_after(seconds)
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"drop_after": peer.drop_after})
+
+    async def expires_at(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            peer.session_expires_at(body.get("expires_at"))
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"expires_at": peer.expires_at})
+
     async def reset(request: web.Request) -> web.StreamResponse:
         peer.reset_faults()
         return _json({"ok": True})
 
     app.router.add_get("/control/calls", guarded(calls))
     app.router.add_get("/control/stats", guarded(stats))
+    app.router.add_get("/control/calls/{call_id}/conversation", guarded(conversation))
+    app.router.add_get("/control/calls/{call_id}/events", guarded(received))
     for path, handler in (
         ("send_error", send_error),
         ("go_silent", go_silent),
@@ -257,6 +296,8 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
         ("close_call", close_call),
         ("reject_offers", reject_offers),
         ("delay_answers", delay_answers),
+        ("drop_calls_after", drop_calls_after),
+        ("expires_at", expires_at),
         ("reset", reset),
     ):
         app.router.add_post(f"/control/{path}", guarded(handler))

@@ -195,6 +195,8 @@ class RealtimePeer(LocalService):
         self._ended: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
         self._rejections: collections.deque[_Rejection] = collections.deque()
         self.answer_delay = 0.0
+        self.drop_after: float | None = None
+        self.expires_at: int | None = None
         self._stopping = False
         self._counters: collections.Counter[str] = collections.Counter()
         self._events_received: collections.Counter[str] = collections.Counter()
@@ -356,6 +358,20 @@ class RealtimePeer(LocalService):
             raise ValueError("seconds must be in [0, 3600]")
         self.answer_delay = float(seconds)
 
+    def drop_calls_after(self, seconds: float | None) -> None:
+        """Close every following call ``seconds`` after its data channel opens (None: off)."""
+        if seconds is not None and (not 0 <= seconds <= 3600 or not math.isfinite(seconds)):
+            raise ValueError("seconds must be in [0, 3600] or null")
+        self.drop_after = None if seconds is None else float(seconds)
+
+    def session_expires_at(self, expires_at: int | None) -> None:
+        """Every following call reports this ``session.expires_at`` (epoch seconds, any int,
+        e.g. 0 or one in the past; None: the real limit)."""
+        if expires_at is not None and (isinstance(expires_at, bool)
+                                       or not isinstance(expires_at, int)):
+            raise ValueError("expires_at must be an integer or null")
+        self.expires_at = expires_at
+
     def expire_all_keys(self) -> int:
         """Expire every minted client secret now. Returns how many were still valid."""
         return self.client_secrets.expire_all()
@@ -363,6 +379,8 @@ class RealtimePeer(LocalService):
     def reset_faults(self) -> None:
         self._rejections.clear()
         self.answer_delay = 0.0
+        self.drop_after = None
+        self.expires_at = None
 
     # ----------------------------------------------------------------- HTTP
 
@@ -556,6 +574,9 @@ class RealtimePeer(LocalService):
             call.session = p.merge_session(call.session, minted.session)
         if session_cfg is not None:
             call.session = p.merge_session(call.session, session_cfg)
+        call.drop_after = self.drop_after
+        if self.expires_at is not None:
+            call.session["expires_at"] = self.expires_at
         self._calls[call.id] = call
         self._owners[call.id] = self._owner(bearer_token(request) or "")
         self._counters["calls_created"] += 1
