@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         QualityAlert,
         QualityThresholds,
         RetryPolicy,
+        RolloverPolicy,
         SessionPolicy,
     )
     from fsm_voice.ports import ConnectionMetrics
@@ -51,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "STATUSES": "fsm_voice.machine",
     "SessionPolicy": "fsm_voice.policy",
     "RetryPolicy": "fsm_voice.policy",
+    "RolloverPolicy": "fsm_voice.policy",
     "IcePolicy": "fsm_voice.policy",
     "MonitorPolicy": "fsm_voice.policy",
     "QualityThresholds": "fsm_voice.policy",
@@ -94,6 +96,7 @@ __all__ = [
     "QueueOverflowError",
     "RealtimeConfig",
     "RetryPolicy",
+    "RolloverPolicy",
     "SessionPolicy",
     "Severity",
     "SilenceSource",
