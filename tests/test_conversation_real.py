@@ -50,7 +50,8 @@ async def until(predicate: Callable[[], bool], timeout: float = 15.0, what: str 
 
 
 async def control_get(peer: RealtimePeer, path: str) -> Any:
-    async with aiohttp.ClientSession() as http, http.get(peer.base_url + path) as r:
+    async with (aiohttp.ClientSession(headers=peer.control_headers) as http,
+                http.get(peer.base_url + path) as r):
         assert r.status == 200, await r.text()
         return await r.json()
 
@@ -241,7 +242,7 @@ async def test_peer_honours_client_item_ids_and_shows_conversation_and_events(
         call_id = s.transport.call_id  # type: ignore[attr-defined]
         conv = await control_get(peer, f"/control/calls/{call_id}/conversation")
         events = await control_get(peer, f"/control/calls/{call_id}/events")
-        async with aiohttp.ClientSession() as http, http.get(
+        async with aiohttp.ClientSession(headers=peer.control_headers) as http, http.get(
                 peer.base_url + "/control/calls/rtc_nope/conversation") as r:
             assert r.status == 404
     assert echoes[0]["item"]["id"] == "fv_mine"

@@ -131,7 +131,7 @@ def test_transport_refuses_a_bad_probe_argument() -> None:
 # ----------------------------------------------------------------------------- real sessions
 
 POLICY = SessionPolicy(
-    retry=RetryPolicy(base_delay=0.2, factor=2.0, max_attempts=3, jitter=0),
+    retry=RetryPolicy(base_delay=0.2, factor=2.0, max_attempts=3, jitter=0, stable_after=0.5),
     ice=IcePolicy(),  # production grace (5 s)
     monitor=MonitorPolicy(metrics_interval=0.5, health_interval=5.0),
 )
@@ -214,6 +214,8 @@ async def test_dead_path_restarts_at_once_on_a_fresh_path() -> None:
             await s.start()
             await s.wait_for("active", timeout=10)
             await _until(lambda: calibrated_path(_transport(s)))
+            # the first connect's failure episode is over: a dead path now restarts at once
+            await _until(lambda: any(e.event == "session_stable" for e in s.trace))
             t0 = time.monotonic()
             assert peer.go_silent() == 1
             await _until(
@@ -221,7 +223,8 @@ async def test_dead_path_restarts_at_once_on_a_fresh_path() -> None:
             )
             await s.wait_for("active", timeout=10)
             outage = time.monotonic() - t0
-            events = [e.event for e in s.trace if e.time >= t0 and e.outcome == "taken"]
+            events = [e.event for e in s.trace if e.time >= t0 and e.outcome == "taken"
+                      and e.event != "session_info"]
             print(f"\ndead path: back to active after {outage:.2f} s; {events}")
             assert events[:2] == ["ice_disconnected", "transport_failed"], events
             assert "ice_grace_expired" not in events

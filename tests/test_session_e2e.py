@@ -39,7 +39,7 @@ def policy(**retry: Any) -> SessionPolicy:
 
 
 async def control(peer: RealtimePeer, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with (aiohttp.ClientSession() as http,
+    async with (aiohttp.ClientSession(headers=peer.control_headers) as http,
                 http.post(f"{peer.base_url}/control/{path}", json=body) as resp):
         assert resp.status == 200, await resp.text()
         result: dict[str, Any] = await resp.json()
@@ -178,7 +178,7 @@ async def test_stop_is_idle_at_once_when_the_aiortc_close_hangs() -> None:
 
 
 async def test_the_new_control_faults_refuse_bad_input_and_reset() -> None:
-    async with RealtimePeer() as peer, aiohttp.ClientSession() as http:
+    async with RealtimePeer() as peer, aiohttp.ClientSession(headers=peer.control_headers) as http:
         for path, body in (("drop_calls_after", {"seconds": -1}),
                            ("drop_calls_after", {"seconds": "soon"}),
                            ("expires_at", {"expires_at": "tomorrow"}),

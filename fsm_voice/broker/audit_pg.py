@@ -181,7 +181,7 @@ class PostgresAuditLog(GroupCommitLog):
     def __repr__(self) -> str:
         return f"PostgresAuditLog({self.path!r})"
 
-    async def _connection(self) -> Any:
+    async def _db_connection(self) -> Any:
         if not self._open:
             raise AuditLogClosed("audit log is closed")
         conn = self._conn
@@ -210,7 +210,7 @@ class PostgresAuditLog(GroupCommitLog):
             f"({', '.join(['%s'] * len(columns))}) RETURNING id"
         )
         async with self._lock:
-            conn = await self._connection()
+            conn = await self._db_connection()
             try:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
@@ -239,7 +239,7 @@ class PostgresAuditLog(GroupCommitLog):
             raise RuntimeError("audit log already open")
         self._open = True
         try:
-            conn = await self._connection()
+            conn = await self._db_connection()
             await conn.execute("SELECT 1 FROM audit LIMIT 0")
         except BaseException:
             await self._disconnect()
@@ -257,7 +257,7 @@ class PostgresAuditLog(GroupCommitLog):
         """Rows as dicts, oldest first (``where``: an optional SQL condition with ``%s``)."""
         sql = "SELECT * FROM audit" + (f" WHERE {where}" if where else "") + " ORDER BY id"
         async with self._lock:
-            return await _fetch_rows(await self._connection(), sql, params)
+            return await _fetch_rows(await self._db_connection(), sql, params)
 
     async def verify(self) -> VerifyResult:
         return await verify_postgres(self.dsn)
@@ -266,7 +266,7 @@ class PostgresAuditLog(GroupCommitLog):
         """Run one raw statement as the broker's role (tests use it to prove that UPDATE,
         DELETE and TRUNCATE are refused)."""
         async with self._lock:
-            await (await self._connection()).execute(sql, tuple(params))
+            await (await self._db_connection()).execute(sql, tuple(params))
 
     async def close(self) -> None:
         """Write what is pending, stop the writer, disconnect (idempotent)."""
