@@ -188,7 +188,8 @@ def make_policy(args: argparse.Namespace) -> SessionPolicy:
         if v is not None
     }
     ice = attrs.evolve(ice, **overrides)
-    retry = RetryPolicy()
+    # exact 2/4/8 s delays (no jitter); the first connect's failure episode ends after 1 s
+    retry = RetryPolicy(jitter=0.0, stable_after=1.0)
     if args.max_attempts is not None:
         retry = attrs.evolve(retry, max_attempts=args.max_attempts)
     return SessionPolicy(

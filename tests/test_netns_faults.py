@@ -66,6 +66,8 @@ def connect(
     client = pair.start_client(peer, *client_args, host_address=host_address)
     client.wait_for(lambda m: m["type"] == "status" and m["status"] == "active", timeout=20)
     wait_calibrated(client)
+    # the first connect's failure episode is over (stable_after): a fault now starts a new one
+    wait_entry(client, lambda m: m["event"] == "session_stable", timeout=10)
     return peer, client
 
 
