@@ -42,7 +42,8 @@ exit status:
 """
 
 #: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.broker.cli")
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.terminal",
+                                         "fsm_voice.broker.cli")
 
 #: Optional dependency -> the extra that installs it.
 _EXTRAS = {"rich": "cli", "pydot": "diagram"}
