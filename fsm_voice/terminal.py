@@ -344,15 +344,14 @@ class HumanView:
         s, a, m = self.session, self.activity, self.metrics
         line = Text(" ")
         line.append(f" {s.status} ", style=f"reverse {_STYLE.get(s.status, '')}".strip())
-        rtt = f"{m.latency_ms:.0f} ms" if m and m.latency_ms is not None else "-"
-        jitter = f"{m.jitter_ms:.1f} ms" if m and m.jitter_ms is not None else "-"
-        loss = f"{m.packets_lost} ({m.loss_fraction:.0%})" if m else "-"
+        rtt = f"{m.latency_ms:.0f}ms" if m and m.latency_ms is not None else "-"
+        jitter = f"{m.jitter_ms:.1f}ms" if m and m.jitter_ms is not None else "-"
+        loss = f"{m.loss_fraction:.0%}" if m else "-"
         age = _clock(time.monotonic() - a.session_since) if a.session_since is not None else "-"
         rollover = a.rollover_in()
-        parts = [f"state {s.state}", f"attempt {s.attempts}", f"rtt {rtt}", f"jitter {jitter}",
-                 f"loss {loss}", f"speaking: {a.speaking}", f"age {age}",
-                 f"rollover in {_clock(rollover)}" if rollover is not None else "rollover -"]
-        line.append("  " + " · ".join(parts))
+        line.append(f" state={s.state} attempt={s.attempts} rtt={rtt} jitter={jitter} "
+                    f"loss={loss} speaking={a.speaking} age={age} "
+                    f"rollover={_clock(rollover) if rollover is not None else '-'}")
         rows: list[RenderableType] = [line]
         for (role, _), text in list(self.transcripts.partial.items())[-2:]:
             partial = Text(f"  {role}: ", style="dim")
