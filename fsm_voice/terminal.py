@@ -114,7 +114,8 @@ class Transcripts:
             delta = e.get("delta")
             if isinstance(delta, str):
                 key = self._key(role, e)
-                self.partial[key] = (self.partial.get(key, "") + delta)[-self.PARTIAL_LIMIT:]
+                text = self.partial.get(key, "") + printable(delta, self.PARTIAL_LIMIT)
+                self.partial[key] = text[-self.PARTIAL_LIMIT:]
         elif etype in USER_DONE or etype in ASSISTANT_DONE:
             role = "you" if etype in USER_DONE else "assistant"
             key = self._key(role, e)
