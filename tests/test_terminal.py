@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import termios
@@ -258,3 +259,22 @@ async def test_bad_audio_ends_is_one_line_and_exit_2(args: list[str], message: s
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"fsm-voice connect: {message}"), err
     assert not out
+
+
+async def test_sigint_on_a_terminal_stops_cleanly_and_restores_the_terminal(peer: str) -> None:
+    pty = await Pty.spawn(*connect(peer, "--duration", "inf"), env=TOKEN)
+    with closing(pty):
+        before = termios.tcgetattr(pty.master)
+        await pty.wait_for(r"status active")
+        await pty.wait_for(r"> ▏")  # typing enabled: the terminal is in cbreak mode now
+        typing = termios.tcgetattr(pty.master)
+        pty.proc.send_signal(signal.SIGINT)
+        code = await pty.exit_code()
+        after = termios.tcgetattr(pty.master)
+        screen = pty.screen
+    assert code == 130, screen
+    assert not typing[3] & (termios.ECHO | termios.ICANON)
+    assert after[3] == before[3], "terminal modes not restored"
+    assert "SIGINT; cleanly (idle): True" in screen and "Traceback" not in screen, screen
+    calls = (await control(peer, "calls"))["calls"]
+    assert [c["close_reason"] for c in calls] == ["hangup"]
