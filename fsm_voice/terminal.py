@@ -241,10 +241,19 @@ class TextInput:
         self.editor: LineEditor | None = LineEditor() if self.is_tty else None
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.editor = None  # no more typing: the status area stops showing the line
+
+    def _read_all(self) -> None:
+        with open(self.fd, closefd=False, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                self._line(line.rstrip("\n"))
+
+    async def _run(self) -> None:
         if not self.is_tty and stat.S_ISREG(os.fstat(self.fd).st_mode):  # a file: read it all
-            with open(self.fd, closefd=False, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    self._line(line.rstrip("\n"))
+            self._read_all()
             return
         loop = asyncio.get_running_loop()
         ready = anyio.Event()
@@ -269,7 +278,11 @@ class TextInput:
         with contextlib.ExitStack() as stack:
             if self.is_tty:
                 stack.enter_context(_cbreak(self.fd))
-            loop.add_reader(self.fd, readable)
+            try:
+                loop.add_reader(self.fd, readable)
+            except PermissionError:  # not pollable (/dev/null): read what there is at once
+                self._read_all()
+                return
             stack.callback(loop.remove_reader, self.fd)
             partial = b""
             while True:
@@ -309,7 +322,7 @@ class HumanView:
         self.activity = activity
         self.t0 = t0
         self.metrics: ConnectionMetrics | None = None
-        self.editor: LineEditor | None = None
+        self.reader: TextInput | None = None
         self.note = ""
 
     def _stamp(self, t: float | None = None) -> str:
@@ -358,8 +371,9 @@ class HumanView:
             partial = Text(f"  {role}: ", style="dim")
             partial.append(text + " …", style="italic")
             rows.append(partial)
-        if self.editor is not None:
-            rows.append(Text(f"  > {self.editor.buffer}▏", style="bold"))
+        editor = self.reader.editor if self.reader is not None else None
+        if editor is not None:
+            rows.append(Text(f"  > {editor.buffer}▏", style="bold"))
         if self.note:
             rows.append(Text(f"  {self.note}", style="dim"))
         return Group(*rows)
@@ -561,8 +575,8 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
                 human.note = ""
 
         reader = TextInput(typed) if text_input else None
-        if human is not None and reader is not None:
-            human.editor = reader.editor
+        if human is not None:
+            human.reader = reader
         async with session:
             live = None
             if human is not None:

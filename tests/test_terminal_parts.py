@@ -7,6 +7,7 @@ from __future__ import annotations
 import array
 import io
 import math
+import os
 import subprocess
 import wave
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ import pytest
 from fsm_voice import RealtimeConfig, realtime_session
 from fsm_voice.peer.server import RealtimePeer
 from fsm_voice.peer.vad import count_words, rms_dbfs
-from fsm_voice.terminal import Activity, HumanView, LineEditor, Transcripts
+from fsm_voice.terminal import Activity, HumanView, LineEditor, TextInput, Transcripts
 from fsm_voice.transport.audio import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -281,3 +282,26 @@ def test_recorder_puts_both_sides_on_one_time_line(tmp_path: Path) -> None:
     # a frame is placed to end when it arrived: the reply's first one arrived at t0 + 2.0 s
     assert voiced(right) == list(range(99 * FRAME_SAMPLES, 149 * FRAME_SAMPLES, FRAME_SAMPLES))
     assert rec.voiced == [50 * FRAME_SAMPLES, 50 * FRAME_SAMPLES]
+
+
+@pytest.mark.anyio
+async def test_typed_lines_from_a_pipe_a_file_and_dev_null(tmp_path: Path) -> None:
+    got: list[str] = []
+    read, write = os.pipe()
+    try:
+        os.write(write, "first\n  \nsecond wörd\nno newline".encode())
+        os.close(write)
+        with anyio.fail_after(10):
+            await TextInput(got.append, fd=read).run()
+    finally:
+        os.close(read)
+    assert got == ["first", "second wörd", "no newline"]
+    (tmp_path / "msgs.txt").write_text("from a file\n")
+    for path in (tmp_path / "msgs.txt", Path(os.devnull)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with anyio.fail_after(10):
+                await TextInput(got.append, fd=fd).run()
+        finally:
+            os.close(fd)
+    assert got[3:] == ["from a file"]
