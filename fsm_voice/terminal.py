@@ -92,13 +92,14 @@ class Transcripts:
     def __init__(self, on_line: Callable[[float, str, str], None] | None = None,
                  t0: float | None = None) -> None:
         self.lines: list[tuple[float, str, str]] = []
-        self.partial: dict[tuple[str, str], str] = {}
+        self.partial: dict[tuple[str, str, str], str] = {}
+        """Words still arriving, by (role, item, response)."""
         self._on_line = on_line
         self.t0 = time.monotonic() if t0 is None else t0
 
-    def _key(self, role: str, e: Mapping[str, Any]) -> tuple[str, str]:
-        ids = (e.get("item_id"), e.get("content_index"), e.get("response_id"))
-        return role, printable(ids, 300)
+    def _key(self, role: str, e: Mapping[str, Any]) -> tuple[str, str, str]:
+        item = printable((e.get("item_id"), e.get("content_index")), 300)
+        return role, item, printable(e.get("response_id"), 300)
 
     def add(self, role: str, text: str) -> None:
         """A finished line (a typed message is added by the client itself)."""
@@ -122,6 +123,11 @@ class Transcripts:
             so_far = self.partial.pop(key, "")
             text = e.get("transcript", e.get("text"))
             self.add(role, text if isinstance(text, str) else so_far)
+        elif etype == "response.done":  # cancelled (barge-in): what was said so far
+            response = e.get("response")
+            rid = printable(response.get("id") if isinstance(response, Mapping) else None, 300)
+            for key in [k for k in self.partial if k[0] == "assistant" and k[2] == rid]:
+                self.add("assistant", self.partial.pop(key) + " … (interrupted)")
         elif etype in USER_FAILED:
             self.partial.pop(self._key("you", e), None)
             err = e.get("error")
@@ -139,6 +145,7 @@ class Activity:
         self.session_since: float | None = None
         self.expires_at: float | None = None  # wall clock
         self.responses = 0
+        self.response_active = False
         self.events: Counter[str] = Counter()
 
     def event(self, e: Mapping[str, Any]) -> None:
@@ -152,8 +159,11 @@ class Activity:
             self.assistant_speaking = True
         elif etype in ("output_audio_buffer.stopped", "output_audio_buffer.cleared"):
             self.assistant_speaking = False
+        elif etype == "response.created":
+            self.response_active = True
         elif etype == "response.done":
             self.responses += 1
+            self.response_active = False
         elif etype in ("session.created", "session.updated"):
             if etype == "session.created":
                 self.session_since = time.monotonic()
@@ -163,7 +173,7 @@ class Activity:
                 self.expires_at = float(expires)
 
     def link_down(self) -> None:
-        self.user_speaking = self.assistant_speaking = False
+        self.user_speaking = self.assistant_speaking = self.response_active = False
 
     @property
     def speaking(self) -> str:
@@ -367,7 +377,7 @@ class HumanView:
                     f"loss={loss} speaking={a.speaking} age={age} "
                     f"rollover={_clock(rollover) if rollover is not None else '-'}")
         rows: list[RenderableType] = [line]
-        for (role, _), text in list(self.transcripts.partial.items())[-2:]:
+        for (role, _, _), text in list(self.transcripts.partial.items())[-2:]:
             partial = Text(f"  {role}: ", style="dim")
             partial.append(text + " …", style="italic")
             rows.append(partial)
@@ -471,9 +481,15 @@ class ConnectAudio:
                 part.close()
 
 
-def _message(text: str) -> list[dict[str, Any]]:
+def _message(text: str, activity: Activity) -> list[dict[str, Any]]:
+    """A typed message: it interrupts the assistant (cancels the response being generated,
+    clears the audio still playing), then goes as a user item and asks for a response."""
     item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-    return [{"type": "conversation.item.create", "item": item}, {"type": "response.create"}]
+    interrupt = [{"type": "response.cancel"}] if activity.response_active else []
+    if activity.assistant_speaking:
+        interrupt.append({"type": "output_audio_buffer.clear"})
+    return [*interrupt, {"type": "conversation.item.create", "item": item},
+            {"type": "response.create"}]
 
 
 async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
@@ -564,7 +580,7 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
                 finish("quit")
                 return
             try:
-                for event in _message(line):
+                for event in _message(line, activity):
                     session.send_event(event)
             except (RuntimeError, QueueOverflowError) as exc:
                 if human is not None:

@@ -225,6 +225,30 @@ async def test_terminal_shows_transcripts_status_line_typed_text_and_summary(
     assert "Traceback" not in screen
 
 
+async def test_typing_interrupts_the_assistant_and_quit_ends_the_call(
+    peer: str, tmp_path: Path
+) -> None:
+    long = tmp_path / "long.wav"  # twelve words: a reply long enough to talk over
+    subprocess.run([_need("espeak-ng"), "-g", "15", "-w", str(long), f"{SENTENCE} {SENTENCE}"],
+                   check=True)
+    pty = await Pty.spawn(*connect(peer, "--input", str(long)), env=TOKEN)
+    with closing(pty):
+        await pty.wait_for(r"you: \(12 words")
+        await pty.wait_for(r"  assistant: I")  # the reply has begun: its first words
+        pty.type("stop please\r")
+        await pty.wait_for(r"\ds  assistant: I[^\n]*… \(interrupted\)")
+        await pty.wait_for(r"\ds  assistant: You wrote 2 words\.")
+        pty.type("/quit\r")
+        code = await pty.exit_code()
+        screen = pty.screen
+    assert code == 0, screen
+    assert not re.search(r"\ds  assistant: I heard 12 words\.(?! …)", screen), screen  # cut
+    assert "quit; cleanly (idle): True" in screen, screen
+    (call,) = (await control(peer, "calls"))["calls"]
+    assert call["responses_cancelled"] == 1 and call["responses_completed"] == 1, call
+    assert call["events_received"].get("response.cancel") == 1, call
+
+
 async def test_json_flag_on_a_terminal_keeps_the_json_lines(peer: str) -> None:
     pty = await Pty.spawn(*connect(peer, "--json", "--duration", "3", "--turn-detection", "none"),
                           env=TOKEN)

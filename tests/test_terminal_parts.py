@@ -305,3 +305,20 @@ async def test_typed_lines_from_a_pipe_a_file_and_dev_null(tmp_path: Path) -> No
         finally:
             os.close(fd)
     assert got[3:] == ["from a file"]
+
+
+def test_a_cancelled_reply_keeps_its_words_marked_interrupted() -> None:
+    t = Transcripts()
+    a = Activity()
+    for e in ({"type": "response.created", "response": {"id": "r1"}},
+              {"type": "output_audio_buffer.started", "response_id": "r1"},
+              {"type": "response.output_audio_transcript.delta", "response_id": "r1",
+               "item_id": "a", "content_index": 0, "delta": "Once upon"}):
+        t.event(e)
+        a.event(e)
+    assert a.response_active and a.assistant_speaking
+    done = {"type": "response.done", "response": {"id": "r1", "status": "cancelled"}}
+    t.event(done)
+    a.event(done)
+    assert [line[1:] for line in t.lines] == [("assistant", "Once upon … (interrupted)")]
+    assert t.partial == {} and not a.response_active
