@@ -38,10 +38,10 @@ from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
 import attrs
-from aioice import stun
 
 from fsm_voice.errors import ConfigError
 from fsm_voice.policy import IceServer, IceUrl
+from fsm_voice.transport._private import stun  # aioice's STUN codec, behind the version gate
 
 __all__ = ["DEFAULT_COOLDOWN", "DEFAULT_TIMEOUT", "IceServerProber", "IceTarget", "ProbeResult"]
 

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from aioice import stun
 
 from fsm_voice.policy import IceServer
+from fsm_voice.transport._private import stun
 
 HOST = "127.0.0.1"
 USERNAME = "fsm"

@@ -24,6 +24,8 @@ Faults (all reversible, all removed by :meth:`NetnsPair.close`):
   both sides blocks both directions like a dead network link does: senders see their datagrams
   vanish. (A ``DROP`` in the sender's own ``OUTPUT`` chain is not the same fault: Linux fails the
   ``sendto``/``connect`` at once with ``EPERM``, which no real outage does.)
+* :meth:`~NetnsPair.drop_path`: the same, for the datagrams of one ICE path (client
+  ``ip:port`` <-> peer ``ip:port``) only: that path is dead, a restart finds a fresh one.
 * :meth:`~NetnsPair.link_down` / :meth:`~NetnsPair.link_up`: ``ip link set ... down/up`` of the
   client's end.
 * :meth:`~NetnsPair.random_loss`: ``-m statistic --mode random --probability p`` DROP at both
@@ -257,6 +259,24 @@ class NetnsPair:
 
     def drop_stop(self) -> float:
         self._remove_rules(self._drop)
+        return time.monotonic()
+
+    def drop_path(self, local: str, remote: str) -> float:
+        """Kill one ICE path only: ingress DROP, both ways, of the UDP datagrams between the
+        client's ``local`` and the peer's ``remote`` ("ip:port" each). Every other path (new
+        sockets of a restart, the HTTP signaling) still works. Return time.monotonic()."""
+        if self._drop:
+            raise RuntimeError("a blackout is already in place")
+        lip, lport = local.rsplit(":", 1)
+        rip, rport = remote.rsplit(":", 1)
+        rules = [
+            (self.client_ns, ("INPUT", "-i", self.client_if, "-p", "udp", "-s", rip, "--sport",
+                              rport, "-d", lip, "--dport", lport, "-j", "DROP")),
+            (self.peer_ns, ("INPUT", "-i", self.peer_if, "-p", "udp", "-s", lip, "--sport",
+                            lport, "-d", rip, "--dport", rport, "-j", "DROP")),
+        ]
+        self._add_rules(rules)
+        self._drop = rules
         return time.monotonic()
 
     def random_loss(self, p: float) -> float:

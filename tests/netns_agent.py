@@ -229,9 +229,9 @@ def selected_path(transport: Any) -> dict[str, str] | None:
     """The ICE pair the current connection uses, ``{"local": "ip:port", "remote": ...}``
     (reads aiortc/aioice internals: diagnostic only, None when unavailable)."""
     try:
-        pc = transport._conn.pc
-        ice = pc.getTransceivers()[0].receiver.transport.transport
-        pair = ice._connection._nominated[1]
+        from fsm_voice.transport import _private
+
+        pair = _private.selected_pair(transport._conn.pc)
         local, remote = pair.local_candidate, pair.remote_candidate
         return {"local": f"{local.host}:{local.port}", "remote": f"{remote.host}:{remote.port}"}
     except Exception:
@@ -331,6 +331,11 @@ async def run_client(args: argparse.Namespace) -> None:
                         state=session.state,
                         attempts=session.attempts,
                         path=selected_path(transport),
+                        liveness=(
+                            attrs.asdict(transport.liveness)
+                            if transport.liveness is not None
+                            else None
+                        ),
                     )
                 elif cmd.get("cmd") == "send":
                     senders.append(

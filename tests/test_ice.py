@@ -25,7 +25,7 @@ from fsm_voice.peer.server import RealtimePeer
 from fsm_voice.policy import IceServer
 from fsm_voice.ports import TransportSignal
 from fsm_voice.signaling import HttpSignaling
-from fsm_voice.transport import AiortcTransport
+from fsm_voice.transport import AiortcTransport, _private
 from tests.coturn import Coturn, coturn_server, dead_udp_port, free_port, self_signed_cert
 
 pytestmark = pytest.mark.anyio
@@ -152,9 +152,10 @@ def nominated_pair(transport: AiortcTransport) -> Any:
     """aioice's nominated candidate pair of the current connection (aiortc 1.16 has no
     candidate-pair stats)."""
     conn = transport._conn
-    assert conn is not None and conn.pc is not None and conn.pc.sctp is not None
-    ice = conn.pc.sctp.transport.transport
-    return ice._connection._nominated[1]
+    assert conn is not None and conn.pc is not None
+    pair = _private.selected_pair(conn.pc)
+    assert pair is not None
+    return pair
 
 
 # ------------------------------------------------------------------------------------------

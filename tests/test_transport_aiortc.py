@@ -20,7 +20,7 @@ import statistics
 import threading
 import time
 import wave
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -45,9 +45,11 @@ from fsm_voice.transport import (
     UtteranceSource,
     WavFileSource,
     WavRecorder,
+    _private,
     loopback,
     parse_server_message,
 )
+from fsm_voice.transport.liveness import ProbeTiming
 
 pytestmark = pytest.mark.anyio
 
@@ -140,39 +142,20 @@ class Answerer:
                 await track.recv()
                 self.frames_in += 1
 
-    def _protocols(self, pc: RTCPeerConnection) -> Iterator[Any]:
-        seen: set[int] = set()
-        for transceiver in pc.getTransceivers():
-            ice = transceiver.receiver.transport.transport
-            for protocol in ice._connection._protocols:
-                if id(protocol) not in seen:
-                    seen.add(id(protocol))
-                    yield protocol
-        if pc.sctp is not None:
-            for protocol in pc.sctp.transport.transport._connection._protocols:
-                if id(protocol) not in seen:
-                    seen.add(id(protocol))
-                    yield protocol
-
     def blackhole(self, pc: RTCPeerConnection) -> None:
         """Drop everything ``pc`` sends (media, RTCP, SCTP, STUN): the path looks dead to us."""
-
-        async def drop_data(data: bytes, addr: Any) -> None:
-            return None
-
-        def drop_stun(message: Any, addr: Any) -> None:
-            return None
-
-        for protocol in self._protocols(pc):
-            protocol.send_data = drop_data
-            protocol.send_stun = drop_stun
-            self._muted.append(protocol)
+        self._muted.extend(_private.mute_datagrams(pc))
+        assert self._muted, "datagram_mute capability lost"
 
     def restore(self) -> None:
-        for protocol in self._muted:
-            del protocol.send_data
-            del protocol.send_stun
+        _private.unmute_datagrams(self._muted)
         self._muted.clear()
+
+    def mute_media(self, pc: RTCPeerConnection) -> None:
+        """Stop sending RTP like a browser's ``replaceTrack(null)`` (RTCP, ICE, SCTP go on)."""
+        for sender in pc.getSenders():
+            if sender.kind == "audio":
+                sender.replaceTrack(None)
 
     async def close_calls(self) -> None:
         self.restore()
@@ -358,21 +341,85 @@ async def test_no_false_disconnect_during_normal_flow(answerer: Answerer) -> Non
         assert TransportSignal.FAILED not in sink.kinds()
 
 
+# Liveness timings (ProbeTiming) far from the assertions' bounds: the bounds hold on a loaded
+# machine, and the event ORDER (disconnected before failed, recovered before failed) is what
+# the tests check.
+_SLOW_FAIL = ProbeTiming(interval=0.1, probe_after=0.2, dead_after=0.5, fail_after=30.0)
+
+
 async def test_dead_path_reported_within_a_second_then_recovered(answerer: Answerer) -> None:
-    async with connected(answerer, audio_source=SilenceSource) as (_, sink):
+    """Everything from the remote stops (media, RTCP, SCTP, STUN answers): probes go
+    unanswered -> ICE_DISCONNECTED; traffic back -> ICE_RECOVERED (no FAILED in between)."""
+    async with connected(answerer, audio_source=SilenceSource, probe=_SLOW_FAIL) as (t, sink):
         await sink.wait_signal(TransportSignal.CONNECTED)
         await asyncio.sleep(0.3)  # let media flow first
+        await poll_until(lambda: t.liveness is not None and t.liveness.rtt is not None)
+        before = t.liveness.probes_answered  # type: ignore[union-attr]
         answerer.blackhole(answerer.pcs[0])
         cut = time.monotonic()
         await sink.wait_signal(TransportSignal.ICE_DISCONNECTED, timeout=3.0)
         detected = sink.at(TransportSignal.ICE_DISCONNECTED) - cut
         print(f"\ndead path noticed after {detected * 1000:.0f} ms")
-        assert detected < 1.1, f"dead path noticed after {detected:.2f}s"
-        assert sink.kinds().count(TransportSignal.ICE_DISCONNECTED) == 1
+        assert detected < 1.0, f"dead path noticed after {detected:.2f}s"
+        stats = t.liveness
+        assert stats is not None and stats.probing
+        assert stats.probes_sent >= 2 and stats.signals == ("ice_disconnected",)
+        answered = stats.probes_answered
         answerer.restore()
         await sink.wait_signal(TransportSignal.ICE_RECOVERED, timeout=3.0)
         assert sink.kinds().count(TransportSignal.ICE_DISCONNECTED) == 1
         assert TransportSignal.FAILED not in sink.kinds()
+        assert answered == before  # while the path was dead, no probe came back
+
+
+async def test_dead_path_fails_fast(answerer: Answerer) -> None:
+    """A path that stays dead: ICE_DISCONNECTED, then FAILED (restart now, no grace period),
+    both well before aiortc's own consent expiry (~30 s)."""
+    async with connected(answerer, audio_source=SilenceSource) as (transport, sink):
+        await sink.wait_signal(TransportSignal.CONNECTED)
+        await asyncio.sleep(0.3)
+        await poll_until(lambda: transport.liveness is not None and transport.liveness.rtt)
+        answerer.blackhole(answerer.pcs[0])
+        cut = time.monotonic()
+        await sink.wait_signal(TransportSignal.FAILED, timeout=5.0)
+        assert sink.kinds()[-2:] == [TransportSignal.ICE_DISCONNECTED, TransportSignal.FAILED]
+        failed = sink.at(TransportSignal.FAILED) - cut
+        print(f"\ndead path declared failed after {failed * 1000:.0f} ms")
+        assert failed < 2.0, failed
+        detail = next(d for s, d, _ in sink.signals if s is TransportSignal.FAILED)
+        assert "STUN probe" in detail
+        stats = transport.liveness
+        assert stats is not None and stats.state == "failed"
+        assert stats.probes_answered == 1  # the calibration probe, before the cut
+
+
+async def test_muted_remote_is_silent_not_dead(answerer: Answerer) -> None:
+    """The remote stops its RTP (``replaceTrack(None)``) but stays connected: the probes are
+    answered (*remote silent, path alive*) and no liveness signal is raised."""
+    async with connected(answerer, audio_source=SilenceSource, probe=_SLOW_FAIL) as (t, sink):
+        await sink.wait_signal(TransportSignal.CONNECTED)
+        await asyncio.sleep(0.3)
+        answerer.mute_media(answerer.pcs[0])
+        await poll_until(lambda: t.liveness is not None and t.liveness.silent_alive >= 3)
+        stats = t.liveness
+        assert stats is not None and stats.probes_answered >= 3
+        assert set(sink.kinds()) == {TransportSignal.CONNECTED, TransportSignal.CHANNEL_OPEN}
+        assert stats.signals == ()
+
+
+async def test_without_probes_a_muted_remote_looks_dead(answerer: Answerer) -> None:
+    """The control for the test above: with probing off (stall detection, the fallback when
+    the capability is lost) the same mute is taken for a dead path."""
+    async with connected(
+        answerer, audio_source=SilenceSource, probe=None, liveness_interval=0.05,
+        liveness_stall=0.3,
+    ) as (transport, sink):
+        await sink.wait_signal(TransportSignal.CONNECTED)
+        await asyncio.sleep(0.3)
+        answerer.mute_media(answerer.pcs[0])
+        await sink.wait_signal(TransportSignal.ICE_DISCONNECTED, timeout=5.0)
+        stats = transport.liveness
+        assert stats is not None and not stats.probing and stats.probes_sent == 0
 
 
 async def test_unexpected_remote_close_is_failed(answerer: Answerer) -> None:

@@ -1,6 +1,8 @@
 """Token broker: a small service that holds the real API key and hands short-lived ``ek_``
 client secrets to authenticated app clients (rate-limited, audited). See
-:mod:`fsm_voice.broker.app`."""
+:mod:`fsm_voice.broker.app`. Replicas share rate limits in Redis
+(:mod:`fsm_voice.broker.redis_limits`) and a hash-chained audit log in PostgreSQL
+(:mod:`fsm_voice.broker.audit_pg`); both need the ``broker-scale`` extra."""
 
 from .app import (
     DEFAULT_UPSTREAM,
@@ -11,8 +13,8 @@ from .app import (
     TokenBroker,
     hash_secret,
 )
-from .audit import AuditEntry, AuditLog
-from .ratelimit import RateLimiter, RatePolicy
+from .audit import AuditEntry, AuditLog, AuditStore, VerifyResult, verify_rows, verify_sqlite
+from .ratelimit import LimitStore, LimitsUnavailable, MemoryLimits, RateLimiter, RatePolicy
 
 __all__ = [
     "DEFAULT_UPSTREAM",
@@ -20,10 +22,17 @@ __all__ = [
     "TOKEN_PATH",
     "AuditEntry",
     "AuditLog",
+    "AuditStore",
     "BrokerConfig",
     "ClientRegistry",
+    "LimitStore",
+    "LimitsUnavailable",
+    "MemoryLimits",
     "RateLimiter",
     "RatePolicy",
     "TokenBroker",
+    "VerifyResult",
     "hash_secret",
+    "verify_rows",
+    "verify_sqlite",
 ]

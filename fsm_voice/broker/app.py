@@ -24,7 +24,10 @@ Every error is an OpenAI-shaped JSON body ``{"error": {"type", "code", "message"
 401 missing/wrong credentials (one message for unknown client and wrong secret), 429 per-client
 token bucket exhausted (``Retry-After``, integer seconds), 413 body over ``max_body_bytes``,
 400 invalid JSON / parameters (and malformed HTTP: never echoed), 405 wrong method, 404 unknown
-path, 408 body not received in ``body_timeout``, 503 too many upstream calls in flight, 502
+path, 408 body not received in ``body_timeout``, 503 too many upstream calls in flight or the
+rate-limit store unreachable (``rate_limits_unavailable`` + ``Retry-After``; fail closed unless
+``limits_fail_open``), 500 ``audit_failed`` when a minted key's row could not be committed (the
+key is dropped, never handed out), 502
 upstream failure (classified: ``code`` is the upstream's, ``Retry-After`` when the upstream gave
 one, clamped to ``[1, max_upstream_retry_after]``). Each authenticated token request appends one
 row to the audit log (:mod:`fsm_voice.broker.audit`), so does each unauthenticated one within the
@@ -47,6 +50,12 @@ any ``repr``, log line, error, response or audit row; upstream error text is red
 scrubbed of the key before it goes anywhere. Client secrets are stored as SHA-256 digests and
 compared in constant time.
 
+Storage: rate limits live behind :class:`~fsm_voice.broker.ratelimit.LimitStore` (in process
+by default, Redis for replicas) and the audit log behind
+:class:`~fsm_voice.broker.audit.AuditStore` (SQLite by default, PostgreSQL for replicas). The
+client address is the TCP peer, or behind ``trusted_proxies`` the one their forwarding header
+names (:mod:`fsm_voice.broker.forwarded`).
+
 Transport security is not this module's job: bind to loopback (the default) and put a TLS
 terminating proxy in front for anything else.
 """
@@ -56,6 +65,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -76,8 +87,16 @@ from fsm_voice._lifetime import LocalService, read_limited
 from fsm_voice.errors import ConfigError, ErrorSource, Severity, VoiceError, redact
 from fsm_voice.tokens import EphemeralKey, OpenAIClientSecrets, check_api_base
 
-from .audit import AuditEntry, AuditLog
-from .ratelimit import FairSlots, RateLimiter, RatePolicy
+from .audit import AuditEntry, AuditLog, AuditStore
+from .forwarded import FORWARDED_HEADERS, ForwardedHeader, Network, client_address, parse_networks
+from .ratelimit import (
+    FairSlots,
+    LimitStore,
+    LimitsUnavailable,
+    MemoryLimits,
+    RateLimiter,
+    RatePolicy,
+)
 
 __all__ = [
     "DEFAULT_UPSTREAM",
@@ -101,6 +120,7 @@ _CLIENT_ID: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _DIGEST: Final = re.compile(r"^sha256:([0-9a-f]{64})$")
 _KEY_VALUE: Final = re.compile(r"^[\x21-\x7e]{1,2048}$")
 _SESSION_ID: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_MAX_BACKLOG: Final = 10_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +246,19 @@ def _check_upstream(instance: object, attribute: object, value: str) -> None:
     check_api_base(value)
 
 
+def _check_forwarded_header(instance: object, attribute: object, value: str) -> None:
+    if value not in FORWARDED_HEADERS:
+        raise ConfigError.invalid("forwarded_header", value, f"one of {FORWARDED_HEADERS}")
+
+
+def _networks(value: object) -> tuple[Network, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigError.invalid("trusted_proxies", value, "a list of addresses or networks")
+    return parse_networks(str(v) for v in value)
+
+
 @attrs.frozen
 class BrokerConfig:
     """Everything the broker needs except secrets (safe to print)."""
@@ -278,6 +311,22 @@ class BrokerConfig:
     max_body_bytes: int = attrs.field(
         default=16 * 1024, validator=_int_in("max_body_bytes", 64, 1 << 24)
     )
+    trusted_proxies: tuple[Network, ...] = attrs.field(default=(), converter=_networks)
+    """Reverse proxies whose forwarding header names the client (empty: the TCP peer is the
+    client, forwarding headers are ignored)."""
+    forwarded_header: ForwardedHeader = attrs.field(
+        default="x-forwarded-for", validator=_check_forwarded_header
+    )
+    """The one header the trusted proxies write: ``x-forwarded-for`` or ``forwarded``."""
+    limits_fail_open: bool = attrs.field(
+        default=False, validator=attrs.validators.instance_of(bool)
+    )
+    """When the rate-limit store is unreachable: False (default) refuses with 503 and mints
+    nothing; True lets requests through unlimited. Either way each decision is audited."""
+    limits_retry_after: int = attrs.field(
+        default=1, validator=_int_in("limits_retry_after", 1, 3600)
+    )
+    """``Retry-After`` seconds of the 503 sent while the rate-limit store is unreachable."""
 
     @property
     def upstream_slots_per_client(self) -> int:
@@ -325,6 +374,15 @@ class _Outcome:
     authenticated: bool = False
 
 
+@attrs.define
+class _RequestState:
+    client_addr: str | None
+    limits_fail_open: bool = False
+
+
+_STATE: Final = web.RequestKey("fsm_voice_broker", _RequestState)
+
+
 class _Refusal(Exception):
     def __init__(self, outcome: _Outcome) -> None:
         super().__init__(outcome.outcome)
@@ -355,9 +413,14 @@ class TokenBroker(LocalService):
     """The broker. ``async with TokenBroker(config, api_key=..., clients=..., audit=...)``.
 
     ``api_key``: the upstream API key (read it from the environment, never from argv).
-    ``audit``: an :class:`AuditLog` (left open on stop) or a path (opened and closed here).
-    ``clock``: monotonic seconds for rate limiting (injectable). ``now``: epoch seconds, to
-    clamp the upstream's ``expires_at`` (injectable).
+    ``audit``: an audit store (:class:`AuditLog`, or
+    :class:`~fsm_voice.broker.audit_pg.PostgresAuditLog`; left open on stop unless
+    ``manage_stores``) or a SQLite path (opened and closed here).
+    ``limits``: where the rate limits live (default: :class:`MemoryLimits`, this process only;
+    :class:`~fsm_voice.broker.redis_limits.RedisLimits` to share them between replicas); opened
+    and closed here only with ``manage_stores``.
+    ``clock``: monotonic seconds for in-process rate limiting (injectable). ``now``: epoch
+    seconds, to clamp the upstream's ``expires_at`` (injectable).
     """
 
     def __init__(
@@ -366,7 +429,9 @@ class TokenBroker(LocalService):
         *,
         api_key: str,
         clients: ClientRegistry,
-        audit: AuditLog | str | Path,
+        audit: AuditStore | str | Path,
+        limits: LimitStore | None = None,
+        manage_stores: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -379,23 +444,20 @@ class TokenBroker(LocalService):
         self.config = config
         self._api_key = api_key.strip()
         self.clients = clients
-        self._owns_audit = not isinstance(audit, AuditLog)
-        self.audit = audit if isinstance(audit, AuditLog) else AuditLog(audit)
+        self._owns_audit = isinstance(audit, str | Path) or manage_stores
+        self.audit: AuditStore = AuditLog(audit) if isinstance(audit, str | Path) else audit
+        self._owns_limits = limits is not None and manage_stores
+        self.limits: LimitStore = limits if limits is not None else MemoryLimits(clock=clock)
         self.host = host
         self.port = port
         self._clock = clock
         self._now = now
         self.header_timeout = config.header_timeout
-        self.limiter = RateLimiter(config.rate, clock=clock)
         failures = config.auth_failure_rate
-        self.auth_failures = RateLimiter(failures, clock=clock) if failures is not None else None
+        self.auth_failures = failures
         self.auth_failures_by_address = (
-            RateLimiter(
-                RatePolicy(
-                    capacity=failures.capacity * 4,
-                    refill_per_second=failures.refill_per_second * 4,
-                ),
-                clock=clock,
+            RatePolicy(
+                capacity=failures.capacity * 4, refill_per_second=failures.refill_per_second * 4
             )
             if failures is not None
             else None
@@ -408,6 +470,10 @@ class TokenBroker(LocalService):
         self.mint_failures_in_a_row = 0
         self.last_mint_error: str | None = None
         self.audit_failing = False
+        self.limits_failing = False
+        self._backlog: collections.deque[AuditEntry] = collections.deque()
+        self._backlog_task: asyncio.Task[None] | None = None
+        self._backlog_lock = asyncio.Lock()
         self._upstream: OpenAIClientSecrets | None = None
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -435,8 +501,15 @@ class TokenBroker(LocalService):
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("TokenBroker already started")
-        if self._owns_audit:
-            await self.audit.open()
+        if self._owns_limits:
+            await self.limits.open()
+        try:
+            if self._owns_audit:
+                await self.audit.open()
+        except BaseException:
+            if self._owns_limits:
+                await self.limits.close()
+            raise
         try:
             self._http = aiohttp.ClientSession()
             self._upstream = OpenAIClientSecrets(
@@ -455,12 +528,31 @@ class TokenBroker(LocalService):
         )
 
     async def _close_resources(self) -> None:
+        task, self._backlog_task = self._backlog_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._backlog:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.flush_backlog()
+            except Exception as exc:
+                log.error(
+                    "broker: %d audit row(s) of dropped keys never written (%s)",
+                    len(self._backlog),
+                    type(exc).__name__,
+                )
         http, self._http = self._http, None
         self._upstream = None
         if http is not None:
             await http.close()
-        if self._owns_audit:
-            await self.audit.close()
+        try:
+            if self._owns_audit:
+                await self.audit.close()
+        finally:
+            if self._owns_limits:
+                await self.limits.close()
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -471,6 +563,41 @@ class TokenBroker(LocalService):
             self._bound_port = None
             await self._close_resources()
 
+
+    # -- rows of dropped keys ----------------------------------------------------------------
+
+    @property
+    def unrecorded(self) -> int:
+        """Rows of keys minted upstream but dropped (their row failed) still to be written."""
+        return len(self._backlog)
+
+    def _unrecorded_key(self, entry: AuditEntry) -> None:
+        if len(self._backlog) >= _MAX_BACKLOG:
+            self._count("audit_lost")
+            log.error("broker: audit backlog full; the row of key %s is lost", entry.key_id)
+            return
+        self._backlog.append(entry)
+        if self._backlog_task is None or self._backlog_task.done():
+            self._backlog_task = asyncio.get_running_loop().create_task(
+                self._drain_backlog(), name="audit-backlog"
+            )
+
+    async def flush_backlog(self) -> None:
+        """Write the rows of dropped keys now (raises if the audit log still fails)."""
+        async with self._backlog_lock:
+            while self._backlog:
+                await self.audit.record(self._backlog[0])
+                self._backlog.popleft()
+                self.audit_failing = False
+
+    async def _drain_backlog(self) -> None:
+        delay = 0.1
+        while self._backlog:
+            try:
+                await self.flush_backlog()
+            except Exception:
+                await asyncio.sleep(delay)  # the audit store is down: retry, backing off
+                delay = min(delay * 2, 5.0)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -511,19 +638,34 @@ class TokenBroker(LocalService):
         return self.mint_failures_in_a_row < self.config.unhealthy_after_failures
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
-        ok = self.minting_healthy and not self.audit_failing and self._upstream is not None
+        limits_down = self.limits_failing and not self.config.limits_fail_open
+        ok = (
+            self.minting_healthy
+            and not self.audit_failing
+            and not limits_down
+            and self._upstream is not None
+        )
         body = {
             "status": "ok" if ok else "failing",
             "minting": "ok" if self.minting_healthy else "failing",
             "mint_failures_in_a_row": self.mint_failures_in_a_row,
             "last_mint_error": self.last_mint_error,
             "audit": "failing" if self.audit_failing else "ok",
+            "limits": "failing" if self.limits_failing else "ok",
             "audit_suppressed": self.counters.get("audit_suppressed", 0),
         }
         return web.json_response(body, status=200 if ok else 503)
 
     async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        state = request[_STATE] = _RequestState(
+            client_address(
+                request.remote,
+                request.headers.getall(self.config.forwarded_header, []),
+                self.config.trusted_proxies,
+                self.config.forwarded_header,
+            )
+        )
         try:
             result = await self._issue(request)
         except _Refusal as refusal:
@@ -541,15 +683,18 @@ class TokenBroker(LocalService):
                 detail="internal_error",
             )
         key = result.key
+        detail = result.detail
+        if detail is None and state.limits_fail_open:
+            detail = "limits_fail_open"  # let through unlimited: the row says so
         entry = AuditEntry(
             outcome=result.outcome,
             http_status=result.response.status,
             latency_ms=(time.perf_counter() - started) * 1000.0,
             client_id=result.client_id,
-            remote_addr=request.remote,
+            remote_addr=state.client_addr,
             session_id=key.session_id if key is not None else None,
             key_id=key.fingerprint if key is not None else None,
-            detail=result.detail,
+            detail=detail,
         )
         self._count(result.outcome)
         suppressed = (
@@ -568,6 +713,11 @@ class TokenBroker(LocalService):
             self.audit_failing = True
             if key is not None:  # fail closed: no key leaves without its audit row
                 self._count("internal_error")
+                # ... and the key minted upstream but dropped here still gets its row, later
+                self._unrecorded_key(
+                    attrs.evolve(entry, outcome="internal_error", http_status=500,
+                                 detail="audit_failed")
+                )
                 return web.json_response(
                     _error_body(
                         "The audit log is unavailable.", type="server_error", code="audit_failed"
@@ -619,8 +769,8 @@ class TokenBroker(LocalService):
                 headers={"Allow": "POST"},
                 authenticated=False,
             )
-        client_id = self._authenticate(request)
-        wait = self.limiter.acquire(client_id)
+        client_id = await self._authenticate(request)
+        wait = await self._limit(request, "client", client_id, self.config.rate, client_id)
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             raise _refuse(
@@ -648,7 +798,44 @@ class TokenBroker(LocalService):
         seconds = self._expires_after(body, client_id)
         return await self._mint(client_id, seconds)
 
-    def _authenticate(self, request: web.Request) -> str:
+    async def _limit(
+        self,
+        request: web.Request,
+        name: str,
+        key: str,
+        policy: RatePolicy,
+        client_id: str | None,
+        *,
+        authenticated: bool = True,
+    ) -> float | None:
+        """The limit store's answer; when the store is unreachable, a 503 (fail closed) or, if
+        configured, None with the request marked for its audit row (fail open)."""
+        try:
+            wait = await self.limits.acquire(name, key, policy)
+        except LimitsUnavailable as exc:
+            if not self.limits_failing:
+                log.error("broker: rate-limit store unavailable (%s)", exc)
+            self.limits_failing = True
+            if self.config.limits_fail_open:
+                request[_STATE].limits_fail_open = True
+                return None
+            seconds = self.config.limits_retry_after
+            raise _refuse(
+                503,
+                "limits_unavailable",
+                f"Rate limits are unavailable; try again in {seconds}s.",
+                type="server_error",
+                code="rate_limits_unavailable",
+                client_id=client_id,
+                headers={"Retry-After": str(seconds)},
+                authenticated=authenticated,
+            ) from None
+        if self.limits_failing:
+            log.warning("broker: rate-limit store is back")
+        self.limits_failing = False
+        return wait
+
+    async def _authenticate(self, request: web.Request) -> str:
         """The client id of valid credentials. Authentication comes first: a valid client is
         never refused for someone else's failures. A failure is charged to the (address,
         claimed id) and the address buckets; when either is empty the answer is 429."""
@@ -660,11 +847,25 @@ class TokenBroker(LocalService):
                 return client_id
             claimed = client_id if _CLIENT_ID.match(client_id) else "?"
         known = claimed if claimed in self.clients else None
-        remote = request.remote or "?"
+        remote = request[_STATE].client_addr or "?"
         if self.auth_failures is not None and self.auth_failures_by_address is not None:
             waits = [
-                self.auth_failures.acquire(f"{remote} {claimed}"),
-                self.auth_failures_by_address.acquire(remote),
+                await self._limit(
+                    request,
+                    "authfail",
+                    f"{remote} {claimed}",
+                    self.auth_failures,
+                    known,
+                    authenticated=False,
+                ),
+                await self._limit(
+                    request,
+                    "authfail-addr",
+                    remote,
+                    self.auth_failures_by_address,
+                    known,
+                    authenticated=False,
+                ),
             ]
             wait = max((w for w in waits if w is not None), default=None)
             if wait is not None:

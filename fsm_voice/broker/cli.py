@@ -4,11 +4,18 @@ The API key is read from the environment variable named by ``--api-key-env`` (ne
 command line, where other users could read it in the process list). Clients come from a JSON
 file (``{"clients": {"<id>": "sha256:<hex>"}}``) and/or ``--client ID=sha256:HEX``; make a
 digest with ``fsm-voice broker --hash-secret`` (reads the secret from stdin).
+
+Several replicas share their limits and audit log with ``--redis-url`` (rate limits in Redis)
+and ``--audit-dsn`` (the audit log in PostgreSQL, set up once with ``fsm-voice broker
+audit-setup``). ``fsm-voice broker audit-verify`` checks an audit log's hash chain and names
+the first bad row (exit 1). Passwords never go on the command line: ``--redis-password-env``,
+and libpq's ``PGPASSWORD`` / ``~/.pgpass``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import os
@@ -19,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from fsm_voice.cli import EXIT_CODES, EXIT_USAGE, port, serve
+from fsm_voice.cli import EXIT_CODES, EXIT_FAILED, EXIT_USAGE, port, serve
 from fsm_voice.errors import ConfigError
 
 from .app import (
@@ -31,9 +38,11 @@ from .app import (
     hash_secret,
     read_clients_file,
 )
-from .ratelimit import RatePolicy
+from .audit import AuditStore, VerifyResult, verify_sqlite
+from .forwarded import FORWARDED_HEADERS
+from .ratelimit import LimitStore, RatePolicy
 
-__all__ = ["add_parsers", "build_broker", "cmd_broker"]
+__all__ = ["add_parsers", "build_broker", "cmd_audit_setup", "cmd_audit_verify", "cmd_broker"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -70,7 +79,40 @@ def add_parsers(subparsers: Any) -> None:
         metavar="ID=sha256:HEX",
         help="a client and its secret's digest (repeatable)",
     )
-    b.add_argument("--audit-db", default="broker-audit.sqlite3", help="SQLite audit log path")
+    b.add_argument(
+        "--audit-db", help="SQLite audit log path (default broker-audit.sqlite3)"
+    )
+    b.add_argument(
+        "--audit-dsn",
+        metavar="DSN",
+        help="PostgreSQL audit log (libpq DSN/URL without a password; shared by replicas)",
+    )
+    b.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="keep rate limits in Redis (redis://, rediss://, unix://; shared by replicas)",
+    )
+    b.add_argument(
+        "--redis-password-env", metavar="NAME", help="environment variable with the Redis password"
+    )
+    b.add_argument(
+        "--limits-fail-open",
+        action="store_true",
+        help="when Redis is unreachable, serve unlimited (audited) instead of 503",
+    )
+    b.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a reverse proxy whose forwarding header names the client (repeatable)",
+    )
+    b.add_argument(
+        "--forwarded-header",
+        choices=FORWARDED_HEADERS,
+        default="x-forwarded-for",
+        help="the header the trusted proxies write (default x-forwarded-for)",
+    )
     b.add_argument("--model", default="gpt-realtime", help="session model")
     b.add_argument("--voice", help="session output voice")
     b.add_argument("--instructions", help="session instructions")
@@ -99,6 +141,33 @@ def add_parsers(subparsers: Any) -> None:
         help="read a client secret from stdin, print its sha256: digest, exit",
     )
     b.set_defaults(func=cmd_broker)
+    sub = b.add_subparsers(dest="broker_command", metavar="{audit-verify,audit-setup}")
+    v = sub.add_parser(
+        "audit-verify",
+        help="check the audit log's hash chain; names the first bad row (exit 1)",
+        allow_abbrev=False,
+    )
+    where = v.add_mutually_exclusive_group(required=True)
+    where.add_argument("--audit-db", help="SQLite audit log path")
+    where.add_argument("--audit-dsn", metavar="DSN", help="PostgreSQL DSN (no password)")
+    v.add_argument(
+        "--anchor",
+        metavar="HASH",
+        help="a head hash printed by an earlier run: it must still be in the chain (rows cut "
+        "off the end are found)",
+    )
+    v.set_defaults(func=cmd_audit_verify)
+    s = sub.add_parser(
+        "audit-setup",
+        help="as the table owner: create the PostgreSQL audit table, its triggers and grants",
+        allow_abbrev=False,
+    )
+    s.add_argument("--audit-dsn", metavar="DSN", required=True, help="owner's DSN (no password)")
+    s.add_argument(
+        "--writer-role", required=True, help="existing role the broker connects as (gets only "
+        "SELECT and INSERT)"
+    )
+    s.set_defaults(func=cmd_audit_setup)
 
 
 def _check_host(host: str, allow_remote: bool) -> str:
@@ -167,6 +236,27 @@ def build_broker(args: argparse.Namespace, environ: Mapping[str, str] | None = N
             f"environment variable {args.api_key_env} is not set or empty (it must hold the "
             "upstream API key)"
         )
+    limits: LimitStore | None = None
+    if args.redis_url:
+        from .redis_limits import RedisLimits
+
+        password = None
+        if args.redis_password_env:
+            if not _ENV_NAME.match(args.redis_password_env):
+                raise ConfigError("--redis-password-env must name an environment variable")
+            password = env.get(args.redis_password_env) or None
+            if password is None:
+                raise ConfigError(f"environment variable {args.redis_password_env} is not set")
+        limits = RedisLimits(args.redis_url, password=password)
+    audit: AuditStore | str
+    if args.audit_dsn:
+        if args.audit_db:
+            raise ConfigError("pass --audit-db (SQLite) or --audit-dsn (PostgreSQL), not both")
+        from .audit_pg import PostgresAuditLog
+
+        audit = PostgresAuditLog(args.audit_dsn)
+    else:
+        audit = args.audit_db or "broker-audit.sqlite3"
     config = BrokerConfig(
         upstream_base=args.upstream,
         session_config=_session_config(args),
@@ -176,13 +266,18 @@ def build_broker(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         max_concurrent_upstream=args.max_concurrency,
         header_timeout=args.header_timeout,
         body_timeout=args.header_timeout,
+        trusted_proxies=tuple(args.trusted_proxy),
+        forwarded_header=args.forwarded_header,
+        limits_fail_open=args.limits_fail_open,
     )
     host = _check_host(args.host, args.allow_remote)
     return TokenBroker(
         config,
         api_key=api_key,
         clients=_clients(args),
-        audit=args.audit_db,
+        audit=audit,
+        limits=limits,
+        manage_stores=True,
         host=host,
         port=args.port,
     )
@@ -212,7 +307,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(
             f"fsm-voice broker listening on {url} (POST {url}{TOKEN_PATH}; "
             f"{len(broker.clients)} client(s); upstream {broker.config.upstream_base}; "
-            f"audit {broker.audit.path})",
+            f"audit {broker.audit.path}; limits {broker.limits.description})",
             flush=True,
         )
 
@@ -222,3 +317,41 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(f"fsm-voice broker: cannot open --audit-db {args.audit_db}: {exc}",
               file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # PostgreSQL audit store unreachable at start: one line
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        print(f"fsm-voice broker: cannot open the PostgreSQL audit log: {exc}",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Verify an audit log's chain: 0 when intact, 1 naming the first bad row, 2 when it
+    cannot be read."""
+    try:
+        if args.audit_dsn:
+            from .audit_pg import safe_dsn, verify_postgres
+
+            result: VerifyResult = asyncio.run(
+                verify_postgres(safe_dsn(args.audit_dsn), args.anchor)
+            )
+        else:
+            result = verify_sqlite(args.audit_db, args.anchor)
+    except Exception as exc:  # sqlite3 / psycopg errors, ConfigError
+        print(f"fsm-voice broker audit-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(result.describe(), flush=True)
+    return 0 if result.ok else 1
+
+
+def cmd_audit_setup(args: argparse.Namespace) -> int:
+    """Create the PostgreSQL audit table (as its owner) and grant the writer role."""
+    from .audit_pg import install_schema, safe_dsn
+
+    try:
+        asyncio.run(install_schema(safe_dsn(args.audit_dsn), args.writer_role))
+    except Exception as exc:
+        print(f"fsm-voice broker audit-setup: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(f"audit table ready; role {args.writer_role} may SELECT and INSERT only", flush=True)
+    return 0

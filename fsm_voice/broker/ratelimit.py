@@ -1,5 +1,6 @@
-"""Per-key token buckets (pure: the clock is injected, nothing sleeps), and fair upstream
-slots (:class:`FairSlots`)."""
+"""Per-key token buckets (pure: the clock is injected, nothing sleeps), fair upstream slots
+(:class:`FairSlots`), and the rate-limit storage port (:class:`LimitStore`) with its in-process
+implementation (:class:`MemoryLimits`; the Redis one is :mod:`fsm_voice.broker.redis_limits`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol
 
 import attrs
 
 from fsm_voice.errors import ConfigError
 
-__all__ = ["FairSlots", "RateLimiter", "RatePolicy"]
+__all__ = [
+    "FairSlots",
+    "LimitStore",
+    "LimitsUnavailable",
+    "MemoryLimits",
+    "RateLimiter",
+    "RatePolicy",
+]
 
 
 def _positive(name: str) -> Callable[[object, attrs.Attribute[float], float], None]:
@@ -196,3 +206,111 @@ class FairSlots:
                 del self._waiting[key]
             self._grant(key)
             fut.set_result(None)
+
+
+class LimitsUnavailable(Exception):
+    """The rate-limit store cannot answer (e.g. Redis unreachable). The broker fails closed on
+    it (503 + ``Retry-After``) unless configured to fail open."""
+
+
+class LimitStore(Protocol):
+    """Where the broker keeps its limits: named token buckets (``name`` picks the family, e.g.
+    ``"client"``, ``key`` the bucket in it) and per-client concurrent-session leases. Every
+    method may raise :class:`LimitsUnavailable`."""
+
+    @property
+    def description(self) -> str:
+        """Where the limits live, for logs (no secrets)."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def acquire(
+        self, name: str, key: str, policy: RatePolicy, cost: float = 1.0
+    ) -> float | None:
+        """Take ``cost`` tokens: None when allowed, else the seconds to wait (nothing taken)."""
+        ...
+
+    async def hold_session(self, client: str, lease: str, limit: int, ttl: float) -> bool:
+        """Take (or renew) the session lease ``lease`` of ``client`` for ``ttl`` seconds if it
+        holds fewer than ``limit`` live leases (a renewal always succeeds); False when full."""
+        ...
+
+    async def release_session(self, client: str, lease: str) -> None:
+        """Give back a lease (unknown leases are ignored)."""
+        ...
+
+    async def sessions(self, client: str) -> int:
+        """Live leases of ``client``."""
+        ...
+
+
+class MemoryLimits:
+    """:class:`LimitStore` in this process (the default: one broker process). Nothing here is
+    shared with another process."""
+
+    description = "memory"
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: dict[tuple[str, RatePolicy], RateLimiter] = {}
+        self._leases: dict[str, dict[str, float]] = {}
+
+    def limiter(self, name: str, policy: RatePolicy) -> RateLimiter:
+        """The bucket family ``name`` under ``policy`` (created on first use)."""
+        limiter = self._buckets.get((name, policy))
+        if limiter is None:
+            limiter = RateLimiter(policy, clock=self._clock, max_keys=self._max_keys)
+            self._buckets[(name, policy)] = limiter
+        return limiter
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def acquire(
+        self, name: str, key: str, policy: RatePolicy, cost: float = 1.0
+    ) -> float | None:
+        return self.limiter(name, policy).acquire(key, cost)
+
+    def _live(self, client: str) -> dict[str, float]:
+        now = self._clock()
+        leases = self._leases.get(client, {})
+        live = {lease: until for lease, until in leases.items() if until > now}
+        if live:
+            self._leases[client] = live
+        else:
+            self._leases.pop(client, None)
+        return live
+
+    async def hold_session(self, client: str, lease: str, limit: int, ttl: float) -> bool:
+        live = self._live(client)
+        if lease not in live and len(live) >= limit:
+            return False
+        self._leases.setdefault(client, {})[lease] = self._clock() + ttl
+        return True
+
+    async def release_session(self, client: str, lease: str) -> None:
+        self._live(client).pop(lease, None)
+        if not self._leases.get(client):
+            self._leases.pop(client, None)
+
+    async def sessions(self, client: str) -> int:
+        return len(self._live(client))
+
+    async def __aenter__(self) -> MemoryLimits:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

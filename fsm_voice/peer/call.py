@@ -20,10 +20,12 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from fsm_voice.transport import _private
 from fsm_voice.transport.loopback import LOOPBACK, host_addresses
 
 from . import protocol as p
@@ -46,30 +48,6 @@ def reply_tone(duration_s: float = 1.0) -> bytes:
     if duration_s not in _TONE_CACHE:
         _TONE_CACHE[duration_s] = tone(duration_s)
     return _TONE_CACHE[duration_s]
-
-
-class _MutedDatagramTransport(asyncio.DatagramTransport):
-    """Wraps a UDP transport and silently drops every outgoing datagram (go_silent)."""
-
-    def __init__(self, inner: asyncio.DatagramTransport) -> None:
-        super().__init__()
-        self.inner = inner
-        self.dropped = 0
-
-    def sendto(self, data: Any, addr: Any = None) -> None:
-        self.dropped += 1
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def is_closing(self) -> bool:
-        return self.inner.is_closing()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.inner.get_extra_info(name, default)
 
 
 def user_transcript(words: int, seconds: float) -> str:
@@ -147,7 +125,9 @@ class Call:
         self.tone_seconds = tone_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: _ActiveResponse | None = None
-        self._muted: list[tuple[Any, asyncio.DatagramTransport]] = []
+        self._muted: _private.Muted = []
+        self.media_muted = False
+        """Outbound audio track replaced by nothing (:meth:`mute_media`)."""
         # input audio
         self._prefix: collections.deque[bytes] = collections.deque()
         self._prefix_ms = 0.0
@@ -214,9 +194,8 @@ class Call:
             "responses_cancelled": self.responses_cancelled,
             "response_active": self._active.id if self._active else None,
             "history_items": len(self.history),
-            "datagrams_dropped": sum(
-                t.dropped for _, t in self._muted if isinstance(t, _MutedDatagramTransport)
-            ),
+            "datagrams_dropped": sum(t.dropped for _, t in self._muted),
+            "media_muted": self.media_muted,
         }
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -304,44 +283,44 @@ class Call:
         if self.closed or self.pc is None:
             return 0
         self.silent = True
-        count = 0
-        for conn in self._ice_connections():
-            for proto in list(getattr(conn, "_protocols", [])):
-                inner = getattr(proto, "transport", None)
-                if inner is None or isinstance(inner, _MutedDatagramTransport):
-                    continue
-                muted = _MutedDatagramTransport(inner)
-                proto.transport = muted
-                self._muted.append((proto, muted))
-                count += 1
-        return count
+        muted = _private.mute_datagrams(self.pc)
+        self._muted.extend(muted)
+        return len(muted)
 
     def resume(self) -> int:
         """Undo :meth:`go_silent` (if the ICE connection is still alive)."""
-        restored = 0
-        for proto, muted in self._muted:
-            if isinstance(muted, _MutedDatagramTransport) and proto.transport is muted:
-                proto.transport = muted.inner
-                restored += 1
+        restored = _private.unmute_datagrams(self._muted)
         self._muted.clear()
         self.silent = False
         return restored
 
-    def _ice_connections(self) -> list[Any]:
-        assert self.pc is not None
-        dtls = []
-        for tr in self.pc.getTransceivers():
-            dtls.append(tr.sender.transport)
-            dtls.append(tr.receiver.transport)
-        if self.pc.sctp is not None:
-            dtls.append(self.pc.sctp.transport)
-        conns: list[Any] = []
-        for d in dtls:
-            ice = getattr(d, "transport", None)
-            conn = getattr(ice, "_connection", None)
-            if conn is not None and all(conn is not c for c in conns):
-                conns.append(conn)
-        return conns
+    def mute_media(self) -> bool:
+        """Stop sending audio like a browser's ``sender.replaceTrack(null)``: RTP stops; ICE
+        (consent answers included), DTLS, RTCP and the data channel stay up. False when the
+        call has no audio sender (closed, not negotiated)."""
+        sender = self._audio_sender()
+        if sender is None:
+            return False
+        sender.replaceTrack(None)
+        self.media_muted = True
+        return True
+
+    def unmute_media(self) -> bool:
+        """Undo :meth:`mute_media` (the player track sends again)."""
+        sender = self._audio_sender()
+        if sender is None or not self.media_muted:
+            return False
+        sender.replaceTrack(self.player)
+        self.media_muted = False
+        return True
+
+    def _audio_sender(self) -> RTCRtpSender | None:
+        if self.closed or self.pc is None:
+            return None
+        for sender in self.pc.getSenders():
+            if sender.kind == "audio":
+                return sender
+        return None
 
     # ----------------------------------------------------------------- events out
 

@@ -10,6 +10,9 @@ path                       method  body (JSON) -> result
 /control/send_error        POST    ``{type?, code?, message, param?, call_id?}`` -> ``{"sent": n}``
 /control/go_silent         POST    ``{call_id?}`` -> ``{"calls": n}``
 /control/resume            POST    ``{call_id?}`` -> ``{"calls": n}``
+/control/mute_media        POST    ``{call_id?}`` -> ``{"calls": n}`` (RTP stops, like a browser's
+                                   ``replaceTrack(null)``; ICE/DTLS/data channel stay up)
+/control/unmute_media      POST    ``{call_id?}`` -> ``{"calls": n}``
 /control/close_call        POST    ``{call_id?}`` -> ``{"closed": n}``
 /control/reject_offers     POST    ``{count, status, retry_after?, code?, message?}``
 /control/delay_answers     POST    ``{seconds}``
@@ -204,6 +207,14 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
         body = await _body(request)
         return _json({"calls": peer.resume(_opt_str(body, "call_id"))})
 
+    async def mute_media(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        return _json({"calls": peer.mute_media(_opt_str(body, "call_id"))})
+
+    async def unmute_media(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        return _json({"calls": peer.unmute_media(_opt_str(body, "call_id"))})
+
     async def close_call(request: web.Request) -> web.StreamResponse:
         body = await _body(request)
         return _json({"closed": await peer.close_call(_opt_str(body, "call_id"))})
@@ -241,6 +252,8 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
         ("send_error", send_error),
         ("go_silent", go_silent),
         ("resume", resume),
+        ("mute_media", mute_media),
+        ("unmute_media", unmute_media),
         ("close_call", close_call),
         ("reject_offers", reject_offers),
         ("delay_answers", delay_answers),

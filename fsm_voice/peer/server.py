@@ -308,6 +308,15 @@ class RealtimePeer(LocalService):
             c.resume()
         return len(silenced)
 
+    def mute_media(self, call_id: str | None = None) -> int:
+        """Stop the call(s)' outbound audio like a browser's ``replaceTrack(null)``: RTP stops,
+        ICE, DTLS, RTCP and the data channel stay up. Returns calls affected."""
+        return sum(1 for c in self._targets(call_id) if c.mute_media())
+
+    def unmute_media(self, call_id: str | None = None) -> int:
+        """Undo :meth:`mute_media`. Returns calls affected."""
+        return sum(1 for c in self._targets(call_id) if c.unmute_media())
+
     async def close_call(self, call_id: str | None = None) -> int:
         """Close the call(s) abruptly (``pc.close()``, no event first). Returns how many."""
         targets = self._targets(call_id)

@@ -21,6 +21,7 @@ from fsm_voice.transport.audio import (
     WavFileSource,
     WavRecorder,
 )
+from fsm_voice.transport.liveness import LivenessStats, ProbeTiming
 from fsm_voice.transport.loopback import host_addresses, loopback
 from fsm_voice.transport.stats import metrics_from_stats
 
@@ -34,8 +35,10 @@ __all__ = [
     "AudioSourceFactory",
     "ChannelNotOpenError",
     "KeepOpen",
+    "LivenessStats",
     "NullSink",
     "PacedAudioSource",
+    "ProbeTiming",
     "SilenceSource",
     "ToneSource",
     "UtteranceSource",

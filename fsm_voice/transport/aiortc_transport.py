@@ -4,12 +4,14 @@ What aiortc 1.16 does and does not do (verified), and what this adapter does abo
 
 * no ICE restart, no ``disconnected`` state; a dead path is noticed only after ~30 s of failed
   consent checks, and then the peer connection goes ``closed`` (not ``failed``). Hence the
-  **liveness** task: every ``liveness_interval`` s it reads cheap inbound counters (packets
-  received by the DTLS transport(s) - RTP, RTCP and SCTP alike - plus frames read from the remote
-  track and data-channel messages). No growth for ``liveness_stall`` s after the connection was
-  up -> :attr:`TransportSignal.ICE_DISCONNECTED` (once per stall); growth again ->
-  :attr:`TransportSignal.ICE_RECOVERED`. The runtime/machine decides what to do (restart = a new
-  ``open``).
+  **liveness** task (:mod:`fsm_voice.transport.liveness`): it samples cheap inbound counters
+  (packets received by the DTLS transport(s) - RTP, RTCP and SCTP alike - plus frames read from
+  the remote track and data-channel messages) and, when they stall, probes the nominated ICE
+  pair with STUN binding requests: an answer means *remote silent, path alive* (no signal); no
+  evidence at all -> :attr:`TransportSignal.ICE_DISCONNECTED` (~0.5 s), then
+  :attr:`TransportSignal.FAILED` (~0.9 s: the machine restarts at once); evidence again ->
+  :attr:`TransportSignal.ICE_RECOVERED`. Without the probe capability it falls back to the
+  stall detector (``liveness_stall``, never ``FAILED``).
 * only the first STUN and the first TURN server are used; ``iceServers=None`` makes aiortc add a
   public Google STUN server, so an explicit list (possibly empty) is always passed. With a
   :class:`~fsm_voice.ice.IceServerProber` (automatic when more than one STUN or more than one
@@ -24,9 +26,9 @@ What aiortc 1.16 does and does not do (verified), and what this adapter does abo
   ~60 s, and aiortc's close waits all that time. :meth:`AiortcTransport.close` therefore gives
   ``pc.close()`` a short grace (:data:`_CLOSE_GRACE`, or :data:`_CLOSE_GRACE_DEAD` once the
   path is known dead) and then aborts this connection's TURN allocations
-  (:func:`_abort_turn_allocations`): their sockets are closed and their aioice tasks cancelled
-  and awaited, so the close finishes at once and nothing of it is left running (the server
-  frees an allocation nobody refreshes when its lifetime ends).
+  (:func:`fsm_voice.transport._private.abort_turn_allocations`): their sockets are closed and
+  their aioice tasks cancelled and awaited, so the close finishes at once and nothing of it is
+  left running (the server frees an allocation nobody refreshes when its lifetime ends).
 
 Every task this adapter creates belongs to the current connection and is cancelled and awaited by
 :meth:`AiortcTransport.close`; callbacks of an old connection can never reach a newer one.
@@ -44,7 +46,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import av
-from aioice.turn import TurnTransport
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -57,14 +58,16 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.sdp import SessionDescription
 
+from fsm_voice import ice as ice_module  # a module: fsm_voice.ice imports transport._private
 from fsm_voice.errors import ConfigError, ErrorSource, Severity, VoiceError, classify_exception
-from fsm_voice.ice import IceServerProber
 from fsm_voice.ports import ConnectionMetrics, Signaling, TransportSignal, TransportSink
-from fsm_voice.transport import loopback
+from fsm_voice.transport import _private, loopback
 from fsm_voice.transport.audio import AudioSink, AudioSinkFactory, AudioSourceFactory, NullSink
+from fsm_voice.transport.liveness import LivenessStats, PathLiveness, ProbeTiming, Step
 from fsm_voice.transport.stats import DEFAULT_CLOCK_RATE, metrics_from_stats
 
 if TYPE_CHECKING:
+    from fsm_voice.ice import IceServerProber
     from fsm_voice.policy import IceServer
 
 __all__ = [
@@ -116,10 +119,12 @@ class _Connection:
         self.local_tracks: list[MediaStreamTrack] = []
         self.audio_sink: AudioSink | None = None
         self.liveness_task: asyncio.Task[None] | None = None
+        self.liveness: PathLiveness | None = None
         self.reader_tasks: list[asyncio.Task[None]] = []
         self.closing = False
         self.closed = asyncio.Event()
         self.connected = False
+        self.up = asyncio.Event()
         self.failed = False
         self.path_dead = False
         self.channel_open_reported = False
@@ -166,6 +171,11 @@ class AiortcTransport:
     (its servers are used when ``ice_servers`` is empty); ``"auto"`` (default) creates one when
     more than one STUN or more than one TURN URL is configured; None never probes (aiortc gets
     ``ice_servers`` as given).
+
+    Liveness (see :mod:`fsm_voice.transport.liveness`): ``probe`` gives the timing of the STUN
+    probes of the selected path (None: no probes, stall detection only); ``liveness_interval``
+    and ``liveness_stall`` apply only to the stall detection (no probes, or the probe capability
+    lost).
     """
 
     def __init__(
@@ -180,6 +190,7 @@ class AiortcTransport:
         prober: IceServerProber | Literal["auto"] | None = "auto",
         liveness_interval: float = 0.25,
         liveness_stall: float = 0.75,
+        probe: ProbeTiming | None = ProbeTiming(),  # noqa: B008 - frozen value object
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not liveness_interval > 0:
@@ -192,7 +203,9 @@ class AiortcTransport:
                 liveness_stall,
                 f"seconds >= liveness_interval ({liveness_interval})",
             )
-        if isinstance(prober, IceServerProber):
+        if probe is not None and not isinstance(probe, ProbeTiming):
+            raise ConfigError.invalid("probe", probe, "a ProbeTiming or None")
+        if isinstance(prober, ice_module.IceServerProber):
             if not ice_servers:
                 ice_servers = prober.servers
             elif tuple(ice_servers) != prober.servers:
@@ -222,6 +235,7 @@ class AiortcTransport:
         self._host_addresses = host_addresses
         self._liveness_interval = float(liveness_interval)
         self._liveness_stall = float(liveness_stall)
+        self._probe = probe
         self._clock = clock
         self._conn: _Connection | None = None
 
@@ -237,6 +251,12 @@ class AiortcTransport:
         """aiortc ``connectionState`` of the current peer connection, ``"idle"`` when none."""
         conn = self._conn
         return conn.pc.connectionState if conn is not None and conn.pc is not None else "idle"
+
+    @property
+    def liveness(self) -> LivenessStats | None:
+        """Liveness counters of the current connection (None before it is connected)."""
+        conn = self._conn
+        return conn.liveness.stats() if conn is not None and conn.liveness is not None else None
 
     @property
     def prober(self) -> IceServerProber | None:
@@ -349,6 +369,7 @@ class AiortcTransport:
             return
         if state == "connected" and not conn.connected:
             conn.connected = True
+            conn.up.set()
             conn.report(TransportSignal.CONNECTED)
         elif state == "failed":
             conn.fail("peer connection failed (ICE or DTLS)")
@@ -408,51 +429,74 @@ class AiortcTransport:
     @staticmethod
     def _inbound_count(conn: _Connection) -> int:
         count = conn.frames_in + conn.messages_in
-        pc = conn.pc
-        if pc is None:
-            return count
-        transports: dict[int, Any] = {}
-        for tr in pc.getTransceivers():
-            transports[id(tr.receiver.transport)] = tr.receiver.transport
-        if pc.sctp is not None:
-            transports[id(pc.sctp.transport)] = pc.sctp.transport
-        for dtls in transports.values():
-            get_stats = getattr(dtls, "_get_stats", None)
-            if get_stats is None:  # pragma: no cover - other aiortc versions
-                continue
-            for stats in get_stats().values():
-                count += int(getattr(stats, "packetsReceived", 0) or 0)
+        if conn.pc is not None:
+            count += _private.inbound_packets(conn.pc) or 0
         return count
 
     async def _liveness(self, conn: _Connection) -> None:
-        last_count = -1
-        last_change = self._clock()
-        stalled = False
-        while not conn.closing and not conn.failed:
-            await asyncio.sleep(self._liveness_interval)
-            if not conn.connected:
-                last_change = self._clock()
-                continue
-            try:
-                count = self._inbound_count(conn)
-            except Exception:  # pragma: no cover - defensive: never kill liveness
-                log.exception("liveness probe failed")
-                continue
-            now = self._clock()
-            if count != last_count:
-                last_count = count
-                last_change = now
-                if stalled:
-                    stalled = False
-                    conn.path_dead = False
-                    conn.report(TransportSignal.ICE_RECOVERED, "inbound packets flow again")
-            elif not stalled and now - last_change >= self._liveness_stall:
-                stalled = True
-                conn.path_dead = True
-                conn.report(
-                    TransportSignal.ICE_DISCONNECTED,
-                    f"no inbound packets for {now - last_change:.2f}s",
+        """Sample the inbound counters, probe the path when they stall, report verdicts."""
+        probing = self._probe is not None and _private.CAPABILITIES["path_probe"].available()
+        timing = self._probe if self._probe is not None else ProbeTiming()
+        monitor = PathLiveness(
+            timing, now=self._clock(), probing=probing, stall=self._liveness_stall
+        )
+        conn.liveness = monitor
+        interval = timing.interval if probing else self._liveness_interval
+        sampled = False
+        async with anyio.create_task_group() as probes:
+            while not conn.closing and not conn.failed:
+                if not conn.connected:
+                    monitor.restart(self._clock())
+                    with anyio.move_on_after(interval):
+                        await conn.up.wait()
+                    continue
+                if sampled:
+                    await anyio.sleep(interval)
+                sampled = True  # the first sample (its calibration probe) as soon as connected
+                try:
+                    step = monitor.tick(self._clock(), self._inbound_count(conn))
+                except Exception:  # pragma: no cover - defensive: never kill liveness
+                    log.exception("liveness sample failed")
+                    continue
+                self._apply(conn, step)
+                if step.probe and monitor.probing and conn.pc is not None:
+                    monitor.probe_sent(self._clock())
+                    probes.start_soon(self._probe_once, conn, monitor, conn.pc, timing)
+            probes.cancel_scope.cancel()
+
+    async def _probe_once(
+        self,
+        conn: _Connection,
+        monitor: PathLiveness,
+        pc: RTCPeerConnection,
+        timing: ProbeTiming,
+    ) -> None:
+        sent = self._clock()
+        answered = await _private.probe_path(pc, timing.probe_timeout)
+        if conn.closing or conn.failed:
+            return
+        if answered is None:
+            if monitor.probing:
+                log.warning(
+                    "cannot probe the ICE path of this connection (no nominated pair or "
+                    "capability lost): stall detection only"
                 )
+                monitor.stop_probing()
+            return
+        if answered:
+            now = self._clock()
+            self._apply(conn, monitor.probe_answered(now, now - sent))
+
+    @staticmethod
+    def _apply(conn: _Connection, step: Step) -> None:
+        if step.signal is None:
+            return
+        log.info("liveness: %s (%s)", step.signal.value, step.detail)
+        if step.signal is TransportSignal.FAILED:
+            conn.fail(step.detail)
+            return
+        conn.path_dead = step.signal is TransportSignal.ICE_DISCONNECTED
+        conn.report(step.signal, step.detail)
 
     # ------------------------------------------------------------------------------ data
 
@@ -489,13 +533,13 @@ class AiortcTransport:
         data-channel queue, its outbound queue or its sent queue. Messages sent by the runtime
         itself (``session.update``, replayed items) are included: telling them apart is the
         caller's business. Never raises (``[]`` on any surprise, see
-        :func:`_unacknowledged_messages`).
+        :func:`fsm_voice.transport._private.unacknowledged_messages`).
         """
         conn = self._conn
         if conn is None or conn.closing or conn.pc is None or conn.dc is None:
             return []
         events: list[Mapping[str, Any]] = []
-        for payload in _unacknowledged_messages(conn.pc, conn.dc):
+        for payload in _private.unacknowledged_messages(conn.pc, conn.dc):
             try:
                 value = json.loads(payload)
             except (ValueError, RecursionError):
@@ -606,20 +650,20 @@ async def _close_peer_connection(pc: RTCPeerConnection, grace: float) -> None:
     the close finish at once), after :data:`_CLOSE_TIMEOUT` more it is given up. Never raises;
     when it returns, no task of the close or of the connection's TURN allocations is left."""
     # aioice forgets its sockets at the end of its close: list the allocations first.
-    allocations = _turn_allocations(pc)
+    allocations = _private.turn_allocations(pc)
     closing: asyncio.Task[None] = asyncio.create_task(pc.close(), name="fsm_voice.aiortc.close")
     aborted: list[asyncio.Task[Any]] = []
     try:
         done, _ = await asyncio.wait({closing}, timeout=grace)
         if not done:
-            allocations += [t for t in _turn_allocations(pc) if t not in allocations]
+            allocations += [t for t in _private.turn_allocations(pc) if t not in allocations]
             log.info(
                 "pc.close() not done after %.2fs (TURN deallocation unanswered?): "
                 "aborting %d TURN allocation(s)",
                 grace,
                 len(allocations),
             )
-            aborted = _abort_turn_allocations(allocations)
+            aborted = _private.abort_turn_allocations(allocations)
             done, _ = await asyncio.wait({closing}, timeout=_CLOSE_TIMEOUT)
         if not done:
             log.warning("closing the peer connection did not finish within its bound; cancelled")
@@ -634,129 +678,6 @@ async def _close_peer_connection(pc: RTCPeerConnection, grace: float) -> None:
         log.warning("closing the peer connection failed: %r", exc)
 
 
-_SCTP_FIRST_FRAG = 0x02
-_SCTP_LAST_FRAG = 0x01
-_PPID_STRING = 51
-_PPID_BINARY = 53
-
-
-def _unacknowledged_messages(pc: RTCPeerConnection, dc: RTCDataChannel) -> list[bytes]:
-    """The user messages of ``dc`` (its payload bytes, oldest first) that the peer has not
-    cumulatively acknowledged. The ONLY place that reads aiortc's SCTP internals, so it never
-    raises: with another layout it logs at debug level and returns ``[]``.
-
-    Private aiortc 1.16 ``RTCSctpTransport`` attributes read (never written):
-
-    * ``_sent_queue``: ``DataChunk`` s sent but not cumulatively acked (acked ones are popped on
-      each SACK; ``tsn <= _last_sacked_tsn`` is filtered anyway), then ``_outbound_queue``: chunks
-      made but not sent yet. Both in TSN order; a message is split into chunks of <= 1200 bytes
-      flagged B (0x02, first) / E (0x01, last), never interleaved with another message (aiortc
-      fragments one whole message at a time). Chunks of ``dc``: ``stream_id == dc.id`` and a
-      string/binary ppid (51/53; DCEP 50 is channel control);
-    * ``_data_channel_queue``: ``(channel, ppid, bytes)`` whole messages not yet fragmented.
-
-    A message whose first chunks were already acked and popped cannot be rebuilt: it is skipped
-    (logged at debug); JSON events are far below 1200 bytes, so in practice this never happens.
-    """
-    try:
-        sctp = pc.sctp
-        stream_id = dc.id
-        if sctp is None:
-            return []
-        last_sacked = int(sctp._last_sacked_tsn)
-        messages: list[bytes] = []
-        parts: list[bytes] | None = None
-        for chunk in [*sctp._sent_queue, *sctp._outbound_queue]:
-            if chunk.stream_id != stream_id or chunk.protocol not in (_PPID_STRING, _PPID_BINARY):
-                continue
-            if not _tsn_after(int(chunk.tsn), last_sacked):
-                continue  # cumulatively acked (not popped yet)
-            if chunk.flags & _SCTP_FIRST_FRAG:
-                parts = []
-            if parts is None:
-                log.debug("unacknowledged chunk tsn=%s has no first fragment; skipped", chunk.tsn)
-                continue
-            parts.append(bytes(chunk.user_data))
-            if chunk.flags & _SCTP_LAST_FRAG:
-                messages.append(b"".join(parts))
-                parts = None
-        for channel, protocol, data in list(sctp._data_channel_queue):
-            if channel is dc and protocol in (_PPID_STRING, _PPID_BINARY):
-                messages.append(bytes(data))
-        return messages
-    except Exception as exc:  # pragma: no cover - other aiortc versions
-        log.debug("reading the unacknowledged data-channel messages failed: %r", exc)
-        return []
-
-
-def _tsn_after(a: int, b: int) -> bool:
-    """Serial-number arithmetic (RFC 1982, 32 bits): ``a`` comes after ``b``."""
-    return a != b and ((a - b) & 0xFFFFFFFF) < 0x80000000
-
-
-def _turn_allocations(pc: RTCPeerConnection) -> list[TurnTransport]:
-    """The TURN allocations (aioice ``TurnTransport``) of the ICE transport(s) of ``pc``.
-
-    Uses private attributes of aiortc 1.16 / aioice 0.13 - ``RTCIceTransport._connection`` (the
-    aioice ``Connection``) and ``Connection._protocols`` (one ``StunProtocol`` per local
-    candidate; its ``transport`` is a ``TurnTransport`` for a relayed one) - so it never raises:
-    with another layout it finds nothing and the close is merely bounded, not sped up.
-    """
-    found: list[TurnTransport] = []
-    try:
-        ice_transports: dict[int, Any] = {}
-        for transceiver in pc.getTransceivers():
-            ice = transceiver.receiver.transport.transport
-            ice_transports[id(ice)] = ice
-        if pc.sctp is not None:
-            ice = pc.sctp.transport.transport
-            ice_transports[id(ice)] = ice
-        for ice in ice_transports.values():
-            connection = getattr(ice, "_connection", None)
-            for protocol in list(getattr(connection, "_protocols", None) or ()):
-                transport = getattr(protocol, "transport", None)
-                if isinstance(transport, TurnTransport) and transport not in found:
-                    found.append(transport)
-    except Exception as exc:  # pragma: no cover - other aiortc / aioice versions
-        log.debug("listing the TURN allocations failed: %r", exc)
-    return found
-
-
-def _abort_turn_allocations(allocations: Sequence[TurnTransport]) -> list[asyncio.Task[Any]]:
-    """Give up ``allocations`` at once, without waiting for the TURN server.
-
-    For each: its socket to the TURN server is aborted (``connection_lost`` then tells aioice
-    the candidate's transport is closed, which is what aiortc's close waits for) and its tasks -
-    deallocation (``TurnTransport._close``), refresh, pending sends (channel binds) - are
-    cancelled. Returns the cancelled tasks, to be awaited. Private aioice 0.13 attributes:
-    ``TurnTransport.__inner_protocol``/``__close_task``/``__send_tasks`` (name-mangled); the
-    inner protocol's ``transport`` and ``refresh_task`` are public. Never raises.
-    """
-    cancelled: list[asyncio.Task[Any]] = []
-    for allocation in allocations:
-        try:
-            inner = getattr(allocation, "_TurnTransport__inner_protocol", None)
-            tasks = [
-                getattr(allocation, "_TurnTransport__close_task", None),
-                getattr(inner, "refresh_task", None),
-                *list(getattr(allocation, "_TurnTransport__send_tasks", None) or ()),
-            ]
-            for task in tasks:
-                if isinstance(task, asyncio.Task) and not task.done():
-                    task.cancel()
-                    cancelled.append(task)
-            socket_transport = getattr(inner, "transport", None)
-            if isinstance(socket_transport, asyncio.BaseTransport):
-                abort = getattr(socket_transport, "abort", None)
-                if callable(abort):
-                    abort()
-                else:  # pragma: no cover - every asyncio socket transport has abort()
-                    socket_transport.close()
-        except Exception as exc:  # pragma: no cover - other aioice versions
-            log.debug("aborting a TURN allocation failed: %r", exc)
-    return cancelled
-
-
 # ------------------------------------------------------------------------------------ helpers
 
 
@@ -766,7 +687,7 @@ def _auto_prober(servers: Sequence[IceServer]) -> IceServerProber | None:
     urls = [u for s in servers for u in s.parsed_urls]
     stun = sum(1 for u in urls if not u.is_relay)
     turn = len(urls) - stun
-    return IceServerProber(servers) if stun > 1 or turn > 1 else None
+    return ice_module.IceServerProber(servers) if stun > 1 or turn > 1 else None
 
 
 def _check_not_closed(conn: _Connection) -> None:

@@ -15,26 +15,28 @@ import contextvars
 import ipaddress
 from collections.abc import Iterator, Sequence
 
-import aioice.ice
+from fsm_voice.transport._private import HostAddresses, install_host_address_hook
 
 _override: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "fsm_voice_host_addresses", default=None
 )
-_original = aioice.ice.get_host_addresses
 LOOPBACK: tuple[str, ...] = ("127.0.0.1",)
 
 
-def _patched_get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    chosen = _override.get()
-    if chosen is None:
-        return list(_original(use_ipv4, use_ipv6))
-    return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+def _hook(original: HostAddresses) -> HostAddresses:
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        chosen = _override.get()
+        if chosen is None:
+            return list(original(use_ipv4, use_ipv6))
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    return get_host_addresses
 
 
 def install() -> None:
-    """Route aioice's host-address discovery through this module (idempotent)."""
-    if aioice.ice.get_host_addresses is not _patched_get_host_addresses:
-        aioice.ice.get_host_addresses = _patched_get_host_addresses
+    """Route aioice's host-address discovery through this module (idempotent; the one
+    process-wide change of aioice: see ``_private.install_host_address_hook``)."""
+    install_host_address_hook(_hook)
 
 
 def current_override() -> tuple[str, ...] | None:

@@ -1,0 +1,286 @@
+"""The broker's audit log in PostgreSQL (psycopg 3), shared by every replica.
+
+The same rows and the same hash chain as the SQLite log (:mod:`fsm_voice.broker.audit`).
+Append-only is the database's job, twice over:
+
+* the broker connects as a *writer* role granted only ``SELECT`` and ``INSERT`` on the table (no
+  ``UPDATE``, ``DELETE`` or ``TRUNCATE``), set up once by the table's owner with
+  :func:`install_schema` (``fsm-voice broker audit-setup``);
+* triggers refuse ``UPDATE``, ``DELETE`` and ``TRUNCATE`` from anyone, and refuse an ``INSERT``
+  whose ``prev_hash`` is not the last row's hash (the trigger takes the chain's advisory lock,
+  so concurrent writers on several replicas append one after another).
+
+The owner (or a superuser) can still disable triggers and edit rows: that is what
+:func:`verify` (``fsm-voice broker audit-verify``) finds, at the first changed row.
+
+One connection per broker writes with group commit; when it breaks (the server restarted), the
+batch in flight fails (its requests get no key) and the next batch reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from fsm_voice.errors import ConfigError
+
+from .audit import (
+    _COLUMNS,
+    GENESIS,
+    AuditEntry,
+    AuditLogClosed,
+    ChainVerifier,
+    GroupCommitLog,
+    VerifyResult,
+)
+from .audit import _chain as chain_rows
+
+__all__ = ["CHAIN_LOCK", "PostgresAuditLog", "install_schema", "safe_dsn", "verify_postgres"]
+
+CHAIN_LOCK: Final = 0x66736D5F61756474  # pg_advisory_xact_lock key of the chain ("fsm_audt")
+_ROLE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+_SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS audit (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts          DOUBLE PRECISION NOT NULL,
+    client_id   TEXT,
+    remote_addr TEXT,
+    outcome     TEXT NOT NULL,
+    http_status INTEGER NOT NULL,
+    latency_ms  DOUBLE PRECISION NOT NULL,
+    session_id  TEXT,
+    key_id      TEXT,
+    detail      TEXT,
+    prev_hash   TEXT NOT NULL,
+    row_hash    TEXT NOT NULL
+);
+CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit log is append-only: % refused', TG_OP;
+END $$;
+CREATE OR REPLACE FUNCTION audit_link() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    last_id BIGINT;
+    last_hash TEXT;
+BEGIN
+    PERFORM pg_advisory_xact_lock({CHAIN_LOCK});
+    SELECT id, row_hash INTO last_id, last_hash FROM audit ORDER BY id DESC LIMIT 1;
+    IF NEW.prev_hash IS DISTINCT FROM COALESCE(last_hash, '{GENESIS}') THEN
+        RAISE EXCEPTION 'audit log is append-only: prev_hash must be the last row''s hash';
+    END IF;
+    IF last_id IS NOT NULL AND NEW.id <= last_id THEN
+        RAISE EXCEPTION 'audit log is append-only: only new rows at the end';
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS audit_no_change ON audit;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse();
+DROP TRIGGER IF EXISTS audit_no_truncate ON audit;
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse();
+DROP TRIGGER IF EXISTS audit_chain_link ON audit;
+CREATE TRIGGER audit_chain_link BEFORE INSERT ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_link();
+REVOKE ALL ON audit FROM PUBLIC;
+"""
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise ConfigError(
+            "the PostgreSQL audit log needs psycopg: pip install 'fsm-voice[broker-scale]'"
+        ) from None
+    return psycopg
+
+
+def safe_dsn(dsn: str) -> str:
+    """``dsn`` checked to hold no password (use ``PGPASSWORD`` / ``~/.pgpass``: a DSN ends up
+    in process lists and logs); returned as given. Raises :class:`ConfigError`."""
+    psycopg = _psycopg()
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError.invalid("audit DSN", "<redacted>", f"a libpq DSN ({exc})") from None
+    if params.get("password"):
+        raise ConfigError.invalid(
+            "audit DSN", "<redacted>", "a DSN without a password (use PGPASSWORD or ~/.pgpass)"
+        )
+    return dsn
+
+
+async def install_schema(dsn: str, writer_role: str) -> None:
+    """As the table's owner at ``dsn``: create the audit table and its triggers (idempotent)
+    and grant ``writer_role`` (an existing role) only ``SELECT`` and ``INSERT`` on it."""
+    if not _ROLE.match(writer_role):
+        raise ConfigError.invalid("writer role", writer_role, "a lower-case SQL identifier")
+    psycopg = _psycopg()
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    async with conn, conn.transaction():
+        await conn.execute(_SCHEMA)
+        await conn.execute(f"REVOKE ALL ON audit FROM {writer_role}")
+        await conn.execute(f"GRANT SELECT, INSERT ON audit TO {writer_role}")
+
+
+async def _fetch_rows(conn: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=_psycopg().rows.dict_row)
+    await cur.execute(sql, tuple(params))
+    rows: list[dict[str, Any]] = await cur.fetchall()
+    return rows
+
+
+async def verify_postgres(dsn: str, anchor: str | None = None) -> VerifyResult:
+    """Verify the chain of the audit table at ``dsn`` (rows streamed through a server-side
+    cursor, stopping at the first bad one; ``anchor``: see :class:`ChainVerifier`)."""
+    psycopg = _psycopg()
+    verifier = ChainVerifier(anchor)
+    conn = await psycopg.AsyncConnection.connect(dsn)
+    async with (
+        conn,
+        conn.cursor(name="audit_verify", row_factory=psycopg.rows.dict_row) as cur,
+    ):
+        await cur.execute("SELECT * FROM audit ORDER BY id")
+        async for row in cur:
+            if not verifier.feed(row):
+                break
+    return verifier.result()
+
+
+class PostgresAuditLog(GroupCommitLog):
+    """The audit table in PostgreSQL at ``dsn`` (a libpq DSN or URL without a password; the
+    role should be the writer role of :func:`install_schema`). The table must exist.
+
+    ``connect_timeout``: seconds to wait for a (re)connection before the batch fails;
+    ``write_timeout``: seconds a statement (or the wait for the chain lock) may take.
+    """
+
+    def __init__(
+        self, dsn: str, *, connect_timeout: float = 2.0, write_timeout: float = 5.0
+    ) -> None:
+        super().__init__()
+        self.dsn = safe_dsn(dsn)
+        self.connect_timeout = connect_timeout
+        self._timeout_ms = max(1, round(write_timeout * 1000))
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._open = False
+
+    @property
+    def path(self) -> str:
+        params = _psycopg().conninfo.conninfo_to_dict(self.dsn)
+        where = params.get("host") or "localhost"
+        return f"postgresql {params.get('dbname') or '?'} on {where}"
+
+    def __repr__(self) -> str:
+        return f"PostgresAuditLog({self.path!r})"
+
+    async def _connection(self) -> Any:
+        if not self._open:
+            raise AuditLogClosed("audit log is closed")
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._conn = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            psycopg = _psycopg()
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                # a stuck server or a replica holding the chain lock fails the batch, not hangs it
+                options=(
+                    f"-c statement_timeout={self._timeout_ms} -c lock_timeout={self._timeout_ms}"
+                ),
+            )
+            self._conn = conn
+        return conn
+
+    async def _write_batch(self, entries: Sequence[AuditEntry]) -> list[int]:
+        columns = (*_COLUMNS, "prev_hash", "row_hash")
+        sql = (
+            f"INSERT INTO audit ({', '.join(columns)}) VALUES "
+            f"({', '.join(['%s'] * len(columns))}) RETURNING id"
+        )
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+                    cur = await conn.execute(
+                        "SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1"
+                    )
+                    last = await cur.fetchone()
+                    rows = chain_rows(last[0] if last else GENESIS, entries)
+                    ids: list[int] = []
+                    cur = conn.cursor()
+                    await cur.executemany(sql, rows, returning=True)  # one pipelined round trip
+                    while True:
+                        got = await cur.fetchone()
+                        ids.append(int(got[0]))
+                        if not cur.nextset():
+                            break
+            except Exception:
+                if conn.broken:
+                    self._conn = None
+                raise
+        return ids
+
+    async def open(self) -> None:
+        """Connect and check the table is there (raises when the server cannot be reached)."""
+        if self._open:
+            raise RuntimeError("audit log already open")
+        self._open = True
+        try:
+            conn = await self._connection()
+            await conn.execute("SELECT 1 FROM audit LIMIT 0")
+        except BaseException:
+            await self._disconnect()
+            raise
+        self._start_writer()
+
+    async def _disconnect(self) -> None:
+        self._open = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def rows(self, where: str = "", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts, oldest first (``where``: an optional SQL condition with ``%s``)."""
+        sql = "SELECT * FROM audit" + (f" WHERE {where}" if where else "") + " ORDER BY id"
+        async with self._lock:
+            return await _fetch_rows(await self._connection(), sql, params)
+
+    async def verify(self) -> VerifyResult:
+        return await verify_postgres(self.dsn)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one raw statement as the broker's role (tests use it to prove that UPDATE,
+        DELETE and TRUNCATE are refused)."""
+        async with self._lock:
+            await (await self._connection()).execute(sql, tuple(params))
+
+    async def close(self) -> None:
+        """Write what is pending, stop the writer, disconnect (idempotent)."""
+        await self._stop_writer()
+        await self._disconnect()
+
+    async def __aenter__(self) -> PostgresAuditLog:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
