@@ -29,8 +29,9 @@ EXIT_NOT_CONNECTED = 3
 
 EXIT_CODES = f"""\
 exit status:
-  {EXIT_OK}    success: connect ran for --duration and stopped cleanly; demo recovered; check
-       passed; diagram up to date; peer/broker stopped by SIGINT or SIGTERM
+  {EXIT_OK}    success: connect ran for --duration (or until --responses N or /quit) and
+       stopped cleanly; demo recovered; check passed; diagram up to date; peer/broker stopped
+       by SIGINT or SIGTERM
   {EXIT_FAILED}    failure: connect's session reached `error` (a fatal error or retries exhausted;
        it exits at once); demo did not recover; check found a violation; diagram drift;
        peer/broker could not listen
@@ -42,7 +43,8 @@ exit status:
 """
 
 #: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.broker.cli")
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.terminal",
+                                         "fsm_voice.broker.cli")
 
 #: Optional dependency -> the extra that installs it.
 _EXTRAS = {"rich": "cli", "pydot": "diagram"}

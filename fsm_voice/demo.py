@@ -1,4 +1,5 @@
-"""``fsm-voice demo | peer | connect``: the real session, end to end, on this machine.
+"""``fsm-voice demo | peer``: the real session, end to end, on this machine (``connect``:
+:mod:`fsm_voice.terminal`).
 
 ``demo`` starts the local realtime peer in-process on 127.0.0.1, opens a session through the real
 aiortc transport and HTTP signaling, speaks a generated utterance (the peer's VAD hears it and
@@ -9,13 +10,10 @@ and prints a summary. Exit status 0 only if the session recovered and stopped cl
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
-import sys
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,10 +22,7 @@ from fsm_voice._text import printable
 from fsm_voice.cli import (
     EXIT_CODES,
     EXIT_FAILED,
-    EXIT_NOT_CONNECTED,
-    EXIT_OK,
     SignalStop,
-    http_url,
     port,
     seconds,
     serve,
@@ -38,7 +33,6 @@ from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import StatusChange, VoiceSession
-from fsm_voice.tokens import EphemeralKeyProvider
 from fsm_voice.transport import KeepOpen, NullSink, UtteranceSource, WavRecorder
 from fsm_voice.transport.audio import AudioSink
 
@@ -233,61 +227,6 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
     return 0 if ok else 1
 
 
-CONNECTED = ("active", "listening", "speaking")
-
-
-async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
-                      config: RealtimeConfig,
-                      emit: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """A session against any OpenAI-compatible backend; status changes as JSON lines.
-
-    Runs until ``duration`` ends (0, or 3 when not connected then), the session reaches
-    ``error`` (1, at once) or SIGINT/SIGTERM (128 + the signal); each way the call is hung up
-    and the session left ``idle``.
-    """
-    def print_json(obj: dict[str, Any]) -> None:  # JSON lines, never wrapped
-        try:
-            print(json.dumps(obj), flush=True)
-        except BrokenPipeError:  # the reader is gone (`| head`): stop like SIGPIPE would
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            stop.request(signal.SIGPIPE)
-
-    out = emit or print_json
-    errors: deque[VoiceError] = deque(maxlen=1)  # the last one, for the exit message
-    with SignalStop() as stop:
-        session = realtime_session(base_url, token, model=config.model, session_config=config,
-                                   audio_source=lambda: UtteranceSource(repeat=True),
-                                   audio_sink=NullSink)
-        if isinstance(token, EphemeralKeyProvider):
-            session.closers.append(token.aclose)
-        session.on_status(lambda c: out(
-            {"t": round(c.time, 3), "status": c.status, "state": c.state, "event": c.event}))
-
-        def on_error(e: VoiceError) -> None:
-            errors.append(e)
-            out({"error": str(e), "code": e.code, "severity": str(e.severity)})
-
-        session.on_error(on_error)
-        async with session:
-            with stop.scope:
-                await session.start()
-                with anyio.move_on_after(duration):
-                    await session.wait_for("error")
-            ended = session.status
-            await session.stop()
-            stopped = session.status
-        reason = signal.Signals(stop.signum).name if stop.signum is not None else (
-            "error" if ended == "error" else "duration")
-        out({"stopped": reason, "status": stopped})
-    if stop.exit_code is not None:
-        return stop.exit_code
-    if ended == "error":
-        last = str(errors[-1]) if errors else "no error reported"
-        print(f"fsm-voice connect: the session ended in error: {last}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK if ended in CONNECTED else EXIT_NOT_CONNECTED
-
-
 def add_parsers(sub: Any) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     d = sub.add_parser("demo", help="run a real session against the in-process local peer, "
@@ -307,59 +246,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--reply", choices=("echo", "tone"), default="echo")
     p.set_defaults(func=_serve_peer)
 
-    c = sub.add_parser("connect", help="run a session against an OpenAI-compatible backend; "
-                       "the key comes from a token broker (--token-url) or --token-env",
-                       epilog=EXIT_CODES, formatter_class=fmt)
-    c.add_argument("--base-url", required=True, type=http_url,
-                   help="backend base URL (POST /v1/realtime/calls)")
-    c.add_argument("--token-url", type=http_url,
-                   help="token broker endpoint handing out ephemeral keys")
-    c.add_argument("--client-id", help="this app's client id at the broker")
-    c.add_argument("--client-secret-env", default="FSM_VOICE_CLIENT_SECRET",
-                   help="env var holding the broker client secret")
-    c.add_argument("--token-env", default="FSM_VOICE_TOKEN",
-                   help="env var holding an ephemeral key (when no --token-url)")
-    c.add_argument("--model", default="gpt-realtime")
-    c.add_argument("--voice", default="alloy")
-    c.add_argument("--instructions")
-    c.add_argument("--audio-format", choices=("pcm16", "g711_ulaw", "g711_alaw"),
-                   default="pcm16", help="input and output audio format (telephony: g711_*)")
-    c.add_argument("--turn-detection", choices=("server_vad", "semantic_vad", "none"),
-                   default="server_vad")
-    c.add_argument("--duration", type=lambda t: seconds(t, allow_inf=True), default=30.0,
-                   help="seconds to run (default 30; inf: until SIGINT/SIGTERM)")
-    c.set_defaults(func=_connect)
-
 
 def _demo_command(a: argparse.Namespace) -> int:
     from rich.console import Console
 
     return int(anyio.run(run_demo, a.duration, a.fault, a.record, Console()))
-
-
-def _connect(a: argparse.Namespace) -> int:
-    """Secrets come from the environment, never from argv (visible in process lists)."""
-    token: str | EphemeralKeyProvider
-    if a.token_url:
-        secret = os.environ.get(a.client_secret_env)
-        if not a.client_id or not secret:
-            raise ConfigError(f"--token-url needs --client-id and the client secret in "
-                              f"${a.client_secret_env}")
-        token = EphemeralKeyProvider(a.token_url, client_id=a.client_id, client_secret=secret)
-    else:
-        key = os.environ.get(a.token_env)
-        if not key:
-            raise ConfigError(f"give --token-url (a token broker) or an ephemeral key in "
-                              f"${a.token_env}")
-        token = key
-    try:
-        config = RealtimeConfig(
-            model=a.model, voice=a.voice, instructions=a.instructions,
-            turn_detection=None if a.turn_detection == "none" else a.turn_detection,
-            input_format=a.audio_format, output_format=a.audio_format)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return int(anyio.run(run_connect, a.base_url, token, a.duration, config))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from fsm_voice.transport.loopback import LOOPBACK, host_addresses
 
 from . import protocol as p
 from .audio import FrameConverter, PcmPlayerTrack, pcm_ms, tone
-from .vad import EnergyVad, VadEvent, rms_dbfs
+from .vad import EnergyVad, VadEvent, count_words, rms_dbfs
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,31 @@ def reply_tone(duration_s: float = 1.0) -> bytes:
     return _TONE_CACHE[duration_s]
 
 
+def user_transcript(words: int, seconds: float) -> str:
+    """The peer's stand-in for recognised speech: its word count and length."""
+    return f"({words} word{'' if words == 1 else 's'}, {seconds:.1f} s)"
+
+
+def assistant_transcript(turn: tuple[str, int] | None, reply: Reply) -> str:
+    """The words of the peer's reply to the last user turn (deterministic)."""
+    if turn is None:
+        return "Hello from the local peer."
+    kind, words = turn
+    plural = "" if words == 1 else "s"
+    if kind == "text":
+        return f"You wrote {words} word{plural}."
+    return f"I heard {words} word{plural}." + ("" if reply == "echo" else " Here is a tone.")
+
+
 class _ActiveResponse:
-    __slots__ = ("audio_started", "id", "item_id", "playback")
+    __slots__ = ("audio_started", "id", "item_id", "playback", "transcript")
 
     def __init__(self, response_id: str, item_id: str) -> None:
         self.id = response_id
         self.item_id = item_id
         self.playback: asyncio.Future[bool] | None = None
         self.audio_started = False
+        self.transcript = ""
 
 
 class Call:
@@ -123,6 +140,7 @@ class Call:
         self._speech_item_id: str | None = None
         self._manual = bytearray()  # input buffer when turn detection is off
         self._last_user_audio: bytes | None = None
+        self._last_user_turn: tuple[str, int] | None = None  # ("audio"|"text", words): transcripts
         self._close_lock = asyncio.Lock()
         self.drop_after: float | None = None
         """Fault injection: close the call this many seconds after its data channel opens."""
@@ -143,6 +161,11 @@ class Call:
         return EnergyVad(
             self.vad_threshold_dbfs, stop_ms=max(20, self._td_int("silence_duration_ms", 500))
         )
+
+    @property
+    def _transcription(self) -> Mapping[str, Any] | None:
+        tr = self.session.get("audio", {}).get("input", {}).get("transcription")
+        return tr if isinstance(tr, Mapping) else None
 
     @property
     def voice(self) -> str:
@@ -559,6 +582,10 @@ class Call:
         stored["object"] = "realtime.item"
         stored["status"] = "completed"
         self._add_item(stored, prev)
+        if stored.get("role") == "user" and stored.get("type") == "message":
+            texts = [c.get("text") for c in stored.get("content") or () if isinstance(c, dict)]
+            words = sum(len(t.split()) for t in texts if isinstance(t, str))
+            self._last_user_turn = ("text", words)
 
     # ----------------------------------------------------------------- input audio
 
@@ -655,6 +682,15 @@ class Call:
             {"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id}
         )
         self._add_item(p.user_audio_item(item_id))
+        words = count_words(pcm, self.vad_threshold_dbfs)
+        self._last_user_turn = ("audio", words)
+        if self._transcription is not None:
+            text = user_transcript(words, pcm_ms(pcm) / 1000)
+            ids = {"item_id": item_id, "content_index": 0}
+            self.send({"type": "conversation.item.input_audio_transcription.delta", **ids,
+                       "delta": text})
+            self.send({"type": "conversation.item.input_audio_transcription.completed", **ids,
+                       "transcript": text})
 
     def _commit(self, eid: str | None) -> None:
         if self._turn_detection is None:
@@ -728,10 +764,25 @@ class Call:
                 "part": _AUDIO_PART,
             }
         )
-        active.playback = self.player.play(self._reply_audio())
+        audio = self._reply_audio()
+        active.playback = self.player.play(audio)
         active.audio_started = True
         self.send({"type": "output_audio_buffer.started", "response_id": rid})
+        active.transcript = assistant_transcript(self._last_user_turn, self.reply)
+        self._spawn(self._transcript_deltas(active, pcm_ms(audio) / 1000), "transcript")
         self._spawn(self._finish_response(active, prev), "response")
+
+    async def _transcript_deltas(self, active: _ActiveResponse, seconds: float) -> None:
+        """``response.output_audio_transcript.delta``, one word at a time across the audio."""
+        words = active.transcript.split(" ")
+        ids = {"response_id": active.id, "item_id": active.item_id, "output_index": 0,
+               "content_index": 0}
+        for i, word in enumerate(words):
+            if self._active is not active:
+                return
+            self.send({"type": "response.output_audio_transcript.delta", **ids,
+                       "delta": word if i == 0 else " " + word})
+            await asyncio.sleep(min(seconds, 30.0) / len(words) * 0.8)
 
     async def _finish_response(self, active: _ActiveResponse, prev: str | None) -> None:
         assert active.playback is not None
@@ -742,7 +793,8 @@ class Call:
         rid, iid = active.id, active.item_id
         ids = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
         self.send({"type": "response.output_audio.done", **ids})
-        self.send({"type": "response.output_audio_transcript.done", **ids, "transcript": ""})
+        self.send({"type": "response.output_audio_transcript.done", **ids,
+                   "transcript": active.transcript})
         self.send({"type": "response.content_part.done", **ids, "part": _AUDIO_PART})
         done_item = p.assistant_item(iid, status="completed")
         self.send(

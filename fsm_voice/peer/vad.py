@@ -106,3 +106,34 @@ class EnergyVad:
             self._run_ms = 0.0
             self.last_voiced_end_ms = self.position_ms
         return None
+
+
+def count_words(
+    pcm: bytes,
+    threshold_dbfs: float = -40.0,
+    *,
+    frame_ms: float = 20.0,
+    min_word_ms: float = 60.0,
+    min_gap_ms: float = 100.0,
+) -> int:
+    """Stand-in "recognition": the number of energy segments in s16 mono 48k PCM.
+
+    A segment is a run of frames at or above ``threshold_dbfs`` lasting at least ``min_word_ms``;
+    runs separated by less than ``min_gap_ms`` of quieter frames count as one. Deterministic:
+    speech synthesised with clear pauses between words (``espeak-ng -g 15``) counts its words.
+    """
+    step = int(48 * frame_ms) * 2
+    words = 0
+    run = gap = 0.0
+    for i in range(0, len(pcm) - step + 1, step):
+        if rms_dbfs(pcm[i : i + step]) >= threshold_dbfs:
+            if gap >= min_gap_ms and run >= min_word_ms:
+                words += 1
+                run = 0.0
+            run += frame_ms
+            gap = 0.0
+        else:
+            gap += frame_ms
+            if gap >= min_gap_ms and run < min_word_ms:
+                run = 0.0  # a click, not a word
+    return words + (1 if run >= min_word_ms else 0)

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fractions
 import functools
 import math
 import os
+import queue
 import sys
+import tempfile
+import threading
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, runtime_checkable
 
 import av
@@ -34,17 +38,28 @@ __all__ = [
     "FRAME_SAMPLES",
     "PTIME",
     "SAMPLE_RATE",
+    "AudioDeviceError",
     "AudioFileError",
+    "AudioInput",
     "AudioSink",
     "AudioSinkFactory",
     "AudioSourceFactory",
+    "ConversationRecorder",
+    "DeviceInput",
+    "DeviceOutput",
+    "GeneratedInput",
     "NullSink",
     "PacedAudioSource",
     "SilenceSource",
+    "TapSink",
     "ToneSource",
     "UtteranceSource",
     "WavFileSource",
+    "WavInput",
     "WavRecorder",
+    "device_spec",
+    "open_input",
+    "open_output",
 ]
 
 SAMPLE_RATE = 48000
@@ -438,3 +453,401 @@ class WavRecorder:
         finally:
             if file is not None:
                 file.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Session-wide inputs and outputs (the terminal client's --input / --output / --record)
+# --------------------------------------------------------------------------------------------
+
+
+class AudioDeviceError(FsmVoiceError, ValueError):
+    """An audio device cannot be used (no FFmpeg support for it here, or it cannot be opened)."""
+
+
+def device_spec(spec: str) -> tuple[str, str] | None:
+    """``"alsa:default"`` -> ``("alsa", "default")``: an FFmpeg format and a device (or other
+    name) it opens; None for anything else (a file path)."""
+    fmt, sep, name = spec.partition(":")
+    if not sep or not name or not fmt.replace("_", "").isalnum() or os.path.exists(spec):
+        return None
+    return fmt, name
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collects what C libraries (ALSA) print on file descriptor 2 meanwhile, instead of letting
+    it reach the terminal; the lines are in the yielded list afterwards."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read(4096).decode("utf-8", "replace")
+            lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def _device_failure(kind: str, spec: str, exc: BaseException, noise: list[str]) -> str:
+    detail = str(exc)
+    if noise:  # the library's own reason, e.g. "ALSA lib pcm.c:2722:(...) Unknown PCM default"
+        detail += f" ({noise[-1].rpartition(') ')[2] or noise[-1]})"
+    return f"cannot open audio {kind} {spec!r}: {detail}"
+
+
+def _check_format(kind: str, spec: str, fmt: str) -> None:
+    if fmt not in av.formats_available:
+        have = ", ".join(d for d in ("alsa", "pulse", "oss", "jack", "lavfi")
+                         if d in av.formats_available)
+        raise AudioDeviceError(f"audio {kind} {spec!r}: this FFmpeg build has no {fmt!r} "
+                               f"support (devices it has: {have or 'none'})")
+
+
+class AudioInput:
+    """What the user says, for the whole session: :meth:`track` builds each connection's
+    outbound track, which continues where the previous connection stopped (a restart does not
+    replay a file). ``tap`` (if set) sees every frame sent."""
+
+    tap: Callable[[av.AudioFrame], None] | None = None
+
+    def track(self) -> MediaStreamTrack:
+        return _InputTrack(self)
+
+    def _next(self) -> array.array[int]:
+        """The next 20 ms of samples (silence when there is nothing to say)."""
+        raise NotImplementedError
+
+    @property
+    def finished(self) -> bool:
+        """True once everything there was to say has been sent (a file's end)."""
+        return False
+
+    def close(self) -> None:
+        """Release the input (idempotent)."""
+
+
+class _InputTrack(PacedAudioSource):
+    def __init__(self, source: AudioInput) -> None:
+        super().__init__()
+        self._source = source
+
+    def _samples(self, start: int) -> array.array[int]:
+        return self._source._next()
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        if self._source.tap is not None:
+            self._source.tap(frame)
+        return frame
+
+
+class WavInput(AudioInput):
+    """A WAV file said once (then silence), carried across reconnects."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._pcm = _read_wav_48k_mono(self.path)
+        self.position = 0
+        self.duration = len(self._pcm) / SAMPLE_RATE
+
+    def _next(self) -> array.array[int]:
+        chunk = self._pcm[self.position : self.position + FRAME_SAMPLES]
+        self.position += len(chunk)
+        if len(chunk) < FRAME_SAMPLES:
+            chunk.extend(_SILENT_FRAME[: FRAME_SAMPLES - len(chunk)])
+        return chunk
+
+    @property
+    def finished(self) -> bool:
+        return self.position >= len(self._pcm)
+
+
+class GeneratedInput(AudioInput):
+    """A synthetic utterance (:class:`UtteranceSource`'s signal), carried across reconnects."""
+
+    def __init__(self, **utterance: float | bool) -> None:
+        self._source = UtteranceSource(**utterance)  # type: ignore[arg-type]
+        self._pos = 0
+
+    def _next(self) -> array.array[int]:
+        samples = self._source._samples(self._pos)
+        self._pos += FRAME_SAMPLES
+        return samples
+
+
+class DeviceInput(AudioInput):
+    """A capture device opened through PyAV/FFmpeg (``alsa:default``, ``pulse:default`` where
+    FFmpeg has it; ``lavfi:sine`` makes a test signal). A reader thread decodes into a bounded
+    buffer (about 1 s); each 20 ms frame takes from it, or is silence when it runs dry."""
+
+    def __init__(self, spec: str) -> None:
+        parsed = device_spec(spec)
+        if parsed is None:
+            raise AudioDeviceError(f"not a device: {spec!r} (expected FORMAT:DEVICE, e.g. "
+                                   "alsa:default)")
+        fmt, name = parsed
+        _check_format("input", spec, fmt)
+        self.spec = spec
+        failure: Exception | None = None
+        with _captured_stderr() as noise:
+            try:
+                self._container = av.open(name, format=fmt)
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                failure = exc
+        if failure is not None:  # raised after the with: ``noise`` is filled on its exit
+            raise AudioDeviceError(_device_failure("input", spec, failure, noise))
+        if not self._container.streams.audio:
+            self._container.close()
+            raise AudioDeviceError(f"audio input {spec!r} has no audio stream")
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=50)
+        self._buffer = bytearray()
+        self._stop = threading.Event()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._read, name=f"fsm_voice input {spec}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        try:
+            for frame in self._container.decode(audio=0):
+                for f in resampler.resample(frame):
+                    pcm = bytes(f.planes[0])[: f.samples * 2]
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put(pcm, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                if self._stop.is_set():
+                    return
+        except Exception as exc:  # the device went away: say so once, then silence
+            if not self._stop.is_set():
+                self.error = f"audio input {self.spec!r} stopped: {exc}"
+
+    def _next(self) -> array.array[int]:
+        need = 2 * FRAME_SAMPLES
+        while len(self._buffer) < need:
+            try:
+                self._buffer += self._queue.get_nowait()
+            except queue.Empty:
+                return _SILENT_FRAME  # underrun: keep time with silence
+        out = array.array("h")
+        out.frombytes(bytes(self._buffer[:need]))
+        del self._buffer[:need]
+        if sys.byteorder != "little":  # pragma: no cover
+            out.byteswap()
+        return out
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._container.close()
+
+
+def open_input(spec: str) -> AudioInput:
+    """``--input``: a WAV file or ``FORMAT:DEVICE`` (a typed error, one line, if unusable)."""
+    return DeviceInput(spec) if device_spec(spec) is not None else WavInput(spec)
+
+
+class DeviceOutput:
+    """An :class:`AudioSink` playing through PyAV/FFmpeg (``alsa:default``, or any FFmpeg
+    output format, e.g. ``wav:/tmp/x.wav``). Opened and its header written at construction, so
+    a missing device fails at once; a writer thread keeps the event loop free of blocking I/O
+    (frames beyond about 1 s of backlog are dropped)."""
+
+    def __init__(self, spec: str) -> None:
+        parsed = device_spec(spec)
+        if parsed is None:
+            raise AudioDeviceError(f"not a device: {spec!r} (expected FORMAT:DEVICE, e.g. "
+                                   "alsa:default)")
+        fmt, name = parsed
+        _check_format("output", spec, fmt)
+        self.spec = spec
+        self.frames = 0
+        self.dropped = 0
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        failure: Exception | None = None
+        with _captured_stderr() as noise:
+            try:
+                self._container = av.open(name, mode="w", format=fmt)
+                self._stream = self._container.add_stream("pcm_s16le", rate=SAMPLE_RATE,
+                                                          layout="mono")
+                self._container.start_encoding()
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                failure = exc
+                if hasattr(self, "_container"):
+                    with contextlib.suppress(av.FFmpegError, OSError):
+                        self._container.close()
+        if failure is not None:
+            raise AudioDeviceError(_device_failure("output", spec, failure, noise))
+        self._queue: queue.Queue[av.AudioFrame | None] = queue.Queue(maxsize=50)
+        self._closed = False
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._write, name=f"fsm_voice output {spec}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        try:
+            while (frame := self._queue.get()) is not None:
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        except Exception as exc:
+            self.error = f"audio output {self.spec!r} stopped: {exc}"
+
+    async def write(self, frame: av.AudioFrame) -> None:
+        if self._closed:
+            return
+        for f in self._resampler.resample(frame):
+            f.pts = None
+            try:
+                self._queue.put_nowait(f)
+                self.frames += 1
+            except queue.Full:
+                self.dropped += 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        while True:  # make room for the end marker: never block the caller on a stuck device
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+        self._thread.join(timeout=2.0)
+        with contextlib.suppress(av.FFmpegError, OSError):
+            self._container.close()
+
+
+def open_output(spec: str) -> AudioSink:
+    """``--output``: a WAV file (:class:`WavRecorder`) or ``FORMAT:DEVICE``."""
+    return DeviceOutput(spec) if device_spec(spec) is not None else WavRecorder(spec)
+
+
+class ConversationRecorder:
+    """Both sides of a conversation in one stereo 48 kHz WAV: left what was sent, right what was
+    received, placed by arrival time (``clock``), gaps as silence. Streams to disk: at most
+    about :attr:`MAX_SKEW` seconds are held in memory."""
+
+    SLACK = 0.1
+    """A side more than this far behind the clock is padded with silence."""
+    MAX_SKEW = 0.5
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = os.fspath(path)
+        self._clock = clock
+        self._t0: float | None = None
+        try:
+            self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise AudioFileError(f"cannot create WAV file {self.path!r}: {exc}") from None
+        self._wav: wave.Wave_write | None = wave.open(self._file, "wb")  # noqa: SIM115
+        self._wav.setnchannels(2)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(SAMPLE_RATE)
+        self._resamplers = [av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                            for _ in range(2)]
+        self._pending = [array.array("h"), array.array("h")]
+        self._written = 0  # stereo frames on disk
+        self.voiced = [0, 0]
+        """Samples per side (sent, received) whose 20 ms frame was not digital silence."""
+
+    @property
+    def seconds(self) -> float:
+        return (self._written + max(map(len, self._pending))) / SAMPLE_RATE
+
+    def sent(self, frame: av.AudioFrame) -> None:
+        self._add(0, frame)
+
+    def received(self, frame: av.AudioFrame) -> None:
+        self._add(1, frame)
+
+    def _cursor(self, side: int) -> int:
+        return self._written + len(self._pending[side])
+
+    def _pad_to(self, side: int, position: int) -> None:
+        gap = position - self._cursor(side)
+        if gap > 0:
+            self._pending[side].extend(array.array("h", bytes(2 * gap)))
+
+    def _add(self, side: int, frame: av.AudioFrame) -> None:
+        if self._wav is None:
+            return
+        now = self._clock()
+        if self._t0 is None:
+            self._t0 = now
+        samples = array.array("h")
+        for f in self._resamplers[side].resample(frame):
+            samples.frombytes(bytes(f.planes[0])[: f.samples * 2])
+        if sys.byteorder != "little":  # pragma: no cover
+            samples.byteswap()
+        at = int((now - self._t0) * SAMPLE_RATE) - len(samples)
+        if at - self._cursor(side) > self.SLACK * SAMPLE_RATE:
+            self._pad_to(side, at)
+        if any(samples):
+            self.voiced[side] += len(samples)
+        self._pending[side].extend(samples)
+        self._pad_to(1 - side, at - int(self.MAX_SKEW * SAMPLE_RATE))
+        self._flush(min(map(len, self._pending)))
+
+    def _flush(self, n: int) -> None:
+        if n <= 0 or self._wav is None:
+            return
+        out = array.array("h", bytes(4 * n))
+        out[0::2] = self._pending[0][:n]
+        out[1::2] = self._pending[1][:n]
+        for side in (0, 1):
+            del self._pending[side][:n]
+        self._wav.writeframesraw(_to_bytes(out))
+        self._written += n
+
+    def close(self) -> None:
+        """Pad the shorter side, write the rest and finalise the file (idempotent)."""
+        if self._wav is not None:
+            longest = max(map(self._cursor, (0, 1)))
+            for side in (0, 1):
+                self._pad_to(side, longest)
+            self._flush(longest - self._written)
+        wav, self._wav = self._wav, None
+        file, self._file = self._file, None
+        try:
+            if wav is not None:
+                wav.close()
+        finally:
+            if file is not None:
+                file.close()
+
+
+class TapSink:
+    """An :class:`AudioSink` view writing to ``inner`` (if any) and showing every frame to
+    ``tap``; closing it leaves ``inner`` open (it lives for the whole session, like
+    :class:`KeepOpen`)."""
+
+    def __init__(self, inner: AudioSink | None, tap: Callable[[av.AudioFrame], None] | None
+                 ) -> None:
+        self.inner = inner
+        self.tap = tap
+        self.frames = 0
+
+    async def write(self, frame: av.AudioFrame) -> None:
+        self.frames += 1
+        if self.tap is not None:
+            self.tap(frame)
+        if self.inner is not None:
+            await self.inner.write(frame)
+
+    def close(self) -> None:
+        pass
