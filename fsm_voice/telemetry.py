@@ -1,0 +1,331 @@
+"""What the metrics, OpenTelemetry and dashboard exporters watch: one :class:`Hub` per process.
+
+``hub.track(session)`` attaches a :class:`SessionTap` to a :class:`~fsm_voice.session.VoiceSession`
+(it is dropped again when the session's ``async with`` exits); the tap turns what the session
+reports into a few signals every :class:`Sink` receives: each handled event (``entry``), status
+changes, connection attempts, errors, quality samples and alerts, and derived durations:
+
+* ``connect``: ``start`` -> first ``active`` status;
+* ``detection``: the last sign of a healthy path (the latest quality sample while active, or the
+  moment it came up) -> the status leaving ``active`` (not by ``stop``);
+* ``outage``: the status leaving ``active`` -> ``active`` again;
+* ``recovery``: the first reconnect/restart attempt of the outage -> ``active`` again (equal to the
+  outage when ICE recovered by itself).
+
+Durations are in seconds of the session's clock (virtual in tests). Sinks are called from the
+session's dispatcher: they must be quick and never block (the hot path is :meth:`Sink.entry`).
+
+The events reach the tap through :func:`_attach` (the one place that knows how a session reports
+them), so a change of the session's hook API changes only that function.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from fsm_voice.dispatcher import StatusChange, TraceEntry
+from fsm_voice.effects import CloseTransport, OpenReason, OpenTransport
+from fsm_voice.errors import VoiceError
+from fsm_voice.policy import QualityAlert
+from fsm_voice.ports import ConnectionMetrics
+
+if TYPE_CHECKING:
+    from fsm_voice.session import VoiceSession
+
+__all__ = ["DURATIONS", "Hub", "SessionTap", "Sink", "default_hub"]
+
+DURATIONS = ("connect", "detection", "outage", "recovery")
+UP_STATUSES = frozenset({"active", "listening", "speaking"})
+RECENT = 50
+"""Transitions and errors kept per session for the dashboard."""
+
+
+class Sink(Protocol):
+    """Receives a hub's signals. Every method is called synchronously from a dispatcher."""
+
+    def added(self, tap: SessionTap) -> None: ...
+    def removed(self, tap: SessionTap) -> None: ...
+    def entry(self, tap: SessionTap, entry: TraceEntry) -> None: ...
+    def status(self, tap: SessionTap, change: StatusChange) -> None: ...
+    def attempt(self, tap: SessionTap, effect: OpenTransport, cause: str) -> None: ...
+    def attempt_end(self, tap: SessionTap, ok: bool, detail: str) -> None: ...
+    def duration(self, tap: SessionTap, kind: str, seconds: float) -> None: ...
+    def error(self, tap: SessionTap, err: VoiceError) -> None: ...
+    def sample(self, tap: SessionTap, m: ConnectionMetrics) -> None: ...
+    def alert(self, tap: SessionTap, alert: QualityAlert) -> None: ...
+
+
+class BaseSink:
+    """A :class:`Sink` that ignores everything (subclass and override what you need)."""
+
+    def added(self, tap: SessionTap) -> None:
+        pass
+
+    def removed(self, tap: SessionTap) -> None:
+        pass
+
+    def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
+        pass
+
+    def status(self, tap: SessionTap, change: StatusChange) -> None:
+        pass
+
+    def attempt(self, tap: SessionTap, effect: OpenTransport, cause: str) -> None:
+        pass
+
+    def attempt_end(self, tap: SessionTap, ok: bool, detail: str) -> None:
+        pass
+
+    def duration(self, tap: SessionTap, kind: str, seconds: float) -> None:
+        pass
+
+    def error(self, tap: SessionTap, err: VoiceError) -> None:
+        pass
+
+    def sample(self, tap: SessionTap, m: ConnectionMetrics) -> None:
+        pass
+
+    def alert(self, tap: SessionTap, alert: QualityAlert) -> None:
+        pass
+
+
+class _TapDeque(collections.deque[TraceEntry]):
+    """The session's trace deque, also telling the tap of each entry (the adapter used until
+    the session has an event-stream hook of its own)."""
+
+    def __init__(self, source: collections.deque[TraceEntry],
+                 cb: Callable[[TraceEntry], None]) -> None:
+        super().__init__(source, maxlen=source.maxlen)
+        self.cb = cb
+
+    def append(self, entry: TraceEntry) -> None:
+        super().append(entry)
+        self.cb(entry)
+
+
+def _attach(session: VoiceSession, tap: SessionTap) -> Callable[[], None]:
+    """Subscribe ``tap`` to ``session``; returns the function that detaches it."""
+    dispatcher = session.dispatcher
+    dispatcher.trace = _TapDeque(dispatcher.trace, tap._entry)
+    session.on_status(tap._status)
+    session.on_error(tap._error)
+    session.on_metrics(tap._sample)
+    session.on_alert(tap._alert)
+
+    def detach() -> None:
+        tap.detached = True
+        trace = dispatcher.trace
+        if isinstance(trace, _TapDeque):
+            dispatcher.trace = collections.deque(trace, maxlen=trace.maxlen)
+    return detach
+
+
+class SessionTap:
+    """One tracked session: its derived timings and the recent record the dashboard shows."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, hub: Hub, session: VoiceSession, name: str | None) -> None:
+        self.hub = hub
+        self.session = session
+        self.id = next(self._ids)
+        self.name = name or f"session-{self.id}"
+        self.detached = False
+        self.recent: collections.deque[TraceEntry] = collections.deque(maxlen=RECENT)
+        self.recent_errors: collections.deque[tuple[float, VoiceError]] = collections.deque(
+            maxlen=RECENT)
+        self.samples: collections.deque[ConnectionMetrics] = collections.deque(maxlen=60)
+        self.version = 0
+        """Bumped on every change the dashboard shows."""
+        self._started_at: float | None = None
+        self._healthy_at: float | None = None
+        self._down_at: float | None = None
+        self._recovering_at: float | None = None
+        self._attempt_open = False
+        self._cause = ""
+        self._sinks = hub.sinks
+        self.detach = _attach(session, self)
+
+    @property
+    def now(self) -> float:
+        return self.session.clock.now()
+
+    # -- from the session ---------------------------------------------------------------------
+    def _entry(self, entry: TraceEntry) -> None:
+        if self.detached:
+            return
+        self.version += 1
+        sinks = self._sinks
+        for sink in sinks:
+            sink.entry(self, entry)
+        if entry.outcome != "taken":
+            return
+        self.recent.append(entry)
+        event = entry.event
+        if event == "start":
+            self._started_at = entry.time
+        if event != "backoff_expired" and entry.source != entry.target:
+            self._cause = event
+        for effect in entry.effects:
+            if isinstance(effect, OpenTransport):
+                if self._attempt_open:
+                    self._end_attempt(False, f"superseded by {event}")
+                self._attempt_open = True
+                cause = self._cause if event == "backoff_expired" and self._cause else event
+                if effect.reason is not OpenReason.START and self._down_at is not None \
+                        and self._recovering_at is None:
+                    self._recovering_at = entry.time
+                for sink in sinks:
+                    sink.attempt(self, effect, cause)
+            elif isinstance(effect, CloseTransport) and self._attempt_open \
+                    and entry.source not in UP_STATUSES:
+                self._end_attempt(False, event)
+
+    def _end_attempt(self, ok: bool, detail: str) -> None:
+        self._attempt_open = False
+        for sink in self._sinks:
+            sink.attempt_end(self, ok, detail)
+
+    def _status(self, change: StatusChange) -> None:
+        if self.detached:
+            return
+        self.version += 1
+        now = change.time
+        up, was_up = change.status in UP_STATUSES, change.previous in UP_STATUSES
+        if up and not was_up:
+            if self._attempt_open:
+                self._end_attempt(True, change.event)
+            if self._started_at is not None:
+                self._duration("connect", now - self._started_at)
+                self._started_at = None
+            if self._down_at is not None:
+                self._duration("outage", now - self._down_at)
+                self._duration("recovery", now - (self._recovering_at or self._down_at))
+            self._down_at = self._recovering_at = None
+            self._healthy_at = now
+        elif was_up and not up:
+            if change.event != "stop":
+                self._down_at = now
+                if self._healthy_at is not None:
+                    self._duration("detection", now - self._healthy_at)
+            elif self._attempt_open:
+                self._end_attempt(True, "stop")
+            self._healthy_at = None
+        if change.status in ("idle", "error"):
+            if self._attempt_open:
+                self._end_attempt(False, change.event)
+            self._down_at = self._recovering_at = self._started_at = None
+        for sink in self._sinks:
+            sink.status(self, change)
+
+    def _duration(self, kind: str, seconds: float) -> None:
+        for sink in self._sinks:
+            sink.duration(self, kind, max(0.0, seconds))
+
+    def _error(self, err: VoiceError) -> None:
+        if self.detached:
+            return
+        self.version += 1
+        self.recent_errors.append((self.now, err))
+        for sink in self._sinks:
+            sink.error(self, err)
+
+    def _sample(self, m: ConnectionMetrics) -> None:
+        if self.detached:
+            return
+        self.version += 1
+        self.samples.append(m)
+        if self.session.status in UP_STATUSES:
+            self._healthy_at = self.now
+        for sink in self._sinks:
+            sink.sample(self, m)
+
+    def _alert(self, alert: QualityAlert) -> None:
+        if self.detached:
+            return
+        self.version += 1
+        for sink in self._sinks:
+            sink.alert(self, alert)
+
+
+class Hub:
+    """The tracked sessions of a process and the sinks that watch them."""
+
+    def __init__(self) -> None:
+        self.sinks: list[Sink] = []
+        self._taps: dict[int, SessionTap] = {}
+        self._by_session: weakref.WeakKeyDictionary[VoiceSession, SessionTap] = (
+            weakref.WeakKeyDictionary())
+        self.on_change: list[Callable[[], None]] = []
+        """Called (no argument) when a session is added or removed."""
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+        for tap in self._taps.values():
+            sink.added(tap)
+
+    def remove_sink(self, sink: Sink) -> None:
+        for tap in self._taps.values():
+            sink.removed(tap)
+        self.sinks.remove(sink)
+
+    def track(self, session: VoiceSession, name: str | None = None) -> SessionTap:
+        """Watch ``session`` until its ``async with`` exits (or :meth:`untrack`)."""
+        existing = self._by_session.get(session)
+        if existing is not None:
+            return existing
+        tap = SessionTap(self, session, name)
+        self._taps[tap.id] = tap
+        self._by_session[session] = tap
+
+        async def untrack() -> None:
+            self.untrack(session)
+        session.closers.append(untrack)
+        for sink in self.sinks:
+            sink.added(tap)
+        for cb in self.on_change:
+            cb()
+        return tap
+
+    def untrack(self, session: VoiceSession) -> None:
+        tap = self._by_session.pop(session, None)
+        if tap is None:
+            return
+        self._taps.pop(tap.id, None)
+        tap.detach()
+        for sink in self.sinks:
+            sink.removed(tap)
+        for cb in self.on_change:
+            cb()
+
+    def __iter__(self) -> Iterator[SessionTap]:
+        return iter(list(self._taps.values()))
+
+    def __len__(self) -> int:
+        return len(self._taps)
+
+    def get(self, tap_id: int) -> SessionTap | None:
+        return self._taps.get(tap_id)
+
+
+_DEFAULT: Hub | None = None
+
+
+def default_hub() -> Hub:
+    """The process-wide hub the CLI uses."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Hub()
+    return _DEFAULT
+
+
+def statuses(taps: Iterable[SessionTap]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for tap in taps:
+        s = tap.session.status
+        counts[s] = counts.get(s, 0) + 1
+    return counts
