@@ -28,6 +28,7 @@ from fsm_voice.dispatcher import (
     Outcome,
     Posted,
     StatusChange,
+    Traced,
     TraceEntry,
 )
 from fsm_voice.effects import Timer
@@ -42,7 +43,7 @@ from fsm_voice.policy import QualityAlert, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics, Transport
 
 __all__ = ["SERVER_EVENT_MAP", "Outcome", "QueueOverflowError", "StatusChange", "TraceEntry",
-           "VoiceSession"]
+           "Traced", "VoiceSession"]
 
 log = logging.getLogger("fsm_voice.session")
 
@@ -201,6 +202,11 @@ class VoiceSession:
 
     def on_alert(self, cb: Callable[[QualityAlert], object]) -> None:
         self.monitor.on_alert.add(cb)
+
+    def on_trace(self, cb: Callable[[Traced], object]) -> None:
+        """Every trace entry as it is recorded (taken, refused, stale, observed), with the
+        posted item (event parameters, generation token, timer) and the transport generation."""
+        self.dispatcher.on_trace.add(cb)
 
     # -- lifetime -----------------------------------------------------------------------------
     async def __aenter__(self) -> VoiceSession:
