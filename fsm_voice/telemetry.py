@@ -15,8 +15,8 @@ changes, connection attempts, errors, quality samples and alerts, and derived du
 Durations are in seconds of the session's clock (virtual in tests). Sinks are called from the
 session's dispatcher: they must be quick and never block (the hot path is :meth:`Sink.entry`).
 
-The events reach the tap through :func:`_attach` (the one place that knows how a session reports
-them), so a change of the session's hook API changes only that function.
+The events reach the tap through :func:`_attach`, the one place that knows how a session reports
+them (``on_trace`` and the status/error/metrics/alert subscriptions).
 """
 
 from __future__ import annotations
@@ -93,24 +93,11 @@ class BaseSink:
         pass
 
 
-class _TapDeque(collections.deque[TraceEntry]):
-    """The session's trace deque, also telling the tap of each entry (the adapter used until
-    the session has an event-stream hook of its own)."""
-
-    def __init__(self, source: collections.deque[TraceEntry],
-                 cb: Callable[[TraceEntry], None]) -> None:
-        super().__init__(source, maxlen=source.maxlen)
-        self.cb = cb
-
-    def append(self, entry: TraceEntry) -> None:
-        super().append(entry)
-        self.cb(entry)
-
-
 def _attach(session: VoiceSession, tap: SessionTap) -> Callable[[], None]:
-    """Subscribe ``tap`` to ``session``; returns the function that detaches it."""
-    dispatcher = session.dispatcher
-    dispatcher.trace = _TapDeque(dispatcher.trace, tap._entry)
+    """Subscribe ``tap`` to ``session`` (its ``on_trace`` event stream and the status, error,
+    metrics and alert subscriptions); returns the function that detaches it (subscriptions
+    cannot be removed: a detached tap ignores them)."""
+    session.on_trace(lambda t: tap._entry(t.entry))
     session.on_status(tap._status)
     session.on_error(tap._error)
     session.on_metrics(tap._sample)
@@ -118,9 +105,6 @@ def _attach(session: VoiceSession, tap: SessionTap) -> Callable[[], None]:
 
     def detach() -> None:
         tap.detached = True
-        trace = dispatcher.trace
-        if isinstance(trace, _TapDeque):
-            dispatcher.trace = collections.deque(trace, maxlen=trace.maxlen)
     return detach
 
 

@@ -336,6 +336,8 @@ class TokenBroker(LocalService):
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self.counters: dict[str, int] = {}
+        self.observers: list[Callable[[AuditEntry], object]] = []
+        """Called with each token request's audit entry (metrics export); must not block."""
 
     def __repr__(self) -> str:
         state = self.base_url if self._bound_port is not None else "stopped"
@@ -450,10 +452,13 @@ class TokenBroker(LocalService):
             detail=result.detail,
         )
         self._count(result.outcome)
+        for observe in self.observers:
+            observe(entry)
         try:
             await self.audit.record(entry)
         except Exception as exc:
             log.error("broker: audit write failed (%s)", type(exc).__name__)
+            self._count("audit_failed")
             if key is not None:  # fail closed: no key leaves without its audit row
                 self._count("internal_error")
                 return web.json_response(
