@@ -154,6 +154,9 @@ class SessionTap:
             self._started_at = entry.time
         if event != "backoff_expired" and entry.source != entry.target:
             self._cause = event
+            if entry.source in UP_STATUSES and entry.target not in UP_STATUSES \
+                    and event != "stop" and self._down_at is None:
+                self._down_at = entry.time  # before the effects: a restart opens at once
         for effect in entry.effects:
             if isinstance(effect, OpenTransport):
                 if self._attempt_open:
@@ -193,7 +196,8 @@ class SessionTap:
             self._healthy_at = now
         elif was_up and not up:
             if change.event != "stop":
-                self._down_at = now
+                if self._down_at is None:
+                    self._down_at = now
                 if self._healthy_at is not None:
                     self._duration("detection", now - self._healthy_at)
             elif self._attempt_open:
