@@ -52,7 +52,7 @@ from fsm_voice.effects import OpenTransport
 from fsm_voice.errors import VoiceError
 from fsm_voice.policy import QualityAlert
 from fsm_voice.ports import ConnectionMetrics
-from fsm_voice.telemetry import BaseSink, Hub, SessionTap, statuses
+from fsm_voice.telemetry import BaseSink, BoundedLabel, Hub, SessionTap, statuses
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -90,7 +90,7 @@ class PrometheusSink(BaseSink, Collector):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.transitions: dict[tuple[str, str, str], int] = {}
         self.not_taken: dict[tuple[str, str], int] = {}
-        self._codes: set[str] = set()
+        self._code = BoundedLabel(MAX_CODES)
         r = self.registry
         self.attempts = Counter("fsm_voice_connection_attempts", "Transport opens by kind "
                                 "(start, restart, reconnect) and the event that caused them",
@@ -140,13 +140,7 @@ class PrometheusSink(BaseSink, Collector):
         self.durations[kind].observe(seconds)
 
     def error(self, tap: SessionTap, err: VoiceError) -> None:
-        code = err.code
-        if code not in self._codes:
-            if len(self._codes) >= MAX_CODES:
-                code = "other"
-            else:
-                self._codes.add(code)
-        self.errors.labels(str(err.severity), code).inc()
+        self.errors.labels(str(err.severity), self._code(err.code)).inc()
 
     def sample(self, tap: SessionTap, m: ConnectionMetrics) -> None:
         if m.latency_ms is not None:

@@ -36,7 +36,7 @@ from fsm_voice.ports import ConnectionMetrics
 if TYPE_CHECKING:
     from fsm_voice.session import VoiceSession
 
-__all__ = ["DURATIONS", "Hub", "SessionTap", "Sink", "default_hub"]
+__all__ = ["DURATIONS", "BaseSink", "BoundedLabel", "Hub", "SessionTap", "Sink", "default_hub"]
 
 DURATIONS = ("connect", "detection", "outage", "recovery")
 UP_STATUSES = frozenset({"active", "listening", "speaking"})
@@ -298,6 +298,23 @@ class Hub:
 
     def get(self, tap_id: int) -> SessionTap | None:
         return self._taps.get(tap_id)
+
+
+class BoundedLabel:
+    """Maps label values (error codes, which servers choose) to themselves for the first
+    ``limit`` distinct ones and to ``other`` after: bounded metric cardinality."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.limit:
+            return "other"
+        self.seen.add(value)
+        return value
 
 
 _DEFAULT: Hub | None = None
