@@ -1,0 +1,353 @@
+"""A live, read-only dashboard of the process's sessions, served on 127.0.0.1 (aiohttp).
+
+``GET /`` is one self-contained page (inline script and style, no CDN, a strict CSP with a
+nonce); ``GET /events`` pushes Server-Sent Events: a ``sessions`` event with every session whose
+record changed since the last push (status, state, attempts, RTT/jitter/loss samples, recent
+transitions and errors) and the ids of all live ones. A change is pushed within
+:data:`COALESCE` seconds (0.1 s), well inside the 1 s budget. ``GET /api/sessions`` is the same as
+JSON. Only GET routes exist; requests whose ``Host`` is not a loopback name are refused (403), so
+a web page elsewhere cannot read it through DNS rebinding.
+
+The session's trace-file timeline (``fsm-voice timeline``) is not part of this page yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from fsm_voice.dispatcher import StatusChange, TraceEntry
+from fsm_voice.effects import OpenTransport
+from fsm_voice.errors import VoiceError
+from fsm_voice.policy import QualityAlert
+from fsm_voice.ports import ConnectionMetrics
+from fsm_voice.telemetry import BaseSink, Hub, SessionTap
+
+__all__ = ["COALESCE", "Dashboard", "session_view"]
+
+LOCAL_HOST = "127.0.0.1"
+COALESCE = 0.1
+"""Seconds changes are gathered before a push."""
+HEARTBEAT = 15.0
+RECENT_SHOWN = 12
+_LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 3)
+
+
+def session_view(tap: SessionTap) -> dict[str, Any]:
+    """What the page shows of one session (JSON-ready)."""
+    s = tap.session
+    samples = list(tap.samples)
+    return {
+        "id": tap.id,
+        "name": tap.name,
+        "version": tap.version,
+        "status": s.status,
+        "state": s.state,
+        "attempts": s.attempts,
+        "rtt_ms": [_num(m.latency_ms) for m in samples],
+        "jitter_ms": [_num(m.jitter_ms) for m in samples],
+        "loss": [_num(m.loss_fraction) for m in samples],
+        "transitions": [
+            {"t": round(e.time, 3), "event": e.event, "source": e.source, "target": e.target}
+            for e in list(tap.recent)[-RECENT_SHOWN:]
+        ],
+        "errors": [
+            {"t": round(t, 3), "code": err.code, "severity": str(err.severity),
+             "message": err.message[:200]}
+            for t, err in list(tap.recent_errors)[-RECENT_SHOWN:]
+        ],
+    }
+
+
+class Dashboard(BaseSink):
+    """The dashboard of ``hub``. ``async with Dashboard(hub, port) as d:`` serves at ``d.url``."""
+
+    def __init__(self, hub: Hub, port: int = 0) -> None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        self.hub = hub
+        self.port = port
+        self.url = ""
+        self.pushes = 0
+        """Pushes sent (all clients)."""
+        self._generation = 0
+        self._changed = anyio.Event()
+        self._runner: web.AppRunner | None = None
+        self._closing = anyio.Event()
+
+    # -- sink: every signal just marks "something changed" (cheap; the push reads the taps) -----
+    def _poke(self) -> None:
+        self._generation += 1
+        if not self._changed.is_set():
+            self._changed.set()
+
+    def added(self, tap: SessionTap) -> None:
+        self._poke()
+
+    def removed(self, tap: SessionTap) -> None:
+        self._poke()
+
+    def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
+        if entry.outcome == "taken":
+            self._poke()
+
+    def status(self, tap: SessionTap, change: StatusChange) -> None:
+        self._poke()
+
+    def attempt(self, tap: SessionTap, effect: OpenTransport, cause: str) -> None:
+        self._poke()
+
+    def error(self, tap: SessionTap, err: VoiceError) -> None:
+        self._poke()
+
+    def sample(self, tap: SessionTap, m: ConnectionMetrics) -> None:
+        self._poke()
+
+    def alert(self, tap: SessionTap, alert: QualityAlert) -> None:
+        self._poke()
+
+    # -- lifetime -------------------------------------------------------------------------------
+    async def __aenter__(self) -> Dashboard:
+        app = web.Application(middlewares=[self._local_only])
+        app.router.add_get("/", self._page)
+        app.router.add_get("/events", self._events)
+        app.router.add_get("/api/sessions", self._api)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        try:
+            site = web.TCPSite(self._runner, LOCAL_HOST, self.port, shutdown_timeout=2.0)
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        addr: Any = self._runner.addresses[0]
+        self.url = f"http://{LOCAL_HOST}:{addr[1]}/"
+        self.hub.add_sink(self)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self in self.hub.sinks:
+            self.hub.remove_sink(self)
+        self._closing.set()
+        self._changed.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    @web.middleware
+    async def _local_only(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").startswith(
+            "[") else (request.host or "").split("]")[0] + "]"
+        if host not in _LOCAL_NAMES:
+            return web.Response(status=403, text="dashboard: loopback Host only\n")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"sessions": [session_view(t) for t in self.hub],
+                                  "time": time.time()})
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        nonce = secrets.token_urlsafe(16)
+        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+               "frame-ancestors 'none'")
+        return web.Response(text=PAGE.replace("{{NONCE}}", nonce), content_type="text/html",
+                            headers={"Content-Security-Policy": csp,
+                                     "X-Content-Type-Options": "nosniff",
+                                     "Cache-Control": "no-store"})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        sent: dict[int, int] = {}
+        seen_generation = -1
+        with contextlib.suppress(ConnectionResetError):
+            while not self._closing.is_set():
+                if seen_generation == self._generation:
+                    with anyio.move_on_after(HEARTBEAT) as idle:
+                        await self._changed.wait()
+                    if self._changed.is_set() and not self._closing.is_set():
+                        self._changed = anyio.Event()
+                    if idle.cancelled_caught:
+                        await resp.write(b": keep-alive\n\n")
+                        continue
+                    await anyio.sleep(COALESCE)
+                seen_generation = self._generation
+                taps = list(self.hub)
+                changed = [session_view(t) for t in taps if sent.get(t.id) != t.version]
+                for t in taps:
+                    sent[t.id] = t.version
+                live = [t.id for t in taps]
+                for gone in set(sent) - set(live):
+                    del sent[gone]
+                payload = json.dumps({"live": live, "changed": changed, "time": time.time()})
+                await resp.write(f"event: sessions\ndata: {payload}\n\n".encode())
+                self.pushes += 1
+        return resp
+
+
+@contextlib.asynccontextmanager
+async def exporters(hub: Hub, *, metrics_port: int | None = None,
+                    dashboard_port: int | None = None,
+                    announce: Any = print) -> AsyncIterator[dict[str, str]]:
+    """Serve ``/metrics`` and/or the dashboard for ``hub`` while the context is open (each only
+    when its port is given; 0: any free port). ``announce(text)`` is told the URLs."""
+    urls: dict[str, str] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        if metrics_port is not None:
+            from fsm_voice.metrics import PrometheusSink, serve_metrics
+
+            sink = PrometheusSink(hub)
+            stack.callback(sink.close)
+            urls["metrics"] = await stack.enter_async_context(
+                serve_metrics(sink.registry, metrics_port))
+            announce(f"metrics: {urls['metrics']}")
+        if dashboard_port is not None:
+            board = await stack.enter_async_context(Dashboard(hub, dashboard_port))
+            urls["dashboard"] = board.url
+            announce(f"dashboard: {board.url}")
+        yield urls
+
+
+PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>fsm-voice sessions</title>
+<link rel="icon" href="data:,">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style nonce="{{NONCE}}">
+body{font:14px/1.4 system-ui,sans-serif;margin:1.2em;background:#fafafa;color:#222}
+h1{font-size:1.2em;margin:0 0 .6em}
+#conn{font-size:.85em;color:#777;margin-left:.6em}
+#conn.up{color:#2a7}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border-bottom:1px solid #e3e3e3;padding:.35em .5em;text-align:left;vertical-align:top}
+th{font-weight:600;background:#f0f0f0}
+.status{font-weight:600;padding:.1em .45em;border-radius:.3em;display:inline-block}
+.s-idle{background:#eee;color:#666}.s-connecting{background:#fff3c4}
+.s-active{background:#cdf5d8}.s-listening{background:#cdeffa}.s-speaking{background:#f3d6f5}
+.s-reconnecting{background:#ffd98a}.s-error{background:#f7b5b5}
+svg.spark{width:110px;height:26px;display:block}
+svg.spark polyline{fill:none;stroke:#3572b0;stroke-width:1.4}
+.lbl{font-size:.75em;color:#888}
+ul{margin:0;padding-left:1.1em;font-size:.82em;max-height:8.5em;overflow:auto}
+.err{color:#a11}
+#empty{color:#888;padding:1em}
+</style></head>
+<body>
+<h1>fsm-voice: live sessions <span id="conn">connecting...</span></h1>
+<table><thead><tr><th>session</th><th>status</th><th>state</th><th>attempts</th>
+<th>RTT (ms)</th><th>jitter (ms)</th><th>loss</th><th>recent transitions</th><th>errors</th>
+</tr></thead><tbody id="rows"></tbody></table>
+<div id="empty">no live session</div>
+<script nonce="{{NONCE}}">
+"use strict";
+const rows = document.getElementById("rows");
+const conn = document.getElementById("conn");
+const empty = document.getElementById("empty");
+const NS = "http://www.w3.org/2000/svg";
+const byId = new Map();
+
+function spark(values) {
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", "0 0 100 24");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const pts = values.map((v, i) => [i, v]).filter(p => p[1] !== null);
+  if (pts.length) {
+    const max = Math.max(...pts.map(p => p[1]), 1e-9);
+    const n = Math.max(values.length - 1, 1);
+    const line = document.createElementNS(NS, "polyline");
+    line.setAttribute("points", pts.map(p =>
+      (p[0] * 100 / n).toFixed(1) + "," + (23 - p[1] * 22 / max).toFixed(1)).join(" "));
+    svg.appendChild(line);
+  }
+  return svg;
+}
+
+function cell(tr, child) {
+  const td = document.createElement("td");
+  if (child instanceof Node) td.appendChild(child); else td.textContent = String(child);
+  tr.appendChild(td);
+  return td;
+}
+
+function sparkCell(tr, values, digits) {
+  const td = cell(tr, spark(values));
+  const last = values.length ? values[values.length - 1] : null;
+  const lbl = document.createElement("span");
+  lbl.className = "lbl";
+  lbl.textContent = last === null ? "-" : Number(last).toFixed(digits);
+  td.appendChild(lbl);
+}
+
+function list(items, fmt, cls) {
+  const ul = document.createElement("ul");
+  for (const it of items.slice().reverse()) {
+    const li = document.createElement("li");
+    li.textContent = fmt(it);
+    if (cls) li.className = cls;
+    ul.appendChild(li);
+  }
+  return ul;
+}
+
+function render(s) {
+  const tr = document.createElement("tr");
+  tr.id = "session-" + s.id;
+  tr.dataset.status = s.status;
+  cell(tr, s.name);
+  const st = document.createElement("span");
+  st.className = "status s-" + s.status;
+  st.textContent = s.status;
+  cell(tr, st).className = "status-cell";
+  cell(tr, s.state).className = "state-cell";
+  cell(tr, s.attempts);
+  sparkCell(tr, s.rtt_ms, 0);
+  sparkCell(tr, s.jitter_ms, 1);
+  sparkCell(tr, s.loss, 3);
+  cell(tr, list(s.transitions, t => t.t.toFixed(1) + "s " + t.event + ": " + t.source +
+                " \u2192 " + t.target));
+  cell(tr, list(s.errors, e => e.t.toFixed(1) + "s [" + e.severity + "] " + e.code + ": " +
+                e.message, "err"));
+  return tr;
+}
+
+function apply(msg) {
+  const live = new Set(msg.live);
+  for (const [id, tr] of byId) {
+    if (!live.has(id)) { tr.remove(); byId.delete(id); }
+  }
+  for (const s of msg.changed) {
+    const tr = render(s);
+    const old = byId.get(s.id);
+    if (old) old.replaceWith(tr); else rows.appendChild(tr);
+    byId.set(s.id, tr);
+  }
+  empty.hidden = byId.size > 0;
+}
+
+const source = new EventSource("events");
+source.addEventListener("sessions", ev => apply(JSON.parse(ev.data)));
+source.onopen = () => { conn.textContent = "live"; conn.className = "up"; };
+source.onerror = () => {
+  conn.textContent = "reconnecting to the process...";
+  conn.className = "";
+};
+</script>
+</body></html>
+"""
