@@ -123,10 +123,11 @@ class Dashboard(BaseSink):
         app.router.add_get("/", self._page)
         app.router.add_get("/events", self._events)
         app.router.add_get("/api/sessions", self._api)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
         try:
-            site = web.TCPSite(self._runner, LOCAL_HOST, self.port, shutdown_timeout=2.0)
+            site = web.TCPSite(self._runner, LOCAL_HOST, self.port)
             await site.start()
         except BaseException:
             await self._runner.cleanup()
