@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import secrets
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -30,7 +32,8 @@ from fsm_voice.policy import QualityAlert
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.telemetry import BaseSink, Hub, SessionTap
 
-__all__ = ["COALESCE", "Dashboard", "session_view"]
+__all__ = ["COALESCE", "Dashboard", "add_export_flags", "exporters", "run_observed",
+           "session_view"]
 
 LOCAL_HOST = "127.0.0.1"
 COALESCE = 0.1
@@ -352,3 +355,93 @@ source.onerror = () => {
 </script>
 </body></html>
 """
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def add_export_flags(parser: Any, *, dashboard: bool = False) -> None:
+    """``--metrics-port`` (and, with ``dashboard``, ``--dashboard [PORT]``) on a subcommand."""
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics on 127.0.0.1:PORT (0: any free port; "
+                        "needs the 'metrics' extra)")
+    if dashboard:
+        parser.add_argument("--dashboard", nargs="?", type=int, const=0, metavar="PORT",
+                            help="serve the live dashboard on 127.0.0.1 (PORT, default any "
+                            "free port)")
+
+
+def run_observed(args: Any, main: Callable[[Hub | None], Awaitable[int]]) -> int:
+    """Run ``main(hub)`` under ``anyio.run`` with the exporters ``args`` asks for (``hub`` is
+    None when none is asked for: the session is then not watched at all)."""
+    metrics_port = getattr(args, "metrics_port", None)
+    dashboard_port = getattr(args, "dashboard", None)
+
+    async def run() -> int:
+        if metrics_port is None and dashboard_port is None:
+            return await main(None)
+        hub = Hub()
+        async with exporters(hub, metrics_port=metrics_port, dashboard_port=dashboard_port,
+                             announce=lambda text: print(text, flush=True)):
+            return await main(hub)
+
+    try:
+        return int(anyio.run(run))
+    except (ValueError, ImportError, OSError) as exc:
+        print(f"fsm-voice: {exc}", file=sys.stderr)
+        return 2
+
+
+async def run_dashboard(sessions: int, fault_every: float, duration: float | None,
+                        hub: Hub) -> int:
+    """``fsm-voice dashboard``: ``sessions`` real sessions against an in-process local peer,
+    one of them (in turn) losing its call every ``fault_every`` seconds, until ``duration``
+    seconds have passed (None: until Ctrl-C)."""
+    from fsm_voice.client import realtime_session
+    from fsm_voice.peer.server import RealtimePeer
+    from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
+    from fsm_voice.transport import NullSink, UtteranceSource
+
+    policy = SessionPolicy(ice=IcePolicy(disconnected_grace=2.0),
+                           monitor=MonitorPolicy(metrics_interval=1.0, health_interval=30.0))
+    async with RealtimePeer(reply="echo") as peer, contextlib.AsyncExitStack() as stack:
+        live = []
+        for i in range(sessions):
+            s = realtime_session(peer.base_url, "ek_local_dashboard", policy=policy,
+                                 host_addresses=["127.0.0.1"], audio_sink=NullSink,
+                                 audio_source=lambda: UtteranceSource(repeat=True))
+            hub.track(s, name=f"local-{i + 1}")
+            live.append(await stack.enter_async_context(s))
+        for s in live:
+            await s.start()
+        with anyio.move_on_after(duration if duration is not None else math.inf):
+            turn = 0
+            while True:
+                await anyio.sleep(fault_every)
+                calls = sorted(peer.calls)
+                if calls:
+                    await peer.close_call(calls[turn % len(calls)])
+                    turn += 1
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    d = sub.add_parser("dashboard", help="watch live sessions in the browser: real sessions "
+                       "against the in-process local peer, with a fault now and then")
+    d.add_argument("--port", type=int, default=0, help="dashboard port on 127.0.0.1 (0: any)")
+    d.add_argument("--sessions", type=int, default=3, help="sessions to run (default 3)")
+    d.add_argument("--fault-every", type=float, default=15.0,
+                   help="seconds between injected call drops (default 15)")
+    d.add_argument("--duration", type=float, help="stop after this many seconds")
+    add_export_flags(d)
+
+    def cmd(a: Any) -> int:
+        if not 0 < a.sessions <= 100 or not 0 < a.fault_every < math.inf:
+            print("fsm-voice dashboard: --sessions in 1..100, --fault-every > 0",
+                  file=sys.stderr)
+            return 2
+        a.dashboard = a.port
+
+        async def main(hub: Hub | None) -> int:
+            assert hub is not None
+            return await run_dashboard(a.sessions, a.fault_every, a.duration, hub)
+        return run_observed(a, main)
+    d.set_defaults(func=cmd)

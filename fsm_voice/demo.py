@@ -24,12 +24,14 @@ from rich.table import Table
 from rich.text import Text
 
 from fsm_voice.client import realtime_session
+from fsm_voice.dashboard import add_export_flags, run_observed
 from fsm_voice.errors import VoiceError
 from fsm_voice.peer.server import RealtimePeer, run_peer
 from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import StatusChange, VoiceSession
+from fsm_voice.telemetry import Hub
 from fsm_voice.tokens import EphemeralKeyProvider
 from fsm_voice.transport import KeepOpen, NullSink, UtteranceSource, WavRecorder
 from fsm_voice.transport.audio import AudioSink
@@ -76,7 +78,8 @@ def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
     return text
 
 
-async def run_demo(duration: float, fault: str, record: str | None, console: Console) -> int:
+async def run_demo(duration: float, fault: str, record: str | None, console: Console,
+                   hub: Hub | None = None) -> int:
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
     policy = SessionPolicy(
@@ -100,6 +103,8 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
                                                  trail_silence=3.5, repeat=True),
             audio_sink=sink,
         )
+        if hub is not None:
+            hub.track(session, name="demo")
         session.on_status(rec.status)
         session.on_error(rec.errors.append)
         session.on_server_event(rec.server_event)
@@ -199,13 +204,15 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
 
 
 async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
-                      config: RealtimeConfig, console: Console) -> int:
+                      config: RealtimeConfig, console: Console, hub: Hub | None = None) -> int:
     """Run a session against any OpenAI-compatible backend and print status changes as JSON."""
     session = realtime_session(base_url, token, model=config.model, session_config=config,
                                audio_source=lambda: UtteranceSource(repeat=True),
                                audio_sink=NullSink)
     if isinstance(token, EphemeralKeyProvider):
         session.closers.append(token.aclose)
+    if hub is not None:
+        hub.track(session, name="connect")
     def emit(obj: dict[str, Any]) -> None:  # JSON lines, never wrapped
         print(json.dumps(obj), flush=True)
 
@@ -227,12 +234,15 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--fault", choices=FAULTS, default="silent",
                    help="scripted fault (default: the peer goes silent)")
     d.add_argument("--record", metavar="WAV", help="record the received audio to a WAV file")
-    d.set_defaults(func=lambda a: anyio.run(run_demo, a.duration, a.fault, a.record, Console()))
+    add_export_flags(d, dashboard=True)
+    d.set_defaults(func=lambda a: run_observed(
+        a, lambda hub: run_demo(a.duration, a.fault, a.record, Console(), hub)))
 
     p = sub.add_parser("peer", help="serve the local realtime peer (loopback only)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--reply", choices=("echo", "tone"), default="echo")
+    add_export_flags(p)
     p.set_defaults(func=_serve_peer)
 
     c = sub.add_parser("connect", help="run a session against an OpenAI-compatible backend; "
@@ -252,6 +262,7 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--turn-detection", choices=("server_vad", "semantic_vad", "none"),
                    default="server_vad")
     c.add_argument("--duration", type=float, default=30.0)
+    add_export_flags(c)
     c.set_defaults(func=_connect)
 
 
@@ -281,10 +292,15 @@ def _connect(a: argparse.Namespace) -> int:
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         return 2
-    return int(anyio.run(run_connect, a.base_url, token, a.duration, config, console))
+    return run_observed(a, lambda hub: run_connect(a.base_url, token, a.duration, config,
+                                                   console, hub))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(run_peer, a.host, a.port, a.reply)
+        if a.metrics_port is not None:
+            from fsm_voice.metrics import serve_peer
+            anyio.run(serve_peer, a.host, a.port, a.reply, a.metrics_port)
+        else:
+            anyio.run(run_peer, a.host, a.port, a.reply)
     return 0

@@ -42,7 +42,7 @@ when scraped (a custom collector), so export costs little per event.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -279,3 +279,27 @@ async def serve_metrics(registry: CollectorRegistry, port: int = 0,
         yield f"http://{LOCAL_HOST}:{addr[1]}/metrics"
     finally:
         await runner.cleanup()
+
+
+async def serve_peer(host: str, port: int, reply: Any, metrics_port: int) -> None:
+    """``fsm-voice peer --metrics-port``: the local peer with its counters on ``/metrics``."""
+    from fsm_voice.peer.server import CALLS_PATH, RealtimePeer
+
+    peer = RealtimePeer(host, port, reply=reply)
+    registry = CollectorRegistry()
+    PeerCollector(peer, registry)
+    async with serve_metrics(registry, metrics_port) as url:
+        print(f"metrics: {url}", flush=True)
+        await peer.serve_forever(lambda base: print(
+            f"fsm-voice peer listening on {base} (POST {base}{CALLS_PATH}; control: "
+            f"{base}/control)", flush=True))
+
+
+async def serve_broker(broker: TokenBroker, metrics_port: int,
+                       main: Callable[[], Awaitable[None]]) -> None:
+    """``fsm-voice broker --metrics-port``: run ``main`` with the broker's ``/metrics``."""
+    registry = CollectorRegistry()
+    BrokerCollector(broker, registry)
+    async with serve_metrics(registry, metrics_port) as url:
+        print(f"metrics: {url}", flush=True)
+        await main()

@@ -91,6 +91,8 @@ def add_parsers(subparsers: Any) -> None:
         action="store_true",
         help="read a client secret from stdin, print its sha256: digest, exit",
     )
+    b.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics on 127.0.0.1:PORT (needs the 'metrics' extra)")
     b.set_defaults(func=cmd_broker)
 
 
@@ -231,7 +233,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         )
 
     try:
-        asyncio.run(_serve(broker, ready))
+        if getattr(args, "metrics_port", None) is not None:
+            from fsm_voice.metrics import serve_broker
+            asyncio.run(serve_broker(broker, args.metrics_port, lambda: _serve(broker, ready)))
+        else:
+            asyncio.run(_serve(broker, ready))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
