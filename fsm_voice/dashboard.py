@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from fsm_voice.dispatcher import StatusChange, TraceEntry
+from fsm_voice.dispatcher import TraceEntry
 from fsm_voice.effects import OpenTransport
 from fsm_voice.errors import VoiceError
 from fsm_voice.policy import QualityAlert
@@ -62,11 +62,12 @@ def session_view(tap: SessionTap) -> dict[str, Any]:
         "jitter_ms": [_num(m.jitter_ms) for m in samples],
         "loss": [_num(m.loss_fraction) for m in samples],
         "transitions": [
-            {"t": round(e.time, 3), "event": e.event, "source": e.source, "target": e.target}
+            {"t": round(e.time - tap.t0, 3), "event": e.event, "source": e.source,
+             "target": e.target}
             for e in list(tap.recent)[-RECENT_SHOWN:]
         ],
         "errors": [
-            {"t": round(t, 3), "code": err.code, "severity": str(err.severity),
+            {"t": round(t - tap.t0, 3), "code": err.code, "severity": str(err.severity),
              "message": err.message[:200]}
             for t, err in list(tap.recent_errors)[-RECENT_SHOWN:]
         ],
@@ -104,9 +105,6 @@ class Dashboard(BaseSink):
     def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
         if entry.outcome == "taken":
             self._poke()
-
-    def status(self, tap: SessionTap, change: StatusChange) -> None:
-        self._poke()
 
     def attempt(self, tap: SessionTap, effect: OpenTransport, cause: str) -> None:
         self._poke()

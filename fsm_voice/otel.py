@@ -5,7 +5,8 @@
 * a span per session (``realtime {model}``, from tracking to the session's exit) and, inside it,
   a span per connection attempt (``realtime.connect {kind}``: start, restart, reconnect), ended
   ``OK`` when the status comes up, ``ERROR`` when the attempt is closed or superseded first;
-  status changes, errors and quality alerts are span events of the session span;
+  status changes (except turns among active/listening/speaking), errors and quality alerts are
+  span events of the session span;
 * the metrics of :mod:`fsm_voice.metrics` as OTel instruments (below).
 
 Names: the OpenTelemetry GenAI semantic conventions (development status) define no realtime or
@@ -22,17 +23,28 @@ status), ``fsm_voice.transitions`` ({transition}), ``fsm_voice.connection.attemp
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fsm_voice.dispatcher import StatusChange, TraceEntry
 from fsm_voice.effects import OpenTransport
 from fsm_voice.errors import VoiceError
+from fsm_voice.machine import STATUSES
 from fsm_voice.policy import QualityAlert
 from fsm_voice.ports import ConnectionMetrics
-from fsm_voice.telemetry import DURATIONS, BaseSink, BoundedLabel, Hub, SessionTap
+from fsm_voice.telemetry import (
+    DURATIONS,
+    UP_STATUSES,
+    BaseSink,
+    BoundedLabel,
+    Hub,
+    SessionTap,
+    statuses,
+)
 
 try:
     from opentelemetry import metrics, trace
+    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("OpenTelemetry export needs the 'otel' extra: "
@@ -54,10 +66,13 @@ class OtelSink(BaseSink):
         self.provider_name = provider_name
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-        self.sessions = meter.create_up_down_counter(
-            "fsm_voice.sessions", unit="{session}", description="Tracked sessions by status")
-        self.transitions = meter.create_counter(
-            "fsm_voice.transitions", unit="{transition}", description="Machine transitions taken")
+        self._transitions: dict[tuple[str, str, str], int] = {}
+        meter.create_observable_up_down_counter(
+            "fsm_voice.sessions", [self._observe_sessions], unit="{session}",
+            description="Tracked sessions by status")
+        meter.create_observable_counter(
+            "fsm_voice.transitions", [self._observe_transitions], unit="{transition}",
+            description="Machine transitions taken")
         self.attempts = meter.create_counter(
             "fsm_voice.connection.attempts", unit="{attempt}",
             description="Transport opens by kind and the event that caused them")
@@ -81,7 +96,6 @@ class OtelSink(BaseSink):
         self._code = BoundedLabel(100)
         self._spans: dict[int, Span] = {}
         self._attempts: dict[int, Span] = {}
-        self._status: dict[int, str] = {}
         self._started: dict[int, float] = {}
         hub.add_sink(self)
 
@@ -89,6 +103,14 @@ class OtelSink(BaseSink):
         """End every open span and stop watching the hub."""
         if self in self.hub.sinks:
             self.hub.remove_sink(self)
+
+    def _observe_sessions(self, options: CallbackOptions) -> Iterable[Observation]:
+        counts = statuses(self.hub)
+        return [Observation(counts.get(status, 0), {"status": status}) for status in STATUSES]
+
+    def _observe_transitions(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"event": e, "source": src, "target": tgt})
+                for (e, src, tgt), n in list(self._transitions.items())]
 
     def _attrs(self, **extra: Any) -> dict[str, Any]:
         return {"gen_ai.operation.name": "realtime", "gen_ai.provider.name": self.provider_name,
@@ -102,16 +124,10 @@ class OtelSink(BaseSink):
                                       "fsm_voice.session.engine":
                                           type(tap.session.machine).__name__}))
         self._spans[tap.id] = span
-        status = tap.session.status
-        self._status[tap.id] = status
         self._started[tap.id] = tap.now
-        self.sessions.add(1, {"status": status})
 
     def removed(self, tap: SessionTap) -> None:
         self._end_attempt(tap, False, "session ended")
-        status = self._status.pop(tap.id, None)
-        if status is not None:
-            self.sessions.add(-1, {"status": status})
         started = self._started.pop(tap.id, None)
         span = self._spans.pop(tap.id, None)
         failed = tap.session.status == "error"
@@ -128,15 +144,13 @@ class OtelSink(BaseSink):
 
     def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
         if entry.outcome == "taken":
-            self.transitions.add(1, {"event": entry.event, "source": entry.source,
-                                     "target": entry.target})
+            key = (entry.event, entry.source, entry.target)
+            t = self._transitions
+            t[key] = t.get(key, 0) + 1
 
     def status(self, tap: SessionTap, change: StatusChange) -> None:
-        previous = self._status.get(tap.id)
-        if previous is not None:
-            self.sessions.add(-1, {"status": previous})
-        self._status[tap.id] = change.status
-        self.sessions.add(1, {"status": change.status})
+        if change.status in UP_STATUSES and change.previous in UP_STATUSES:
+            return  # active/listening/speaking turns: counted, not span events
         span = self._spans.get(tap.id)
         if span is not None:
             span.add_event("status", {"fsm_voice.status": change.status,

@@ -16,7 +16,7 @@ Durations are in seconds of the session's clock (virtual in tests). Sinks are ca
 session's dispatcher: they must be quick and never block (the hot path is :meth:`Sink.entry`).
 
 The events reach the tap through :func:`_attach`, the one place that knows how a session reports
-them (``on_trace`` and the status/error/metrics/alert subscriptions).
+them (``on_trace`` and the error/metrics/alert subscriptions).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from fsm_voice.dispatcher import StatusChange, TraceEntry
+from fsm_voice.dispatcher import StatusChange, Traced, TraceEntry
 from fsm_voice.effects import CloseTransport, OpenReason, OpenTransport
 from fsm_voice.errors import VoiceError
+from fsm_voice.machine import STATUS_OF
 from fsm_voice.policy import QualityAlert
 from fsm_voice.ports import ConnectionMetrics
 
@@ -94,11 +95,10 @@ class BaseSink:
 
 
 def _attach(session: VoiceSession, tap: SessionTap) -> Callable[[], None]:
-    """Subscribe ``tap`` to ``session`` (its ``on_trace`` event stream and the status, error,
-    metrics and alert subscriptions); returns the function that detaches it (subscriptions
-    cannot be removed: a detached tap ignores them)."""
-    session.on_trace(lambda t: tap._entry(t.entry))
-    session.on_status(tap._status)
+    """Subscribe ``tap`` to ``session``: its ``on_trace`` event stream (status changes are derived
+    from it) and the error, metrics and alert subscriptions. Returns the function that detaches
+    it (subscriptions cannot be removed: a detached tap ignores them)."""
+    session.on_trace(tap._trace)
     session.on_error(tap._error)
     session.on_metrics(tap._sample)
     session.on_alert(tap._alert)
@@ -123,6 +123,8 @@ class SessionTap:
         self.recent_errors: collections.deque[tuple[float, VoiceError]] = collections.deque(
             maxlen=RECENT)
         self.samples: collections.deque[ConnectionMetrics] = collections.deque(maxlen=60)
+        self.t0 = session.clock.now()
+        """The session clock's time when tracking began (the dashboard's zero)."""
         self.version = 0
         """Bumped on every change the dashboard shows."""
         self._started_at: float | None = None
@@ -139,24 +141,40 @@ class SessionTap:
         return self.session.clock.now()
 
     # -- from the session ---------------------------------------------------------------------
-    def _entry(self, entry: TraceEntry) -> None:
+    def _trace(self, traced: Traced) -> None:
+        """The hot path: every trace entry of the session."""
         if self.detached:
             return
+        entry = traced.entry
         self.version += 1
-        sinks = self._sinks
-        for sink in sinks:
+        for sink in self.hub.entry_sinks:
             sink.entry(self, entry)
         if entry.outcome != "taken":
             return
         self.recent.append(entry)
+        source, target = entry.source, entry.target
+        if source != target:
+            self._moved(entry)
+        if entry.effects:
+            self._effects(entry)
+        if source != target:
+            previous, status = STATUS_OF[source], STATUS_OF[target]
+            if previous != status:
+                self._status(entry, previous, status)
+
+    def _moved(self, entry: TraceEntry) -> None:
         event = entry.event
         if event == "start":
             self._started_at = entry.time
-        if event != "backoff_expired" and entry.source != entry.target:
+        if event != "backoff_expired":
             self._cause = event
             if entry.source in UP_STATUSES and entry.target not in UP_STATUSES \
                     and event != "stop" and self._down_at is None:
                 self._down_at = entry.time  # before the effects: a restart opens at once
+
+    def _effects(self, entry: TraceEntry) -> None:
+        event = entry.event
+        sinks = self._sinks
         for effect in entry.effects:
             if isinstance(effect, OpenTransport):
                 if self._attempt_open:
@@ -177,15 +195,12 @@ class SessionTap:
         for sink in self._sinks:
             sink.attempt_end(self, ok, detail)
 
-    def _status(self, change: StatusChange) -> None:
-        if self.detached:
-            return
-        self.version += 1
-        now = change.time
-        up, was_up = change.status in UP_STATUSES, change.previous in UP_STATUSES
+    def _status(self, entry: TraceEntry, previous: str, status: str) -> None:
+        now, event = entry.time, entry.event
+        up, was_up = status in UP_STATUSES, previous in UP_STATUSES
         if up and not was_up:
             if self._attempt_open:
-                self._end_attempt(True, change.event)
+                self._end_attempt(True, event)
             if self._started_at is not None:
                 self._duration("connect", now - self._started_at)
                 self._started_at = None
@@ -195,7 +210,7 @@ class SessionTap:
             self._down_at = self._recovering_at = None
             self._healthy_at = now
         elif was_up and not up:
-            if change.event != "stop":
+            if event != "stop":
                 if self._down_at is None:
                     self._down_at = now
                 if self._healthy_at is not None:
@@ -203,12 +218,15 @@ class SessionTap:
             elif self._attempt_open:
                 self._end_attempt(True, "stop")
             self._healthy_at = None
-        if change.status in ("idle", "error"):
+        if status in ("idle", "error"):
             if self._attempt_open:
-                self._end_attempt(False, change.event)
+                self._end_attempt(False, event)
             self._down_at = self._recovering_at = self._started_at = None
-        for sink in self._sinks:
-            sink.status(self, change)
+        sinks = self.hub.status_sinks
+        if sinks:
+            change = StatusChange(now, previous, status, entry.target, event)
+            for sink in sinks:
+                sink.status(self, change)
 
     def _duration(self, kind: str, seconds: float) -> None:
         for sink in self._sinks:
@@ -245,14 +263,23 @@ class Hub:
 
     def __init__(self) -> None:
         self.sinks: list[Sink] = []
+        self.entry_sinks: list[Sink] = []
+        """The sinks that override ``entry`` / ``status`` (the others are not called for them:
+        the per-event cost stays that of the sinks that need it)."""
+        self.status_sinks: list[Sink] = []
         self._taps: dict[int, SessionTap] = {}
         self._by_session: weakref.WeakKeyDictionary[VoiceSession, SessionTap] = (
             weakref.WeakKeyDictionary())
         self.on_change: list[Callable[[], None]] = []
         """Called (no argument) when a session is added or removed."""
 
+    def _split(self) -> None:
+        self.entry_sinks[:] = [x for x in self.sinks if _overrides(x, "entry")]
+        self.status_sinks[:] = [x for x in self.sinks if _overrides(x, "status")]
+
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
+        self._split()
         for tap in self._taps.values():
             sink.added(tap)
 
@@ -260,6 +287,7 @@ class Hub:
         for tap in self._taps.values():
             sink.removed(tap)
         self.sinks.remove(sink)
+        self._split()
 
     def track(self, session: VoiceSession, name: str | None = None) -> SessionTap:
         """Watch ``session`` until its ``async with`` exits (or :meth:`untrack`)."""
@@ -315,6 +343,10 @@ class BoundedLabel:
             return "other"
         self.seen.add(value)
         return value
+
+
+def _overrides(sink: object, name: str) -> bool:
+    return getattr(type(sink), name, None) is not getattr(BaseSink, name)
 
 
 _DEFAULT: Hub | None = None

@@ -1,0 +1,184 @@
+"""Cost of the metrics export, and the dashboard's push latency with 100 live sessions.
+
+1. Runtime events/s (one session, scripted transport, virtual clock, the conversation cycle of
+   bench_dispatch) bare, then watched by a hub with the Prometheus sink, with the OpenTelemetry
+   sink (SDK providers, no exporter), and with the dashboard sink. Target: Prometheus <= 10 %.
+2. 100 live sessions (scripted transports, real clock) on one dashboard; a status change every
+   20 ms on a random session; an SSE client measures, for every change, the time from the change
+   (``on_status``) to the first push that carries it. Target: every change within 1 s.
+
+Run: .venv/bin/python benchmarks/bench_metrics.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import aiohttp
+import anyio
+
+from fsm_voice.clock import VirtualClock
+from fsm_voice.dashboard import Dashboard
+from fsm_voice.dispatcher import Posted
+from fsm_voice.ports import TransportSignal
+from fsm_voice.session import StatusChange, VoiceSession
+from fsm_voice.telemetry import Hub
+from fsm_voice.testing import ScriptedTransport
+
+CYCLE = ["speech_started", "speech_stopped", "audio_started", "audio_stopped",
+         "ice_disconnected", "ice_recovered"]
+
+
+def runtime_rate(watch: Callable[[VoiceSession], object] | None, n: int) -> float:
+    async def main() -> float:
+        t = ScriptedTransport(["ok"])
+        s = VoiceSession(t, clock=VirtualClock(), trace_limit=1000)
+        if watch is not None:
+            watch(s)
+        async with s:
+            await s.start()
+            await anyio.wait_all_tasks_blocked()
+            t0 = time.perf_counter()
+            for i in range(n):
+                s.dispatcher.post(Posted(CYCLE[i % len(CYCLE)], token=s.dispatcher.generation))
+            await s.dispatcher.drain()
+            dt = time.perf_counter() - t0
+            assert s.status == "active", s.status
+            return n / dt
+    return float(anyio.run(main))
+
+
+def prometheus_watch() -> Callable[[VoiceSession], object]:
+    from fsm_voice.metrics import PrometheusSink
+    hub = Hub()
+    PrometheusSink(hub)
+    return hub.track
+
+
+def otel_watch() -> Callable[[VoiceSession], object]:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from fsm_voice.otel import OtelSink
+    hub = Hub()
+    OtelSink(hub, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    return hub.track
+
+
+def dashboard_watch() -> Callable[[VoiceSession], object]:
+    hub = Hub()
+    hub.add_sink(Dashboard(hub))  # the sink only (no server): the per-event cost
+    return hub.track
+
+
+def bench_cost(n: int, rounds: int) -> dict[str, float]:
+    """Best of ``rounds`` for each variant, the variants interleaved (the machine is shared:
+    interleaving spreads the noise evenly)."""
+    variants: dict[str, Callable[[], Callable[[VoiceSession], object]] | None] = {
+        "bare": None, "prometheus": prometheus_watch, "otel": otel_watch,
+        "dashboard": dashboard_watch}
+    best = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):
+        for name, make in variants.items():
+            best[name] = max(best[name], runtime_rate(make() if make else None, n))
+    out = {"bare_events_per_s": best["bare"]}
+    for name in ("prometheus", "otel", "dashboard"):
+        out[f"{name}_events_per_s"] = best[name]
+        out[f"{name}_cost_percent"] = 100.0 * (1.0 - best[name] / best["bare"])
+    return out
+
+
+async def bench_dashboard(sessions: int, changes: int, interval: float) -> dict[str, float]:
+    hub = Hub()
+    rng = random.Random(7)
+    pending: dict[int, list[tuple[int, float]]] = {}  # tap id -> [(version, t_change)]
+    latencies: list[float] = []
+    measuring = False
+    measured: dict[int, list[tuple[int, float]]] = {}
+    async with Dashboard(hub) as board, anyio.create_task_group() as tg:
+        transports: list[ScriptedTransport] = []
+        opened: list[VoiceSession] = []
+        taps = []
+        for _ in range(sessions):
+            t = ScriptedTransport(default="ok")
+            s = VoiceSession(t)
+            tap = hub.track(s)
+
+            def on_status(c: StatusChange, tap_id: int = tap.id, tap_ref: object = tap) -> None:
+                if not measuring:
+                    return
+                pending.setdefault(tap_id, []).append((tap_ref.version,  # type: ignore[attr-defined]
+                                                       time.monotonic()))
+            s.on_status(on_status)
+            transports.append(t)
+            opened.append(s)
+            taps.append(tap)
+        async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as stack:
+            for s in opened:
+                await stack.enter_async_context(s)
+                await s.start()
+            ready = anyio.Event()
+
+            async def reader() -> None:
+                async with http.get(board.url + "events") as resp:
+                    async for raw in resp.content:
+                        line = raw.decode()
+                        if not line.startswith("data: "):
+                            continue
+                        now = time.monotonic()
+                        msg = json.loads(line[6:])
+                        ready.set()
+                        for view in msg["changed"]:
+                            waiting = pending.get(view["id"], [])
+                            while waiting and waiting[0][0] <= view["version"]:
+                                latencies.append(now - waiting.pop(0)[1])
+            tg.start_soon(reader)
+            await ready.wait()
+            pending.clear()
+            measuring = True
+            for _ in range(changes):
+                i = rng.randrange(sessions)
+                if transports[i].is_open:
+                    transports[i].emit(TransportSignal.FAILED)
+                await anyio.sleep(interval)
+            await anyio.sleep(1.5)  # the last pushes (each within COALESCE of its change)
+            measured = dict(pending)  # what the teardown (every session -> idle) adds is not
+            measuring = False
+            tg.cancel_scope.cancel()
+    undelivered = sum(len(v) for v in measured.values())
+    lat = sorted(latencies)
+    return {"sessions": sessions, "status_changes_measured": len(lat),
+            "undelivered": undelivered, "pushes": board.pushes,
+            "latency_p50_s": statistics.median(lat),
+            "latency_p99_s": lat[int(0.99 * (len(lat) - 1))], "latency_max_s": lat[-1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer events and changes")
+    a = ap.parse_args()
+    n, rounds, changes = (50_000, 3, 100) if a.quick else (100_000, 7, 300)
+    cost = bench_cost(n, rounds)
+    print(f"runtime events/s bare:            {cost['bare_events_per_s']:>10,.0f}")
+    for name in ("prometheus", "otel", "dashboard"):
+        print(f"  with {name:11s} sink:          {cost[f'{name}_events_per_s']:>10,.0f}  "
+              f"(cost {cost[f'{name}_cost_percent']:.1f} %)")
+    ok_cost = cost["prometheus_cost_percent"] <= 10.0
+    dash = anyio.run(bench_dashboard, 100, changes, 0.02)
+    print(f"dashboard, {dash['sessions']} live sessions: {dash['status_changes_measured']} status "
+          f"changes pushed in {dash['pushes']} pushes; latency p50 "
+          f"{dash['latency_p50_s'] * 1000:.0f} ms, p99 {dash['latency_p99_s'] * 1000:.0f} ms, "
+          f"max {dash['latency_max_s'] * 1000:.0f} ms; undelivered {dash['undelivered']}")
+    ok_dash = dash["latency_max_s"] <= 1.0 and dash["undelivered"] == 0
+    print(f"targets: prometheus cost <= 10 % {'met' if ok_cost else 'MISSED'}; "
+          f"dashboard <= 1 s {'met' if ok_dash else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
