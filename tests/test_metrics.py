@@ -4,6 +4,7 @@ peer, scraped over HTTP from 127.0.0.1 and parsed with prometheus_client's parse
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from fsm_voice.broker import BrokerConfig, ClientRegistry, TokenBroker
+from fsm_voice.broker import AuditEntry, AuditLog, BrokerConfig, ClientRegistry, TokenBroker
 from fsm_voice.clock import VirtualClock
 from fsm_voice.errors import ErrorSource, Severity, VoiceError
 from fsm_voice.metrics import BrokerCollector, PeerCollector, PrometheusSink, serve_metrics
@@ -190,3 +191,33 @@ async def test_broker_and_peer_are_exported(tmp_path: Path) -> None:
     assert latency == 3
     assert get(samples, "fsm_voice_peer_client_secrets_minted_total") == 2
     assert math.isfinite(get(samples, "fsm_voice_peer_calls"))
+
+
+class _BrokenAudit(AuditLog):
+    """An audit log whose writes fail (disk full, locked database...)."""
+
+    async def record(self, entry: AuditEntry) -> int:
+        raise OSError("disk full")
+
+
+async def test_broker_upstream_errors_and_audit_failures(tmp_path: Path) -> None:
+    secrets = {"app-1": "secret-one-7c2e9a41b3d5f6e8"}
+    good = {"Authorization": f"Bearer {secrets['app-1']}", "X-Client-Id": "app-1"}
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    registry = CollectorRegistry()
+    async with TokenBroker(BrokerConfig(upstream_base=dead), api_key="sk-test-0123456789abcdef",
+                           clients=ClientRegistry.from_secrets(secrets),
+                           audit=_BrokenAudit(tmp_path / "a.sqlite3")) as broker:
+        BrokerCollector(broker, registry)
+        async with serve_metrics(registry) as url, aiohttp.ClientSession() as http:
+            async with http.post(broker.token_url, headers=good, json={}) as r:
+                assert r.status == 502
+            samples = await scrape(url)
+    assert get(samples, "fsm_voice_broker_upstream_errors_total") == 1
+    assert get(samples, "fsm_voice_broker_refusals_total", reason="upstream_error") == 1
+    assert get(samples, "fsm_voice_broker_audit_failures_total") == 1
+    assert get(samples, "fsm_voice_broker_keys_minted_total") == 0
+    assert get(samples, "fsm_voice_broker_request_duration_seconds_count",
+               outcome="upstream_error") == 1
