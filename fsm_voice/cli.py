@@ -1,4 +1,4 @@
-"""``fsm-voice``: check | diagram | demo | peer | connect | broker."""
+"""``fsm-voice``: check | diagram | demo | peer | connect | broker | replay | timeline."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from fsm_voice.mutants import NAMED, PLANTED
 console = Console()
 
 #: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.broker.cli")
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.broker.cli",
+                                         "fsm_voice.trace_cli")
 
 
 def _find_spec(explicit: str | None) -> Path | None:

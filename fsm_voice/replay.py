@@ -7,9 +7,11 @@ tokens modelled as the dispatcher keeps them. Each step's outcome (taken / refus
 target state, transport generation and effects (every timer armed, with its delay, and
 cancelled) are compared with the record; a timer must fire no earlier than it was due.
 
-With policy overrides (a what-if), the machine's own timers decide when they fire (the recorded
-fires belong to the recorded world and are skipped), events from transports the alternative
-world never opened are stale, and the result is the alternative path next to the recorded one.
+With policy overrides (a what-if), the machine's own timers decide when they fire (a recorded
+fire counts only if this world armed the same timer, due then), and the network does at each
+recorded time what it did in the recording, to whichever connection this world has current (an
+event that was stale in the recording stays stale). The result is the alternative path, compared
+step by step with the recorded one.
 """
 
 from __future__ import annotations
@@ -273,14 +275,19 @@ def replay(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
             ctx = tuple(s.describe() for s in steps[-context - 1:-1]) if context else ()
             divergence = Divergence(compared, line, event, t, field, expected, got, ctx)
 
-    fires = {(r.get("timer"), r.get("token")): float(r["t"]) for _, r in events
-             if r.get("timer") is not None}
+    fires: dict[str, list[float]] = {}
+    for _, r in events:
+        if r.get("timer") is not None and r.get("outcome") == "taken":
+            fires.setdefault(str(r["timer"]), []).append(float(r["t"]))
+
+    def recorded_fire(name: str, due: float) -> bool:
+        """Whether the recording has this timer firing when this world has it due."""
+        return any(due - TIME_SLACK <= f <= due + FIRE_LATENCY for f in fires.get(name, ()))
 
     def fire_due(until: float) -> None:
         while True:
             due_now = [(due, name, token) for name, (token, due) in world.timers.items()
-                       if due <= until and not abs(fires.get((name, token), -1e9) - due)
-                       <= FIRE_LATENCY]
+                       if due <= until and not recorded_fire(name, due)]
             if not due_now:
                 return
             due, name, _token = min(due_now)
@@ -296,9 +303,15 @@ def replay(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
         token = r.get("token")
         if what_if:
             fire_due(t)
+            if token is not None and timer is None and token == r.get("gen"):
+                token = world.gen  # the network does what it did, to this world's connection
             cur = world.timers.get(timer) if timer is not None else None
-            if timer is not None and (cur is None or cur[0] != token
-                                      or cur[1] > t + TIME_SLACK):
+            if cur is not None and r.get("outcome") == "taken" and \
+                    cur[1] - TIME_SLACK <= t <= cur[1] + FIRE_LATENCY:
+                token = cur[0]  # this world's own timer, firing when the recorded one did
+            elif timer is not None and r.get("outcome") == "stale":
+                continue  # a recorded non-event
+            elif timer is not None:
                 skipped = Step(line, t, event, "skipped", world.m.state_id, world.m.state_id,
                                world.gen, ())
                 diverge(skipped, line, t, event, "a recorded timer does not fire (not armed "
