@@ -143,27 +143,39 @@ class TraceWriter:
     @classmethod
     def attach(cls, session: VoiceSession, path: str | os.PathLike[str], *,
                max_bytes: int = DEFAULT_MAX_BYTES) -> TraceWriter:
-        """Record ``session`` from now on to ``path`` (closed when the session exits). Attach
-        before ``start``: a trace that begins mid-session is written but not replayable."""
-        w = cls(path, max_bytes=max_bytes)
+        """Record ``session`` from now on to ``path`` (closed when the session exits)."""
+        return cls(path, max_bytes=max_bytes).record(session)
+
+    def record(self, session: VoiceSession) -> TraceWriter:
+        """Subscribe to ``session`` and write the header. Attach before ``start``: a trace that
+        begins mid-session is written but not replayable."""
         m = session.machine
-        w._clock = session.clock
+        self._clock = session.clock
         replayable = m.state_id == "idle"
-        m.rng = _TapRandom(m.rng, w._draws)
-        w._line({"kind": "header", "schema": SCHEMA, "version": VERSION,
-                 "engine": "fast" if type(m).__name__ == "FastLifecycle" else "statemachine",
-                 "wall_time": w._wall, "t0": session.clock.now(), "state": m.state_id,
-                 "replayable": replayable, "policy": policy_record(session)})
-        session.on_trace(w.traced)
-        session.on_error(w.error)
-        session.on_metrics(w.metrics)
-        session.on_alert(w.alert)
+        m.rng = _TapRandom(m.rng, self._draws)
+        self._line({"kind": "header", "schema": SCHEMA, "version": VERSION,
+                    "engine": "fast" if type(m).__name__ == "FastLifecycle" else "statemachine",
+                    "wall_time": self._wall, "t0": session.clock.now(), "state": m.state_id,
+                    "replayable": replayable, "policy": policy_record(session)})
+        session.on_trace(self.traced)
+        session.on_error(self.error)
+        session.on_metrics(self.metrics)
+        session.on_alert(self.alert)
 
         async def close() -> None:
-            w.close()
+            self.close()
 
         session.closers.append(close)
-        return w
+        return self
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """An HTTP client for the signaling whose exchanges are recorded (one connection per
+        request, as the signaling's own); pass it as ``realtime_session(http=...)`` and close
+        it when the session is done."""
+        import aiohttp
+
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                     trace_configs=[self.http_trace_config()])
 
     # -- subscribers (called from the dispatcher: keep them cheap) ------------------------------
     def traced(self, rec: Traced) -> None:
