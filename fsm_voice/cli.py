@@ -1,4 +1,4 @@
-"""``fsm-voice``: check | diagram | demo | peer | connect | broker."""
+"""``fsm-voice``: check, diagram, demo, peer, connect, broker, replay, timeline, dashboard."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ console = Console()
 
 #: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
 _SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.broker.cli",
-                                         "fsm_voice.dashboard")
+                                         "fsm_voice.trace_cli", "fsm_voice.dashboard")
 
 
 def _find_spec(explicit: str | None) -> Path | None:

@@ -12,9 +12,11 @@ import argparse
 import contextlib
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -33,6 +35,7 @@ from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import StatusChange, VoiceSession
 from fsm_voice.telemetry import Hub
 from fsm_voice.tokens import EphemeralKeyProvider
+from fsm_voice.trace import TraceWriter
 from fsm_voice.transport import KeepOpen, NullSink, UtteranceSource, WavRecorder
 from fsm_voice.transport.audio import AudioSink
 
@@ -79,7 +82,7 @@ def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
 
 
 async def run_demo(duration: float, fault: str, record: str | None, console: Console,
-                   hub: Hub | None = None) -> int:
+                   trace: str | None = None, hub: Hub | None = None) -> int:
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
     policy = SessionPolicy(
@@ -95,14 +98,21 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
     def sink() -> AudioSink:
         return KeepOpen(recorder) if recorder is not None else NullSink()
 
+    if trace is None:
+        trace = str(Path(tempfile.mkdtemp(prefix="fsm-voice-demo-")) / "trace.jsonl")
+    writer = TraceWriter(trace)
+    http = writer.http_session()
     async with RealtimePeer(reply="echo") as peer:
         session = realtime_session(
             peer.base_url, "ek_local_demo", policy=policy, host_addresses=["127.0.0.1"],
+            http=http,
             session_config=RealtimeConfig(instructions="Echo what you hear."),
             audio_source=lambda: UtteranceSource(lead_silence=0.5, speech_seconds=1.2,
                                                  trail_silence=3.5, repeat=True),
             audio_sink=sink,
         )
+        writer.record(session)
+        session.closers.append(http.close)
         if hub is not None:
             hub.track(session, name="demo")
         session.on_status(rec.status)
@@ -160,8 +170,23 @@ async def run_demo(duration: float, fault: str, record: str | None, console: Con
         stopped_clean = session.status == "idle" and not session.armed_timers
     if recorder is not None:
         recorder.close()
-    return _summary(console, rec, session, fault, fault_at, recovered_at, connected_at,
+    code = _summary(console, rec, session, fault, fault_at, recovered_at, connected_at,
                     stopped_clean, record)
+    _show_trace(console, trace)
+    return code
+
+
+def _show_trace(console: Console, trace: str) -> None:
+    """Say where the trace is, and draw its timeline beside it (with the ``trace`` extra)."""
+    from fsm_voice.timeline import TimelineError, render
+
+    console.print(f"trace: {trace}  (replay it: fsm-voice replay {trace})")
+    try:
+        out = render(trace, Path(trace).with_suffix(".html"))
+    except TimelineError as exc:
+        console.print(f"timeline not drawn: {exc}")
+    else:
+        console.print(f"timeline: {out}")
 
 
 def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: str,
@@ -204,11 +229,17 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
 
 
 async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
-                      config: RealtimeConfig, console: Console, hub: Hub | None = None) -> int:
+                      config: RealtimeConfig, console: Console, trace: str | None = None,
+                      hub: Hub | None = None) -> int:
     """Run a session against any OpenAI-compatible backend and print status changes as JSON."""
+    writer = TraceWriter(trace) if trace else None
+    http = writer.http_session() if writer else None
     session = realtime_session(base_url, token, model=config.model, session_config=config,
                                audio_source=lambda: UtteranceSource(repeat=True),
-                               audio_sink=NullSink)
+                               audio_sink=NullSink, http=http)
+    if writer is not None and http is not None:
+        writer.record(session)
+        session.closers.append(http.close)
     if isinstance(token, EphemeralKeyProvider):
         session.closers.append(token.aclose)
     if hub is not None:
@@ -234,9 +265,11 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--fault", choices=FAULTS, default="silent",
                    help="scripted fault (default: the peer goes silent)")
     d.add_argument("--record", metavar="WAV", help="record the received audio to a WAV file")
+    d.add_argument("--trace", metavar="FILE", help="write the session's trace here (default: a "
+                   "new temporary directory); its timeline is drawn beside it (.html)")
     add_export_flags(d, dashboard=True)
     d.set_defaults(func=lambda a: run_observed(
-        a, lambda hub: run_demo(a.duration, a.fault, a.record, Console(), hub)))
+        a, lambda hub: run_demo(a.duration, a.fault, a.record, Console(), a.trace, hub)))
 
     p = sub.add_parser("peer", help="serve the local realtime peer (loopback only)")
     p.add_argument("--host", default="127.0.0.1")
@@ -262,6 +295,7 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--turn-detection", choices=("server_vad", "semantic_vad", "none"),
                    default="server_vad")
     c.add_argument("--duration", type=float, default=30.0)
+    c.add_argument("--trace", metavar="FILE", help="record the session's trace (JSON Lines)")
     add_export_flags(c)
     c.set_defaults(func=_connect)
 
@@ -293,7 +327,7 @@ def _connect(a: argparse.Namespace) -> int:
         console.print(f"[red]{exc}[/]")
         return 2
     return run_observed(a, lambda hub: run_connect(a.base_url, token, a.duration, config,
-                                                   console, hub))
+                                                   console, a.trace, hub))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:
