@@ -8,18 +8,25 @@ transitions and errors) and the ids of all live ones. A change is pushed within
 JSON. Only GET routes exist; requests whose ``Host`` is not a loopback name are refused (403), so
 a web page elsewhere cannot read it through DNS rebinding.
 
-The session's trace-file timeline (``fsm-voice timeline``) is not part of this page yet.
+Trace files named when the dashboard starts (``traces=``, ``fsm-voice dashboard --trace FILE``)
+are listed on the page; ``GET /timeline/N`` draws the N-th one's timeline
+(:func:`fsm_voice.timeline.render`, plotly, offline; the ``trace`` extra). Only those files can be
+opened: the page never takes a path from the browser.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import math
+import os
 import secrets
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -77,9 +84,14 @@ def session_view(tap: SessionTap) -> dict[str, Any]:
 class Dashboard(BaseSink):
     """The dashboard of ``hub``. ``async with Dashboard(hub, port) as d:`` serves at ``d.url``."""
 
-    def __init__(self, hub: Hub, port: int = 0) -> None:
+    def __init__(self, hub: Hub, port: int = 0,
+                 traces: Sequence[str | os.PathLike[str]] = ()) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        self.traces = [Path(t) for t in traces]
+        for t in self.traces:
+            if not t.is_file():
+                raise FileNotFoundError(f"trace file not found: {t}")
         self.hub = hub
         self.port = port
         self.url = ""
@@ -87,13 +99,16 @@ class Dashboard(BaseSink):
         """Pushes sent (all clients)."""
         self._generation = 0
         self._changed = anyio.Event()
+        self._signalled = False
+        """``_changed`` is set (a plain flag: cheaper to test on every event)."""
         self._runner: web.AppRunner | None = None
         self._closing = anyio.Event()
 
     # -- sink: every signal just marks "something changed" (cheap; the push reads the taps) -----
     def _poke(self) -> None:
         self._generation += 1
-        if not self._changed.is_set():
+        if not self._signalled:
+            self._signalled = True
             self._changed.set()
 
     def added(self, tap: SessionTap) -> None:
@@ -124,6 +139,8 @@ class Dashboard(BaseSink):
         app.router.add_get("/", self._page)
         app.router.add_get("/events", self._events)
         app.router.add_get("/api/sessions", self._api)
+        app.router.add_get("/api/traces", self._trace_list)
+        app.router.add_get("/timeline/{n:[0-9]+}", self._timeline)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=2.0)
         await self._runner.setup()
@@ -161,12 +178,47 @@ class Dashboard(BaseSink):
         return web.json_response({"sessions": [session_view(t) for t in self.hub],
                                   "time": time.time()})
 
+    async def _trace_list(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"traces": [{"n": i, "name": t.name, "url": f"timeline/{i}"}
+                                             for i, t in enumerate(self.traces)]})
+
+    async def _timeline(self, request: web.Request) -> web.StreamResponse:
+        n = int(request.match_info["n"])
+        if n >= len(self.traces):
+            raise web.HTTPNotFound(text="no such trace\n")
+        try:
+            from fsm_voice.timeline import TimelineError, render
+        except ImportError:
+            raise web.HTTPNotImplemented(
+                text="timelines need the 'trace' extra: pip install 'fsm-voice[trace]'\n"
+            ) from None
+        with tempfile.TemporaryDirectory(prefix="fsm-voice-timeline-") as tmp:
+            out = Path(tmp) / "timeline.html"
+            try:
+                await anyio.to_thread.run_sync(render, self.traces[n], out)
+            except (TimelineError, OSError, ValueError) as exc:
+                raise web.HTTPUnprocessableEntity(text=f"cannot draw {self.traces[n].name}: "
+                                                  f"{exc}\n") from None
+            html = out.read_text()
+        # plotly's own page: its inline script and styles (plotly.js embedded, nothing fetched)
+        csp = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
+               "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; "
+               "connect-src 'none'; base-uri 'none'; form-action 'none'")
+        return web.Response(text=html, content_type="text/html",
+                            headers={"Content-Security-Policy": csp, "Cache-Control": "no-store",
+                                     "X-Content-Type-Options": "nosniff"})
+
     async def _page(self, request: web.Request) -> web.StreamResponse:
         nonce = secrets.token_urlsafe(16)
         csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
                "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
                "frame-ancestors 'none'")
-        return web.Response(text=PAGE.replace("{{NONCE}}", nonce), content_type="text/html",
+        links = "".join(
+            f'<li><a href="timeline/{i}" target="_blank" rel="noopener">{html.escape(t.name)}'
+            f"</a></li>" for i, t in enumerate(self.traces))
+        page = PAGE.replace("{{NONCE}}", nonce).replace(
+            "{{TRACES}}", f"<h2>Trace files</h2><ul id=\"traces\">{links}</ul>" if links else "")
+        return web.Response(text=page, content_type="text/html",
                             headers={"Content-Security-Policy": csp,
                                      "X-Content-Type-Options": "nosniff",
                                      "Cache-Control": "no-store"})
@@ -185,6 +237,7 @@ class Dashboard(BaseSink):
                         await self._changed.wait()
                     if self._changed.is_set() and not self._closing.is_set():
                         self._changed = anyio.Event()
+                        self._signalled = False
                     if idle.cancelled_caught:
                         await resp.write(b": keep-alive\n\n")
                         continue
@@ -206,6 +259,7 @@ class Dashboard(BaseSink):
 @contextlib.asynccontextmanager
 async def exporters(hub: Hub, *, metrics_port: int | None = None,
                     dashboard_port: int | None = None,
+                    traces: Sequence[str | os.PathLike[str]] = (),
                     announce: Any = print) -> AsyncIterator[dict[str, str]]:
     """Serve ``/metrics`` and/or the dashboard for ``hub`` while the context is open (each only
     when its port is given; 0: any free port). ``announce(text)`` is told the URLs."""
@@ -220,7 +274,7 @@ async def exporters(hub: Hub, *, metrics_port: int | None = None,
                 serve_metrics(sink.registry, metrics_port))
             announce(f"metrics: {urls['metrics']}")
         if dashboard_port is not None:
-            board = await stack.enter_async_context(Dashboard(hub, dashboard_port))
+            board = await stack.enter_async_context(Dashboard(hub, dashboard_port, traces))
             urls["dashboard"] = board.url
             announce(f"dashboard: {board.url}")
         yield urls
@@ -234,6 +288,7 @@ PAGE = r"""<!doctype html>
 <style nonce="{{NONCE}}">
 body{font:14px/1.4 system-ui,sans-serif;margin:1.2em;background:#fafafa;color:#222}
 h1{font-size:1.2em;margin:0 0 .6em}
+h2{font-size:1em;margin:1.2em 0 .3em}
 #conn{font-size:.85em;color:#777;margin-left:.6em}
 #conn.up{color:#2a7}
 table{border-collapse:collapse;width:100%;background:#fff}
@@ -256,6 +311,7 @@ ul{margin:0;padding-left:1.1em;font-size:.82em;max-height:8.5em;overflow:auto}
 <th>RTT (ms)</th><th>jitter (ms)</th><th>loss</th><th>recent transitions</th><th>errors</th>
 </tr></thead><tbody id="rows"></tbody></table>
 <div id="empty">no live session</div>
+{{TRACES}}
 <script nonce="{{NONCE}}">
 "use strict";
 const rows = document.getElementById("rows");
@@ -378,12 +434,13 @@ def run_observed(args: Any, main: Callable[[Hub | None], Awaitable[int]]) -> int
             return await main(None)
         hub = Hub()
         async with exporters(hub, metrics_port=metrics_port, dashboard_port=dashboard_port,
+                             traces=getattr(args, "trace_files", None) or (),
                              announce=lambda text: print(text, flush=True)):
             return await main(hub)
 
     try:
         return int(anyio.run(run))
-    except (ValueError, ImportError, OSError) as exc:
+    except (ValueError, ImportError, OSError) as exc:  # bad port, extra missing, port in use
         print(f"fsm-voice: {exc}", file=sys.stderr)
         return 2
 
@@ -425,15 +482,18 @@ def add_parsers(sub: Any) -> None:
     d = sub.add_parser("dashboard", help="watch live sessions in the browser: real sessions "
                        "against the in-process local peer, with a fault now and then")
     d.add_argument("--port", type=int, default=0, help="dashboard port on 127.0.0.1 (0: any)")
-    d.add_argument("--sessions", type=int, default=3, help="sessions to run (default 3)")
+    d.add_argument("--sessions", type=int, default=3,
+                   help="sessions to run, 0..100 (default 3)")
+    d.add_argument("--trace", dest="trace_files", metavar="FILE", action="append",
+                   help="a trace file whose timeline the page can draw (repeatable)")
     d.add_argument("--fault-every", type=float, default=15.0,
                    help="seconds between injected call drops (default 15)")
     d.add_argument("--duration", type=float, help="stop after this many seconds")
     add_export_flags(d)
 
     def cmd(a: Any) -> int:
-        if not 0 < a.sessions <= 100 or not 0 < a.fault_every < math.inf:
-            print("fsm-voice dashboard: --sessions in 1..100, --fault-every > 0",
+        if not 0 <= a.sessions <= 100 or not 0 < a.fault_every < math.inf:
+            print("fsm-voice dashboard: --sessions in 0..100, --fault-every > 0",
                   file=sys.stderr)
             return 2
         a.dashboard = a.port

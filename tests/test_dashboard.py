@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from fsm_voice.clock import VirtualClock
 from fsm_voice.dashboard import Dashboard
 from fsm_voice.peer.server import RealtimePeer
 from fsm_voice.policy import IcePolicy, MonitorPolicy, RetryPolicy, SessionPolicy
+from fsm_voice.ports import TransportSignal
 from fsm_voice.session import Traced, VoiceSession
 from fsm_voice.telemetry import Hub
 from fsm_voice.testing import ScriptedTransport
@@ -133,3 +135,36 @@ async def test_browser_shows_reconnecting_then_active_around_a_fault() -> None:
                 await browser.close()
     assert console_errors == []
     assert seen_reconnecting < 5.0
+
+
+async def test_trace_files_named_at_start_have_timelines(tmp_path: Path) -> None:
+    pytest.importorskip("plotly")
+    trace = tmp_path / "scripted.jsonl"
+    t = ScriptedTransport(["ok", "ok"])
+    s = VoiceSession(t, clock=VirtualClock())
+    s.record_trace(trace)
+    async with s:
+        await s.start()
+        await anyio.wait_all_tasks_blocked()
+        t.emit(TransportSignal.FAILED)
+        await s.dispatcher.drain()
+        await anyio.wait_all_tasks_blocked()
+        await s.stop()
+    with pytest.raises(FileNotFoundError):
+        Dashboard(Hub(), traces=[tmp_path / "missing.jsonl"])
+    async with Dashboard(Hub(), traces=[trace]) as board, aiohttp.ClientSession() as http:
+        async with http.get(board.url) as r:
+            page = await r.text()
+        assert 'href="timeline/0"' in page and "scripted.jsonl" in page
+        async with http.get(board.url + "api/traces") as r:
+            assert (await r.json())["traces"] == [
+                {"n": 0, "name": "scripted.jsonl", "url": "timeline/0"}]
+        async with http.get(board.url + "timeline/0") as r:
+            assert r.status == 200
+            drawn = await r.text()
+        assert "plotly" in drawn.lower() and "transport_failed" in drawn
+        assert "<script src=\"http" not in drawn  # plotly.js inline, nothing fetched
+        async with http.get(board.url + "timeline/1") as r:
+            assert r.status == 404
+        async with http.get(board.url + "timeline/..%2Fetc") as r:
+            assert r.status == 404
