@@ -1,11 +1,13 @@
 """Cost of the metrics export, and the dashboard's push latency with 100 live sessions.
 
-1. Runtime events/s (one session, scripted transport, virtual clock, the conversation cycle of
-   bench_dispatch) bare, then watched by a hub with the Prometheus sink, with the OpenTelemetry
-   sink (SDK providers, no exporter), and with the dashboard sink. Target: Prometheus <= 10 %.
-2. 100 live sessions (scripted transports, real clock) on one dashboard; a status change every
-   20 ms on a random session; an SSE client measures, for every change, the time from the change
-   (``on_status``) to the first push that carries it. Target: every change within 1 s.
+1. Runtime events per CPU second (one session, scripted transport, virtual clock, the
+   conversation cycle of bench_dispatch; best of several interleaved rounds) bare, then watched
+   by a hub with the Prometheus sink, with the OpenTelemetry sink (SDK providers, no exporter),
+   and with the dashboard sink. Target: Prometheus <= 10 %.
+2. 100 live sessions (scripted transports, real clock) on one dashboard; a transport failure
+   every 20 ms on a random session; an SSE client measures, for every status change, the time
+   from the change (``on_status``) to the first push that carries it. Target: within 1 s (a
+   change not pushed 1 s after the sessions settle counts as undelivered).
 
 Run: .venv/bin/python benchmarks/bench_metrics.py [--quick]
 """
@@ -44,11 +46,11 @@ def runtime_rate(watch: Callable[[VoiceSession], object] | None, n: int) -> floa
         async with s:
             await s.start()
             await anyio.wait_all_tasks_blocked()
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU time: less disturbed by other processes
             for i in range(n):
                 s.dispatcher.post(Posted(CYCLE[i % len(CYCLE)], token=s.dispatcher.generation))
             await s.dispatcher.drain()
-            dt = time.perf_counter() - t0
+            dt = time.process_time() - t0
             assert s.status == "active", s.status
             return n / dt
     return float(anyio.run(main))
@@ -147,7 +149,12 @@ async def bench_dashboard(sessions: int, changes: int, interval: float) -> dict[
                 if transports[i].is_open:
                     transports[i].emit(TransportSignal.FAILED)
                 await anyio.sleep(interval)
-            await anyio.sleep(1.5)  # the last pushes (each within COALESCE of its change)
+            # until every session is up again (a failure soon after a start waits out a
+            # backoff), then 1 s: the budget for the last changes to be pushed
+            with anyio.fail_after(60):
+                for sess in opened:
+                    await sess.wait_for("active")
+            await anyio.sleep(1.0)
             measured = dict(pending)  # what the teardown (every session -> idle) adds is not
             measuring = False
             tg.cancel_scope.cancel()
