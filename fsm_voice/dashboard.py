@@ -32,12 +32,7 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from fsm_voice.dispatcher import TraceEntry
-from fsm_voice.effects import OpenTransport
-from fsm_voice.errors import VoiceError
-from fsm_voice.policy import QualityAlert
-from fsm_voice.ports import ConnectionMetrics
-from fsm_voice.telemetry import BaseSink, Hub, SessionTap
+from fsm_voice.telemetry import Hub, SessionTap
 
 __all__ = ["COALESCE", "Dashboard", "add_export_flags", "exporters", "run_observed",
            "session_view"]
@@ -61,7 +56,7 @@ def session_view(tap: SessionTap) -> dict[str, Any]:
     return {
         "id": tap.id,
         "name": tap.name,
-        "version": tap.version,
+        "version": tap.marker(),
         "status": s.status,
         "state": s.state,
         "attempts": s.attempts,
@@ -71,7 +66,7 @@ def session_view(tap: SessionTap) -> dict[str, Any]:
         "transitions": [
             {"t": round(e.time - tap.t0, 3), "event": e.event, "source": e.source,
              "target": e.target}
-            for e in list(tap.recent)[-RECENT_SHOWN:]
+            for e in tap.recent(RECENT_SHOWN)
         ],
         "errors": [
             {"t": round(t - tap.t0, 3), "code": err.code, "severity": str(err.severity),
@@ -81,7 +76,7 @@ def session_view(tap: SessionTap) -> dict[str, Any]:
     }
 
 
-class Dashboard(BaseSink):
+class Dashboard:
     """The dashboard of ``hub``. ``async with Dashboard(hub, port) as d:`` serves at ``d.url``."""
 
     def __init__(self, hub: Hub, port: int = 0,
@@ -97,41 +92,8 @@ class Dashboard(BaseSink):
         self.url = ""
         self.pushes = 0
         """Pushes sent (all clients)."""
-        self._generation = 0
-        self._changed = anyio.Event()
-        self._signalled = False
-        """``_changed`` is set (a plain flag: cheaper to test on every event)."""
         self._runner: web.AppRunner | None = None
         self._closing = anyio.Event()
-
-    # -- sink: every signal just marks "something changed" (cheap; the push reads the taps) -----
-    def _poke(self) -> None:
-        self._generation += 1
-        if not self._signalled:
-            self._signalled = True
-            self._changed.set()
-
-    def added(self, tap: SessionTap) -> None:
-        self._poke()
-
-    def removed(self, tap: SessionTap) -> None:
-        self._poke()
-
-    def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
-        if entry.outcome == "taken":
-            self._poke()
-
-    def attempt(self, tap: SessionTap, effect: OpenTransport, cause: str) -> None:
-        self._poke()
-
-    def error(self, tap: SessionTap, err: VoiceError) -> None:
-        self._poke()
-
-    def sample(self, tap: SessionTap, m: ConnectionMetrics) -> None:
-        self._poke()
-
-    def alert(self, tap: SessionTap, alert: QualityAlert) -> None:
-        self._poke()
 
     # -- lifetime -------------------------------------------------------------------------------
     async def __aenter__(self) -> Dashboard:
@@ -152,14 +114,10 @@ class Dashboard(BaseSink):
             raise
         addr: Any = self._runner.addresses[0]
         self.url = f"http://{LOCAL_HOST}:{addr[1]}/"
-        self.hub.add_sink(self)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self in self.hub.sinks:
-            self.hub.remove_sink(self)
         self._closing.set()
-        self._changed.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -224,35 +182,36 @@ class Dashboard(BaseSink):
                                      "Cache-Control": "no-store"})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Every :data:`COALESCE` seconds, the sessions whose :meth:`SessionTap.marker` moved
+        (polling the taps costs the dispatcher nothing per event)."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         sent: dict[int, int] = {}
-        seen_generation = -1
+        first, quiet = True, 0.0
         with contextlib.suppress(ConnectionResetError):
             while not self._closing.is_set():
-                if seen_generation == self._generation:
-                    with anyio.move_on_after(HEARTBEAT) as idle:
-                        await self._changed.wait()
-                    if self._changed.is_set() and not self._closing.is_set():
-                        self._changed = anyio.Event()
-                        self._signalled = False
-                    if idle.cancelled_caught:
-                        await resp.write(b": keep-alive\n\n")
-                        continue
-                    await anyio.sleep(COALESCE)
-                seen_generation = self._generation
+                if not first:
+                    with anyio.move_on_after(COALESCE):
+                        await self._closing.wait()
+                    if self._closing.is_set():
+                        break
                 taps = list(self.hub)
-                changed = [session_view(t) for t in taps if sent.get(t.id) != t.version]
-                for t in taps:
-                    sent[t.id] = t.version
-                live = [t.id for t in taps]
-                for gone in set(sent) - set(live):
-                    del sent[gone]
-                payload = json.dumps({"live": live, "changed": changed, "time": time.time()})
-                await resp.write(f"event: sessions\ndata: {payload}\n\n".encode())
-                self.pushes += 1
+                marks = {t.id: t.marker() for t in taps}
+                changed = [session_view(t) for t in taps if sent.get(t.id) != marks[t.id]]
+                if first or changed or sent.keys() != marks.keys():
+                    payload = json.dumps({"live": list(marks), "changed": changed,
+                                          "time": time.time()})
+                    await resp.write(f"event: sessions\ndata: {payload}\n\n".encode())
+                    self.pushes += 1
+                    quiet = 0.0
+                else:
+                    quiet += COALESCE
+                    if quiet >= HEARTBEAT:
+                        await resp.write(b": keep-alive\n\n")
+                        quiet = 0.0
+                sent, first = marks, False
         return resp
 
 

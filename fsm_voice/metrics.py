@@ -35,8 +35,9 @@ fsm_voice_peer_*                            counter    (the local peer's ``stats
 ``ice_grace_expired``, ``server_error``, ``rollover_due``...). Error codes come from servers too:
 at most :data:`MAX_CODES` distinct codes get their own series, the rest count as ``other``.
 
-Transitions are counted in a plain dict on the dispatcher's hot path and turned into samples only
-when scraped (a custom collector), so export costs little per event.
+Transitions are counted in a plain dict per session on the dispatcher's hot path
+(:attr:`SessionTap.counts`) and turned into samples only when scraped (a custom collector), so
+export costs little per event.
 """
 
 from __future__ import annotations
@@ -47,12 +48,19 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from fsm_voice.dispatcher import TraceEntry
 from fsm_voice.effects import OpenTransport
 from fsm_voice.errors import VoiceError
 from fsm_voice.policy import QualityAlert
 from fsm_voice.ports import ConnectionMetrics
-from fsm_voice.telemetry import BaseSink, BoundedLabel, Hub, SessionTap, statuses
+from fsm_voice.telemetry import (
+    BaseSink,
+    BoundedLabel,
+    Hub,
+    SessionTap,
+    merge_counts,
+    split_counts,
+    statuses,
+)
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -88,8 +96,8 @@ class PrometheusSink(BaseSink, Collector):
     def __init__(self, hub: Hub, registry: CollectorRegistry | None = None) -> None:
         self.hub = hub
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.transitions: dict[tuple[str, str, str], int] = {}
-        self.not_taken: dict[tuple[str, str], int] = {}
+        self.retired: dict[tuple[str, str, str, str], int] = {}
+        """Counts of the sessions no longer tracked."""
         self._code = BoundedLabel(MAX_CODES)
         r = self.registry
         self.attempts = Counter("fsm_voice_connection_attempts", "Transport opens by kind "
@@ -124,14 +132,8 @@ class PrometheusSink(BaseSink, Collector):
             self.hub.remove_sink(self)
 
     # -- sink ---------------------------------------------------------------------------------
-    def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
-        if entry.outcome == "taken":
-            key = (entry.event, entry.source, entry.target)
-            t = self.transitions
-            t[key] = t.get(key, 0) + 1
-        elif entry.outcome != "observed":
-            k2 = (entry.event, entry.outcome)
-            self.not_taken[k2] = self.not_taken.get(k2, 0) + 1
+    def removed(self, tap: SessionTap) -> None:
+        merge_counts(self.retired, tap.counts)
 
     def attempt(self, tap: SessionTap, effect: OpenTransport, cause: str) -> None:
         self.attempts.labels(str(effect.reason), cause).inc()
@@ -164,15 +166,16 @@ class PrometheusSink(BaseSink, Collector):
         for status in STATUSES:
             g.add_metric([status], counts.get(status, 0))
         yield g
+        taken, not_taken = split_counts(self.retired, self.hub)
         c = CounterMetricFamily("fsm_voice_transitions", "Machine transitions taken",
                                 labels=["event", "source", "target"])
-        for key, n in list(self.transitions.items()):
+        for key, n in sorted(taken.items()):
             c.add_metric(list(key), n)
         yield c
         n_t = CounterMetricFamily("fsm_voice_events_not_taken",
                                   "Events the machine refused or the runtime dropped as stale",
                                   labels=["event", "outcome"])
-        for key2, n in list(self.not_taken.items()):
+        for key2, n in sorted(not_taken.items()):
             n_t.add_metric(list(key2), n)
         yield n_t
 

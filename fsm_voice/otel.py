@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fsm_voice.dispatcher import StatusChange, TraceEntry
+from fsm_voice.dispatcher import StatusChange
 from fsm_voice.effects import OpenTransport
 from fsm_voice.errors import VoiceError
 from fsm_voice.machine import STATUSES
@@ -39,6 +39,8 @@ from fsm_voice.telemetry import (
     BoundedLabel,
     Hub,
     SessionTap,
+    merge_counts,
+    split_counts,
     statuses,
 )
 
@@ -66,7 +68,7 @@ class OtelSink(BaseSink):
         self.provider_name = provider_name
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-        self._transitions: dict[tuple[str, str, str], int] = {}
+        self._retired: dict[tuple[str, str, str, str], int] = {}
         meter.create_observable_up_down_counter(
             "fsm_voice.sessions", [self._observe_sessions], unit="{session}",
             description="Tracked sessions by status")
@@ -109,8 +111,9 @@ class OtelSink(BaseSink):
         return [Observation(counts.get(status, 0), {"status": status}) for status in STATUSES]
 
     def _observe_transitions(self, options: CallbackOptions) -> Iterable[Observation]:
+        taken, _ = split_counts(self._retired, self.hub)
         return [Observation(n, {"event": e, "source": src, "target": tgt})
-                for (e, src, tgt), n in list(self._transitions.items())]
+                for (e, src, tgt), n in sorted(taken.items())]
 
     def _attrs(self, **extra: Any) -> dict[str, Any]:
         return {"gen_ai.operation.name": "realtime", "gen_ai.provider.name": self.provider_name,
@@ -127,6 +130,7 @@ class OtelSink(BaseSink):
         self._started[tap.id] = tap.now
 
     def removed(self, tap: SessionTap) -> None:
+        merge_counts(self._retired, tap.counts)
         self._end_attempt(tap, False, "session ended")
         started = self._started.pop(tap.id, None)
         span = self._spans.pop(tap.id, None)
@@ -141,12 +145,6 @@ class OtelSink(BaseSink):
                 span.set_attribute("error.type", last)
                 span.set_status(Status(StatusCode.ERROR, last))
             span.end()
-
-    def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
-        if entry.outcome == "taken":
-            key = (entry.event, entry.source, entry.target)
-            t = self._transitions
-            t[key] = t.get(key, 0) + 1
 
     def status(self, tap: SessionTap, change: StatusChange) -> None:
         if change.status in UP_STATUSES and change.previous in UP_STATUSES:

@@ -2,8 +2,9 @@
 
 ``hub.track(session)`` attaches a :class:`SessionTap` to a :class:`~fsm_voice.session.VoiceSession`
 (it is dropped again when the session's ``async with`` exits); the tap turns what the session
-reports into a few signals every :class:`Sink` receives: each handled event (``entry``), status
-changes, connection attempts, errors, quality samples and alerts, and derived durations:
+reports into per-transition counts (:attr:`SessionTap.counts`, read by exporters when they are
+scraped) and a few signals every :class:`Sink` receives: status changes, connection attempts,
+errors, quality samples and alerts, and derived durations:
 
 * ``connect``: ``start`` -> first ``active`` status;
 * ``detection``: the last sign of a healthy path (the latest quality sample while active, or the
@@ -13,7 +14,8 @@ changes, connection attempts, errors, quality samples and alerts, and derived du
   outage when ICE recovered by itself).
 
 Durations are in seconds of the session's clock (virtual in tests). Sinks are called from the
-session's dispatcher: they must be quick and never block (the hot path is :meth:`Sink.entry`).
+session's dispatcher: they must be quick and never block. A sink that overrides
+:meth:`Sink.entry` is called for every trace entry (the hot path: costly; none of ours does).
 
 The events reach the tap through :func:`_attach`, the one place that knows how a session reports
 them (``on_trace`` and the error/metrics/alert subscriptions).
@@ -42,7 +44,7 @@ __all__ = ["DURATIONS", "BaseSink", "BoundedLabel", "Hub", "SessionTap", "Sink",
 DURATIONS = ("connect", "detection", "outage", "recovery")
 UP_STATUSES = frozenset({"active", "listening", "speaking"})
 RECENT = 50
-"""Transitions and errors kept per session for the dashboard."""
+"""Errors kept per session for the dashboard."""
 
 
 class Sink(Protocol):
@@ -119,14 +121,17 @@ class SessionTap:
         self.id = next(self._ids)
         self.name = name or f"session-{self.id}"
         self.detached = False
-        self.recent: collections.deque[TraceEntry] = collections.deque(maxlen=RECENT)
+        self.seq = 0
+        """Trace entries seen."""
+        self.counts: dict[tuple[str, str, str, str], int] = {}
+        """Trace entries by (event, source, target, outcome), counted from tracking on."""
         self.recent_errors: collections.deque[tuple[float, VoiceError]] = collections.deque(
             maxlen=RECENT)
         self.samples: collections.deque[ConnectionMetrics] = collections.deque(maxlen=60)
         self.t0 = session.clock.now()
         """The session clock's time when tracking began (the dashboard's zero)."""
         self.version = 0
-        """Bumped on every change the dashboard shows."""
+        """Bumped on status changes, attempts, errors, samples and alerts (see :meth:`marker`)."""
         self._started_at: float | None = None
         self._healthy_at: float | None = None
         self._down_at: float | None = None
@@ -134,6 +139,7 @@ class SessionTap:
         self._attempt_open = False
         self._cause = ""
         self._sinks = hub.sinks
+        self._entry_sinks = hub.entry_sinks
         self.detach = _attach(session, self)
 
     @property
@@ -142,16 +148,28 @@ class SessionTap:
 
     # -- from the session ---------------------------------------------------------------------
     def _trace(self, traced: Traced) -> None:
-        """The hot path: every trace entry of the session."""
+        """The hot path, every trace entry of the session: a count per (event, source, target,
+        outcome); the rest only for entries with effects or that leave or enter the up
+        statuses (turns among active/listening/speaking cost just the count)."""
         if self.detached:
             return
+        self.seq += 1
         entry = traced.entry
-        self.version += 1
-        for sink in self.hub.entry_sinks:
-            sink.entry(self, entry)
+        key = (entry.event, entry.source, entry.target, entry.outcome)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        if self._entry_sinks:
+            for sink in self._entry_sinks:
+                sink.entry(self, entry)
+        source, target = key[1], key[2]
+        if entry.effects or (source != target
+                             and not (source in UP_STATUSES and target in UP_STATUSES)):
+            self._slow(entry)
+
+    def _slow(self, entry: TraceEntry) -> None:
         if entry.outcome != "taken":
             return
-        self.recent.append(entry)
+        self.version += 1
         source, target = entry.source, entry.target
         if source != target:
             self._moved(entry)
@@ -161,6 +179,21 @@ class SessionTap:
             previous, status = STATUS_OF[source], STATUS_OF[target]
             if previous != status:
                 self._status(entry, previous, status)
+
+    def marker(self) -> int:
+        """Grows whenever anything the dashboard shows may have changed."""
+        return self.version + self.seq
+
+    def recent(self, n: int) -> list[TraceEntry]:
+        """The last ``n`` transitions taken (from the session's own bounded trace)."""
+        out: list[TraceEntry] = []
+        for e in reversed(self.session.dispatcher.trace):
+            if e.outcome == "taken":
+                out.append(e)
+                if len(out) == n:
+                    break
+        out.reverse()
+        return out
 
     def _moved(self, entry: TraceEntry) -> None:
         event = entry.event
@@ -343,6 +376,31 @@ class BoundedLabel:
             return "other"
         self.seen.add(value)
         return value
+
+
+Counts = dict[tuple[str, str, str, str], int]
+
+
+def merge_counts(into: Counts, counts: Counts) -> None:
+    for key, n in list(counts.items()):
+        into[key] = into.get(key, 0) + n
+
+
+def split_counts(retired: Counts, taps: Iterable[SessionTap]
+                 ) -> tuple[dict[tuple[str, str, str], int], dict[tuple[str, str], int]]:
+    """Totals over ``retired`` and the live ``taps``: transitions taken by (event, source,
+    target), and events refused or stale by (event, outcome); observations are left out."""
+    total: Counts = dict(retired)
+    for tap in taps:
+        merge_counts(total, tap.counts)
+    taken: dict[tuple[str, str, str], int] = {}
+    not_taken: dict[tuple[str, str], int] = {}
+    for (event, source, target, outcome), n in total.items():
+        if outcome == "taken":
+            taken[(event, source, target)] = taken.get((event, source, target), 0) + n
+        elif outcome != "observed":
+            not_taken[(event, outcome)] = not_taken.get((event, outcome), 0) + n
+    return taken, not_taken
 
 
 def _overrides(sink: object, name: str) -> bool:
