@@ -90,6 +90,33 @@ LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 BROKER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _Deferred:
+    """A histogram whose observations are kept in a list and folded in when it is collected
+    (or every :data:`FOLD_AT` values): an observation on the dispatcher's path is a list append
+    instead of a locked bucket update."""
+
+    FOLD_AT = 1024
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.pending: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.pending.append(value)
+        if len(self.pending) >= self.FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        pending, self.pending = self.pending, []
+        observe = self.histogram.observe
+        for value in pending:
+            observe(value)
+
+    def collect(self) -> Iterable[Metric]:
+        self.fold()
+        return self.histogram.collect()
+
+
 class PrometheusSink(BaseSink, Collector):
     """Session metrics of a hub, registered in ``registry`` (a fresh one by default)."""
 
@@ -108,8 +135,8 @@ class PrometheusSink(BaseSink, Collector):
         self.alerts = Counter("fsm_voice_quality_alerts", "Quality alerts by kind", ["kind"],
                               registry=r)
         self.durations = {
-            kind: Histogram(f"fsm_voice_{kind}_duration_seconds", doc, buckets=DURATION_BUCKETS,
-                            registry=r)
+            kind: _Deferred(Histogram(f"fsm_voice_{kind}_duration_seconds", doc,
+                                      buckets=DURATION_BUCKETS, registry=None))
             for kind, doc in (
                 ("connect", "Time from start to the first active status"),
                 ("detection", "Time from the last healthy sign to the status leaving active"),
@@ -117,12 +144,13 @@ class PrometheusSink(BaseSink, Collector):
                 ("recovery", "Time from the first reconnect/restart attempt to active again"),
             )
         }
-        self.rtt = Histogram("fsm_voice_rtt_seconds", "Round-trip time per quality sample",
-                             buckets=RTT_BUCKETS, registry=r)
-        self.jitter = Histogram("fsm_voice_jitter_seconds", "Jitter per quality sample",
-                                buckets=JITTER_BUCKETS, registry=r)
-        self.loss = Histogram("fsm_voice_packet_loss_ratio", "Packet loss fraction per sample",
-                              buckets=LOSS_BUCKETS, registry=r)
+        self.rtt = _Deferred(Histogram("fsm_voice_rtt_seconds", "Round-trip time per quality "
+                                       "sample", buckets=RTT_BUCKETS, registry=None))
+        self.jitter = _Deferred(Histogram("fsm_voice_jitter_seconds", "Jitter per quality sample",
+                                          buckets=JITTER_BUCKETS, registry=None))
+        self.loss = _Deferred(Histogram("fsm_voice_packet_loss_ratio", "Packet loss fraction per "
+                                        "sample", buckets=LOSS_BUCKETS, registry=None))
+        self._histograms = [*self.durations.values(), self.rtt, self.jitter, self.loss]
         r.register(self)
         hub.add_sink(self)
 
@@ -178,6 +206,8 @@ class PrometheusSink(BaseSink, Collector):
         for key2, n in sorted(not_taken.items()):
             n_t.add_metric(list(key2), n)
         yield n_t
+        for h in self._histograms:
+            yield from h.collect()
 
 
 class BrokerCollector(Collector):

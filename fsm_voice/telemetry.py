@@ -14,8 +14,8 @@ errors, quality samples and alerts, and derived durations:
   outage when ICE recovered by itself).
 
 Durations are in seconds of the session's clock (virtual in tests). Sinks are called from the
-session's dispatcher: they must be quick and never block. A sink that overrides
-:meth:`Sink.entry` is called for every trace entry (the hot path: costly; none of ours does).
+session's dispatcher: they must be quick and never block. No sink is called per trace entry:
+the per-entry work is the tap's count (the hot path).
 
 The events reach the tap through :func:`_attach`, the one place that knows how a session reports
 them (``on_trace`` and the error/metrics/alert subscriptions).
@@ -43,6 +43,8 @@ __all__ = ["DURATIONS", "BaseSink", "BoundedLabel", "Hub", "SessionTap", "Sink",
 
 DURATIONS = ("connect", "detection", "outage", "recovery")
 UP_STATUSES = frozenset({"active", "listening", "speaking"})
+_TURNS = frozenset(s for s in STATUS_OF if STATUS_OF[s] in UP_STATUSES and s in UP_STATUSES)
+"""States of the conversation turns (their moves among each other need no more than a count)."""
 RECENT = 50
 """Errors kept per session for the dashboard."""
 
@@ -52,7 +54,6 @@ class Sink(Protocol):
 
     def added(self, tap: SessionTap) -> None: ...
     def removed(self, tap: SessionTap) -> None: ...
-    def entry(self, tap: SessionTap, entry: TraceEntry) -> None: ...
     def status(self, tap: SessionTap, change: StatusChange) -> None: ...
     def attempt(self, tap: SessionTap, effect: OpenTransport, cause: str) -> None: ...
     def attempt_end(self, tap: SessionTap, ok: bool, detail: str) -> None: ...
@@ -69,9 +70,6 @@ class BaseSink:
         pass
 
     def removed(self, tap: SessionTap) -> None:
-        pass
-
-    def entry(self, tap: SessionTap, entry: TraceEntry) -> None:
         pass
 
     def status(self, tap: SessionTap, change: StatusChange) -> None:
@@ -139,7 +137,6 @@ class SessionTap:
         self._attempt_open = False
         self._cause = ""
         self._sinks = hub.sinks
-        self._entry_sinks = hub.entry_sinks
         self.detach = _attach(session, self)
 
     @property
@@ -149,8 +146,8 @@ class SessionTap:
     # -- from the session ---------------------------------------------------------------------
     def _trace(self, traced: Traced) -> None:
         """The hot path, every trace entry of the session: a count per (event, source, target,
-        outcome); the rest only for entries with effects or that leave or enter the up
-        statuses (turns among active/listening/speaking cost just the count)."""
+        outcome); the rest only for entries with effects or that change the status (turns among
+        active/listening/speaking cost just the count)."""
         if self.detached:
             return
         self.seq += 1
@@ -158,12 +155,9 @@ class SessionTap:
         key = (entry.event, entry.source, entry.target, entry.outcome)
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
-        if self._entry_sinks:
-            for sink in self._entry_sinks:
-                sink.entry(self, entry)
         source, target = key[1], key[2]
         if entry.effects or (source != target
-                             and not (source in UP_STATUSES and target in UP_STATUSES)):
+                             and (source not in _TURNS or target not in _TURNS)):
             self._slow(entry)
 
     def _slow(self, entry: TraceEntry) -> None:
@@ -171,14 +165,13 @@ class SessionTap:
             return
         self.version += 1
         source, target = entry.source, entry.target
+        previous, status = STATUS_OF[source], STATUS_OF[target]
         if source != target:
-            self._moved(entry)
+            self._moved(entry, previous, status)
         if entry.effects:
             self._effects(entry)
-        if source != target:
-            previous, status = STATUS_OF[source], STATUS_OF[target]
-            if previous != status:
-                self._status(entry, previous, status)
+        if previous != status:
+            self._status(entry, previous, status)
 
     def marker(self) -> int:
         """Grows whenever anything the dashboard shows may have changed."""
@@ -195,13 +188,13 @@ class SessionTap:
         out.reverse()
         return out
 
-    def _moved(self, entry: TraceEntry) -> None:
+    def _moved(self, entry: TraceEntry, previous: str, status: str) -> None:
         event = entry.event
         if event == "start":
             self._started_at = entry.time
         if event != "backoff_expired":
             self._cause = event
-            if entry.source in UP_STATUSES and entry.target not in UP_STATUSES \
+            if previous in UP_STATUSES and status not in UP_STATUSES \
                     and event != "stop" and self._down_at is None:
                 self._down_at = entry.time  # before the effects: a restart opens at once
 
@@ -220,7 +213,7 @@ class SessionTap:
                 for sink in sinks:
                     sink.attempt(self, effect, cause)
             elif isinstance(effect, CloseTransport) and self._attempt_open \
-                    and entry.source not in UP_STATUSES:
+                    and STATUS_OF[entry.source] not in UP_STATUSES:
                 self._end_attempt(False, event)
 
     def _end_attempt(self, ok: bool, detail: str) -> None:
@@ -296,10 +289,8 @@ class Hub:
 
     def __init__(self) -> None:
         self.sinks: list[Sink] = []
-        self.entry_sinks: list[Sink] = []
-        """The sinks that override ``entry`` / ``status`` (the others are not called for them:
-        the per-event cost stays that of the sinks that need it)."""
         self.status_sinks: list[Sink] = []
+        """The sinks that override ``status`` (a StatusChange is only built for them)."""
         self._taps: dict[int, SessionTap] = {}
         self._by_session: weakref.WeakKeyDictionary[VoiceSession, SessionTap] = (
             weakref.WeakKeyDictionary())
@@ -307,7 +298,6 @@ class Hub:
         """Called (no argument) when a session is added or removed."""
 
     def _split(self) -> None:
-        self.entry_sinks[:] = [x for x in self.sinks if _overrides(x, "entry")]
         self.status_sinks[:] = [x for x in self.sinks if _overrides(x, "status")]
 
     def add_sink(self, sink: Sink) -> None:
