@@ -221,3 +221,32 @@ async def test_broker_upstream_errors_and_audit_failures(tmp_path: Path) -> None
     assert get(samples, "fsm_voice_broker_keys_minted_total") == 0
     assert get(samples, "fsm_voice_broker_request_duration_seconds_count",
                outcome="upstream_error") == 1
+
+
+async def test_an_ice_grace_that_recovers_is_no_outage(
+        exported: tuple[Hub, PrometheusSink, str]) -> None:
+    hub, _sink, url = exported
+    clock = VirtualClock()
+    t = ScriptedTransport(["ok", "ok"])
+    s = VoiceSession(t, clock=clock, policy=policy())
+    hub.track(s)
+    async with s:
+        await s.start()
+        await anyio.wait_all_tasks_blocked()
+        t.emit(TransportSignal.ICE_DISCONNECTED)  # the status stays active through the grace
+        await clock.advance(1.0)
+        t.emit(TransportSignal.ICE_RECOVERED)
+        await s.dispatcher.drain()
+        await clock.advance(20.0)  # a long healthy stretch
+        failed_at = clock.now()
+        t.emit(TransportSignal.FAILED)
+        await s.dispatcher.drain()
+        await anyio.wait_all_tasks_blocked()
+        assert s.status == "active"
+        back_at = next(e.time for e in reversed(s.trace) if e.event == "channel_open")
+        samples = await scrape(url)
+    assert get(samples, "fsm_voice_outage_duration_seconds_count") == 1
+    assert get(samples, "fsm_voice_outage_duration_seconds_sum") == pytest.approx(
+        back_at - failed_at)
+    assert get(samples, "fsm_voice_transitions_total", event="ice_recovered",
+               source="ice_grace", target="active") == 1
