@@ -159,3 +159,20 @@ def test_unreadable_traces_give_a_typed_error(tmp_path: Path) -> None:
         read_trace(bad)
     with pytest.raises(ValueError, match="max_bytes"):
         TraceWriter(tmp_path / "x.jsonl", max_bytes=10)
+
+
+async def test_demo_records_its_trace_and_says_where_the_timeline_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from fsm_voice.demo import run_demo
+
+    path = tmp_path / "demo.jsonl"
+    assert await run_demo(5.0, "close", None, Console(width=200), str(path)) == 0
+    out = capsys.readouterr().out
+    html = path.with_suffix(".html")
+    assert f"trace: {path}" in out and f"timeline: {html}" in out
+    assert html.stat().st_size > 1_000_000
+    header, records = read_trace(path)
+    assert any(r["kind"] == "event" and r["status"] == "reconnecting" for r in records)
+    assert all(replay(header, records, engine=e).agreed for e in ENGINES)
