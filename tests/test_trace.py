@@ -105,6 +105,15 @@ async def test_real_session_trace_is_valid_secret_free_and_replays_in_both_engin
         result = replay(header, records, engine=engine)
         assert result.divergence is None, result.divergence.describe()
         assert result.compared == len(events)
+        # In virtual time, with the policy it had, the session takes the recorded path again.
+        same = replay(header, records, engine=engine,
+                      overrides={"ice.disconnected_grace": POLICY.ice.disconnected_grace})
+        assert same.divergence is None, same.divergence.describe()
+    if fault == "silent":  # a longer grace: the loss is waited out longer, the path changes
+        longer = replay(header, records, overrides={"ice.disconnected_grace": 30.0})
+        assert longer.divergence is not None
+        assert longer.divergence.event == "ice_disconnected"
+        assert not any(s.event == "ice_grace_expired" for s in longer.steps)
 
 
 async def scripted(path: Path, **kw: Any) -> VoiceSession:
