@@ -9,9 +9,10 @@ replays exactly); errors (redacted), metrics samples, quality alerts, signaling 
 audio spans are the ``speech_*`` / ``audio_*`` events. Nothing else of the session is written:
 no token, no SDP, no conversation text, no ICE credential.
 
-Recording is cheap on the dispatch path: the subscriber keeps a reference to the runtime's own
-record; encoding happens in batches. The file is bounded (``max_bytes``): past it records are
-counted, not written, and the ``end`` record says so.
+Each event is encoded as it happens (a common one from a cached fragment: only its time,
+generation and token are formatted) into a string, which costs the garbage collector nothing to
+keep, and written in batches. The file is bounded (``max_bytes``): past it records are counted,
+not written, and the ``end`` record says so.
 """
 
 from __future__ import annotations
