@@ -7,15 +7,15 @@ tokens modelled as the dispatcher keeps them. Each step's outcome (taken / refus
 target state, transport generation and effects (every timer armed, with its delay, and
 cancelled) are compared with the record; a timer must fire no earlier than it was due.
 
-With policy overrides (a what-if), the machine's own timers decide when they fire (a recorded
-fire counts only if this world armed the same timer, due then), and the network does at each
-recorded time what it did in the recording, to whichever connection this world has current (an
-event that was stale in the recording stays stale). The result is the alternative path, compared
-step by step with the recorded one.
+With policy overrides it is a what-if (:func:`_what_if`, ``specs/trace.md`` REPLAY-2): virtual
+time in which the machine's own timers fire when due and each connection behaves as the
+recording's connection of the same rank did, relative to its opening. The result is the
+alternative path, compared step by step with the recorded one.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -36,7 +36,8 @@ ENGINES: tuple[Engine, ...] = ("statemachine", "fast")
 TIME_SLACK = 1e-5
 """Seconds a recorded timer fire may precede its due time (times are written to 1 us)."""
 FIRE_LATENCY = 0.25
-"""What-if: a timer due within this many seconds of its recorded fire fires at the record."""
+"""What-if: a timer expiry within this many seconds of a recorded expiry of the same timer is
+that recorded step."""
 
 
 class ReplayError(ValueError):
@@ -253,102 +254,151 @@ def replay(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
     """Replay ``records`` (a trace's records after its header) on ``engine``/``machine``.
 
     Without ``overrides`` every recorded step is compared (first difference: the divergence).
-    With them (a what-if) the path is replayed in virtual time and compared the same way; the
-    result's ``steps`` are the alternative path."""
+    With them it is a what-if (:func:`what_if`): the result's ``steps`` are the alternative
+    path."""
     if not header.get("replayable") or header.get("state") != "idle":
         raise ReplayError("the trace does not start with an idle session (recorded after "
                           "start): it cannot be replayed")
     retry, ice, rollover = policies(header, overrides)
     rng = _Draws()
     world = _World(_machine(engine, machine, retry, ice, rollover, rng))
-    what_if = bool(overrides)
     events = [(i, r) for i, r in enumerate(records, 1) if r.get("kind") == "event"]
     recorded = tuple(_recorded_step(i, r) for i, r in events)
+    if overrides:
+        return _what_if(engine, world, rng, events, recorded, context)
     steps: list[Step] = []
     divergence: Divergence | None = None
-    compared = 0
 
-    def diverge(step: Step, line: int | None, t: float, event: str, field: str,
-                expected: str, got: str) -> None:
+    def diverge(step: Step, field: str, expected: str, got: str) -> None:
         nonlocal divergence
-        if divergence is None:
-            ctx = tuple(s.describe() for s in steps[-context - 1:-1]) if context else ()
-            divergence = Divergence(compared, line, event, t, field, expected, got, ctx)
-
-    fires: dict[str, list[float]] = {}
-    for _, r in events:
-        if r.get("timer") is not None and r.get("outcome") == "taken":
-            fires.setdefault(str(r["timer"]), []).append(float(r["t"]))
-
-    def recorded_fire(name: str, due: float) -> bool:
-        """Whether the recording has this timer firing when this world has it due."""
-        return any(due - TIME_SLACK <= f <= due + FIRE_LATENCY for f in fires.get(name, ()))
-
-    def fire_due(until: float) -> None:
-        while True:
-            due_now = [(due, name, token) for name, (token, due) in world.timers.items()
-                       if due <= until and not recorded_fire(name, due)]
-            if not due_now:
-                return
-            due, name, _token = min(due_now)
-            del world.timers[name]
-            step, _ = world.send(due, name, {}, None, (), rng)
-            steps.append(step)
-            diverge(step, None, due, name, "a timer fires that did not in the recording",
-                    "-", step.describe())
+        ctx = tuple(s.describe() for s in steps[-context - 1:-1]) if context else ()
+        divergence = Divergence(len(steps) - 1, step.line, step.event, step.t, field,
+                                expected, got, ctx)
 
     for (line, r), rec_step in zip(events, recorded, strict=True):
         t, event = rec_step.t, rec_step.event
         timer = r.get("timer")
-        token = r.get("token")
-        if what_if:
-            fire_due(t)
-            if token is not None and timer is None and token == r.get("gen"):
-                token = world.gen  # the network does what it did, to this world's connection
-            cur = world.timers.get(timer) if timer is not None else None
-            if cur is not None and r.get("outcome") == "taken" and \
-                    cur[1] - TIME_SLACK <= t <= cur[1] + FIRE_LATENCY:
-                token = cur[0]  # this world's own timer, firing when the recorded one did
-            elif timer is not None and r.get("outcome") == "stale":
-                continue  # a recorded non-event
-            elif timer is not None:
-                skipped = Step(line, t, event, "skipped", world.m.state_id, world.m.state_id,
-                               world.gen, ())
-                diverge(skipped, line, t, event, "a recorded timer does not fire (not armed "
-                        "or not due)", rec_step.describe(),
-                        f"due at {cur[1]:.3f}" if cur is not None else "not armed")
-                continue  # the recorded world's timer: this world fires its own
-        reason = world.stale(token, timer)
-        if reason:
+        if world.stale(r.get("token"), timer):
             step = Step(line, t, event, "stale", world.m.state_id, world.m.state_id,
                         world.gen, ())
-            steps.append(step)
             enc: list[dict[str, Any]] = []
         else:
             if timer is not None:
                 _tok, due = world.timers.pop(timer)
-                if t + TIME_SLACK < due and divergence is None:
+                if t + TIME_SLACK < due:
                     steps.append(Step(line, t, event, "taken", world.m.state_id, "?",
                                       world.gen, ()))
-                    diverge(steps[-1], line, t, event, "timer fired before it was due",
-                            f"fired at {t:.6f}", f"due at {due:.6f}")
-            step, enc = world.send(t, event, _params(r), line, r.get("draws", ()), rng)
-            steps.append(step)
-        if divergence is None:
-            for field, exp, got in (
-                    ("outcome", rec_step.outcome, step.outcome),
-                    ("target state", rec_step.target, step.target),
-                    ("transport generation", str(rec_step.gen), str(step.gen)),
-                    ("effects", json.dumps(r.get("effects", [])), json.dumps(enc))):
-                if exp != got:
-                    diverge(step, line, t, event, field,
-                            rec_step.describe() if field != "effects" else exp,
-                            step.describe() if field != "effects" else got)
+                    diverge(steps[-1], "timer fired before it was due", f"fired at {t:.6f}",
+                            f"due at {due:.6f}")
                     break
+            step, enc = world.send(t, event, _params(r), line, r.get("draws", ()), rng)
+        steps.append(step)
+        for field, exp, got in (
+                ("outcome", rec_step.outcome, step.outcome),
+                ("target state", rec_step.target, step.target),
+                ("transport generation", str(rec_step.gen), str(step.gen)),
+                ("effects", json.dumps(r.get("effects", [])), json.dumps(enc))):
+            if exp != got:
+                diverge(step, field, rec_step.describe() if field != "effects" else exp,
+                        step.describe() if field != "effects" else got)
+                break
+        if divergence is not None:
+            break
+    compared = divergence.step if divergence is not None else len(steps)
+    return ReplayResult(engine, tuple(steps), recorded, compared, divergence)
+
+
+def _same(a: Step, b: Step) -> bool:
+    return (a.outcome, a.target, a.effects) == (b.outcome, b.target, b.effects)
+
+
+def _what_if(engine: Engine, world: _World, rng: _Draws,
+             events: Sequence[tuple[int, Mapping[str, Any]]], recorded: tuple[Step, ...],
+             context: int) -> ReplayResult:
+    """Virtual time under a changed policy. The application's events come when they came.
+    The n-th connection behaves as the recording's n-th did, relative to its opening: each of
+    its events (and a failed open's ``signaling_failed``) comes as long after this world opens
+    its n-th connection as it came after the recording's. Timers fire when due (matched to a
+    recorded expiry of the same timer within ``FIRE_LATENCY``, whose draws they use). Events
+    the recording dropped as stale stay stale. Nothing happens after the last recorded event.
+    """
+    rec_open: dict[int, float] = {}
+    for _, r in events:
+        g = int(r["gen"])
+        for e in r.get("effects", ()):
+            if e["type"] == "open":
+                g += 1
+                rec_open[g] = float(r["t"])
+    end = recorded[-1].t if recorded else 0.0
+    heap: list[tuple[float, int, int, Mapping[str, Any], int | None]] = []
+    held: dict[int, list[tuple[float, int, int, Mapping[str, Any]]]] = {}
+    fires: dict[str, list[tuple[float, int, Mapping[str, Any]]]] = {}
+    for n, (line, r) in enumerate(events):
+        t, tok = float(r["t"]), r.get("token")
+        if r.get("timer") is not None:
+            if r["outcome"] == "taken":
+                fires.setdefault(str(r["timer"]), []).append((t, line, r))
+        elif tok is None:
+            heapq.heappush(heap, (t, n, line, r, None))
+        elif r["outcome"] == "stale":
+            heapq.heappush(heap, (t, n, line, r, -1))  # stale it was, stale it stays
+        else:
+            held.setdefault(int(tok), []).append((t - rec_open.get(int(tok), t), n, line, r))
+    steps: list[Step] = []
+    opened = 0
+    while True:
+        due = min(((d, name) for name, (_tok, d) in world.timers.items()), default=None)
+        if heap and (due is None or heap[0][0] <= due[0]):
+            t, _n, line, r, tok = heapq.heappop(heap)
+            if t > end:
+                break
+            if world.stale(tok, None):
+                step = Step(line, t, str(r["event"]), "stale", world.m.state_id,
+                            world.m.state_id, world.gen, ())
             else:
-                compared += 1
-    if what_if:
-        fire_due(max((s.t for s in recorded), default=0.0))
+                step, _ = world.send(t, str(r["event"]), _params(r), line, r.get("draws", ()),
+                                     rng)
+        elif due is not None and due[0] <= end:
+            t, name = due
+            del world.timers[name]
+            match = next((f for f in fires.get(name, ())
+                          if t - TIME_SLACK <= f[0] <= t + FIRE_LATENCY), None)
+            if match is not None:
+                fires[name].remove(match)
+            step, _ = world.send(t, name, {}, match[1] if match else None,
+                                 match[2].get("draws", ()) if match else (), rng)
+        else:
+            break
+        steps.append(step)
+        while opened < world.gen:  # this world opened a connection: its events are due
+            opened += 1
+            for off, n, line, r in held.pop(opened, ()):
+                heapq.heappush(heap, (step.t + off, n, line, r, opened))
+    by_line = {s.line: s for s in recorded}
+    replayed = {s.line for s in steps if s.line is not None}
+    divergence: Divergence | None = None
+    for i, s in enumerate(steps):
+        rec = by_line.get(s.line) if s.line is not None else None
+        missed = [m for m in recorded if m.line not in replayed and m.t <= s.t]
+        if rec is None or not _same(rec, s) or missed:
+            ctx = tuple(x.describe() for x in steps[max(0, i - context):i])
+            if missed:
+                divergence = Divergence(i, missed[0].line, missed[0].event, missed[0].t,
+                                        "a recorded step does not happen", missed[0].describe(),
+                                        "-", ctx)
+            else:
+                divergence = Divergence(i, s.line, s.event, s.t,
+                                        "a step only in the what-if" if rec is None
+                                        else "the step differs",
+                                        rec.describe() if rec else "-", s.describe(), ctx)
+            break
+    else:
+        missed = [m for m in recorded if m.line not in replayed]
+        if missed:
+            divergence = Divergence(len(steps), missed[0].line, missed[0].event, missed[0].t,
+                                    "a recorded step does not happen", missed[0].describe(),
+                                    "-", ())
+    compared = divergence.step if divergence is not None else len(steps)
     return ReplayResult(engine, tuple(steps), recorded, compared, divergence)
 
 

@@ -9,9 +9,10 @@ replays exactly); errors (redacted), metrics samples, quality alerts, signaling 
 audio spans are the ``speech_*`` / ``audio_*`` events. Nothing else of the session is written:
 no token, no SDP, no conversation text, no ICE credential.
 
-Recording is cheap on the dispatch path: the subscriber keeps a reference to the runtime's own
-record; encoding happens in batches. The file is bounded (``max_bytes``): past it records are
-counted, not written, and the ``end`` record says so.
+Each event is encoded as it happens (a common one from a cached fragment: only its time,
+generation and token are formatted) into a string, which costs the garbage collector nothing to
+keep, and written in batches. The file is bounded (``max_bytes``): past it records are counted,
+not written, and the ``end`` record says so.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ SCHEMA: Final = "fsm-voice-trace"
 VERSION: Final = 1
 SCHEMA_FILE: Final = Path(__file__).parent / "data" / "trace.schema.json"
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
-_BATCH: Final = 4096
+_BATCH: Final = 1024
 
 
 class TraceError(ValueError):
@@ -129,7 +130,7 @@ class TraceWriter:
         self.max_bytes = max_bytes
         self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
         self._wall = time.time() if wall_clock is None else wall_clock
-        self._buf: list[Any] = []
+        self._buf: list[str] = []
         self._draws: list[float] = []
         self._clock: Any = None
         self.written = 0
@@ -179,33 +180,57 @@ class TraceWriter:
 
     # -- subscribers (called from the dispatcher: keep them cheap) ------------------------------
     def traced(self, rec: Traced) -> None:
-        draws = self._draws
-        if draws:
-            self._buf.append((rec, tuple(draws)))
-            draws.clear()
+        """One runtime event, encoded at once (a string is not tracked by the garbage
+        collector: a batch of them costs nothing to keep); written in batches."""
+        e, item, gen = rec
+        t, event, source, target, effects, outcome, detail = e
+        if outcome == "taken" and not detail and not self._draws and t - t == 0.0 and (
+                item is None or (item.timer is None and item.severity is None
+                                 and not item.code and item.retry_after is None
+                                 and item.expires_in is None)):
+            key = (event, source, target)
+            hit = self._frags.get(key)
+            frag = hit[1] if hit is not None and hit[0] == effects else \
+                self._fragment(key, effects)
+            token = None if item is None else item.token
+            line = (f'{{"kind":"event","t":{t:.6f},"gen":{gen},'
+                    f'"token":{"null" if token is None else token},{frag}\n')
+        elif outcome == "observed":
+            return  # metrics and alerts are written from their own subscribers
         else:
-            self._buf.append(rec)
-        if len(self._buf) >= _BATCH:
+            draws = tuple(self._draws)
+            self._draws.clear()
+            line = self._json(self._event(rec, draws))
+        buf = self._buf
+        buf.append(line)
+        if len(buf) >= _BATCH:
             self.flush()
+
+    @staticmethod
+    def _json(obj: Mapping[str, Any]) -> str:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
 
     def _now(self) -> float:
         return float(self._clock.now()) if self._clock is not None else time.monotonic()
 
+    def _add(self, record: Mapping[str, Any]) -> None:
+        self._buf.append(self._json(record))
+
     def error(self, err: VoiceError) -> None:
-        self._buf.append({"kind": "error", "t": self._now(), "code": err.code,
-                          "severity": str(err.severity), "source": str(err.source),
-                          "http_status": err.http_status, "retry_after": err.retry_after,
-                          "message": redact(err.message)})
+        self._add({"kind": "error", "t": self._now(), "code": err.code,
+                   "severity": str(err.severity), "source": str(err.source),
+                   "http_status": err.http_status, "retry_after": err.retry_after,
+                   "message": redact(err.message)})
 
     def metrics(self, m: ConnectionMetrics) -> None:
-        self._buf.append({"kind": "metrics", "t": self._now(), "rtt_ms": number(m.latency_ms),
-                          "jitter_ms": number(m.jitter_ms), "packets_lost": m.packets_lost,
-                          "packets_received": m.packets_received,
-                          "loss_fraction": number(m.loss_fraction)})
+        self._add({"kind": "metrics", "t": self._now(), "rtt_ms": number(m.latency_ms),
+                   "jitter_ms": number(m.jitter_ms), "packets_lost": m.packets_lost,
+                   "packets_received": m.packets_received,
+                   "loss_fraction": number(m.loss_fraction)})
 
     def alert(self, a: QualityAlert) -> None:
-        self._buf.append({"kind": "alert", "t": self._now(), "alert": a.kind,
-                          "value": number(a.value), "threshold": number(a.threshold)})
+        self._add({"kind": "alert", "t": self._now(), "alert": a.kind,
+                   "value": number(a.value), "threshold": number(a.threshold)})
 
     def signaling(self, *, method: str, url: str, status: int | None, elapsed: float,
                   error: str | None = None) -> None:
@@ -213,10 +238,10 @@ class TraceWriter:
         parts = urllib.parse.urlsplit(url)
         where = f"{parts.scheme}://{parts.hostname or ''}"
         where += f":{parts.port}" if parts.port else ""
-        self._buf.append({"kind": "signaling", "t": self._now(), "method": method,
-                          "url": where + parts.path, "http_status": status,
-                          "elapsed_ms": round(elapsed * 1000.0, 3),
-                          "error": redact(error) if error else None})
+        self._add({"kind": "signaling", "t": self._now(), "method": method,
+                   "url": where + parts.path, "http_status": status,
+                   "elapsed_ms": round(elapsed * 1000.0, 3),
+                   "error": redact(error) if error else None})
 
     def http_trace_config(self) -> aiohttp.TraceConfig:
         """An :class:`aiohttp.TraceConfig` recording every request of the client session it is
@@ -292,41 +317,8 @@ class TraceWriter:
         self._frags[key] = (effects, frag)
         return frag
 
-    def _lines(self, buf: list[Any]) -> list[str]:
-        """Encode a batch. Common events (taken, no parameters, no detail, no draws) are
-        written from a fragment cached by (event, source, target) and checked against the
-        effects; everything else through :func:`json.dumps`."""
-        out: list[str] = []
-        append = out.append
-        frags = self._frags
-        for obj in buf:
-            if type(obj) is Traced:
-                e, item, gen = obj
-                t, event, source, target, effects, outcome, detail = e
-                if outcome == "observed":
-                    continue  # metrics and alerts are written from their own subscribers
-                if outcome == "taken" and not detail and t - t == 0.0 and (
-                        item is None or (item.timer is None and item.severity is None
-                                         and not item.code and item.retry_after is None
-                                         and item.expires_in is None)):
-                    key = (event, source, target)
-                    hit = frags.get(key)
-                    frag = hit[1] if hit is not None and hit[0] == effects else \
-                        self._fragment(key, effects)
-                    token = None if item is None else item.token
-                    append(f'{{"kind":"event","t":{t:.6f},"gen":{gen},'
-                           f'"token":{"null" if token is None else token},{frag}\n')
-                    continue
-                rec = self._event(obj, None)
-            elif isinstance(obj, tuple):
-                rec = self._event(obj[0], obj[1])
-            else:
-                rec = obj
-            append(json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n")
-        return out
-
     def _line(self, obj: Mapping[str, Any]) -> None:
-        self._write(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
+        self._write(self._json(obj))
 
     def _write(self, text: str) -> None:
         if self._file is None:
@@ -339,11 +331,10 @@ class TraceWriter:
         self.written += 1
 
     def flush(self) -> None:
-        """Encode and write what is buffered (one write per batch)."""
-        buf, self._buf = self._buf, []
+        """Write what is buffered (one write per batch)."""
+        lines, self._buf = self._buf, []
         if self._file is None:
             return
-        lines = self._lines(buf)
         size = sum(map(len, lines))
         if self.bytes + size > self.max_bytes - 200:  # room for the end record
             for line in lines:

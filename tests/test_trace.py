@@ -105,6 +105,15 @@ async def test_real_session_trace_is_valid_secret_free_and_replays_in_both_engin
         result = replay(header, records, engine=engine)
         assert result.divergence is None, result.divergence.describe()
         assert result.compared == len(events)
+        # In virtual time, with the policy it had, the session takes the recorded path again.
+        same = replay(header, records, engine=engine,
+                      overrides={"ice.disconnected_grace": POLICY.ice.disconnected_grace})
+        assert same.divergence is None, same.divergence.describe()
+    if fault == "silent":  # a longer grace: the loss is waited out longer, the path changes
+        longer = replay(header, records, overrides={"ice.disconnected_grace": 30.0})
+        assert longer.divergence is not None
+        assert longer.divergence.event == "ice_disconnected"
+        assert not any(s.event == "ice_grace_expired" for s in longer.steps)
 
 
 async def scripted(path: Path, **kw: Any) -> VoiceSession:
@@ -159,3 +168,20 @@ def test_unreadable_traces_give_a_typed_error(tmp_path: Path) -> None:
         read_trace(bad)
     with pytest.raises(ValueError, match="max_bytes"):
         TraceWriter(tmp_path / "x.jsonl", max_bytes=10)
+
+
+async def test_demo_records_its_trace_and_says_where_the_timeline_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from fsm_voice.demo import run_demo
+
+    path = tmp_path / "demo.jsonl"
+    assert await run_demo(5.0, "close", None, Console(width=200), str(path)) == 0
+    out = capsys.readouterr().out
+    html = path.with_suffix(".html")
+    assert f"trace: {path}" in out and f"timeline: {html}" in out
+    assert html.stat().st_size > 1_000_000
+    header, records = read_trace(path)
+    assert any(r["kind"] == "event" and r["status"] == "reconnecting" for r in records)
+    assert all(replay(header, records, engine=e).agreed for e in ENGINES)
