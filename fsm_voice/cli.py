@@ -1,4 +1,4 @@
-"""``fsm-voice``: check | diagram | demo | peer | connect | broker.
+"""``fsm-voice``: check | diagram | demo | peer | connect | broker | replay | timeline | dashboard.
 
 Shared by the commands: :data:`EXIT_CODES`, one-line usage errors (:class:`Parser`, argument
 types), clean stops on SIGINT/SIGTERM (:class:`SignalStop`, :func:`serve`) and :func:`main`."""
@@ -44,7 +44,8 @@ exit status:
 
 #: Modules that register more subcommands (each has ``add_parsers(subparsers)``).
 _SUBCOMMAND_MODULES: tuple[str, ...] = ("fsm_voice.demo", "fsm_voice.terminal",
-                                         "fsm_voice.broker.cli")
+                                         "fsm_voice.broker.cli", "fsm_voice.trace_cli",
+                                         "fsm_voice.dashboard")
 
 #: Optional dependency -> the extra that installs it.
 _EXTRAS = {"rich": "cli", "pydot": "diagram"}

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,11 +30,14 @@ from fsm_voice.cli import (
     serve,
 )
 from fsm_voice.client import realtime_session
+from fsm_voice.dashboard import add_export_flags, run_observed
 from fsm_voice.errors import ConfigError, VoiceError
 from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import StatusChange, VoiceSession
+from fsm_voice.telemetry import Hub
+from fsm_voice.trace import TraceWriter
 from fsm_voice.transport import KeepOpen, NullSink, UtteranceSource, WavRecorder
 from fsm_voice.transport.audio import AudioSink
 
@@ -84,14 +89,15 @@ def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
     return text
 
 
-async def run_demo(duration: float, fault: str, record: str | None, console: Console) -> int:
+async def run_demo(duration: float, fault: str, record: str | None, console: Console,
+                   trace: str | None = None, hub: Hub | None = None) -> int:
     """The demo (see the module doc); SIGINT/SIGTERM stop it cleanly (exit 128 + signal)."""
     with SignalStop() as stop:
-        return await _demo(duration, fault, record, console, stop)
+        return await _demo(duration, fault, record, console, stop, trace, hub)
 
 
 async def _demo(duration: float, fault: str, record: str | None, console: Console,
-                stop: SignalStop) -> int:
+                stop: SignalStop, trace: str | None = None, hub: Hub | None = None) -> int:
     from rich.live import Live
 
     from fsm_voice.peer.server import RealtimePeer
@@ -111,15 +117,24 @@ async def _demo(duration: float, fault: str, record: str | None, console: Consol
     def sink() -> AudioSink:
         return KeepOpen(recorder) if recorder is not None else NullSink()
 
+    if trace is None:
+        trace = str(Path(tempfile.mkdtemp(prefix="fsm-voice-demo-")) / "trace.jsonl")
+    writer = TraceWriter(trace)
+    http = writer.http_session()
     async with RealtimePeer(reply="echo") as peer:
         console.print(f"fsm-voice demo: local peer on {peer.base_url}")
         session = realtime_session(
             peer.base_url, "ek_local_demo", policy=policy, host_addresses=["127.0.0.1"],
+            http=http,
             session_config=RealtimeConfig(instructions="Echo what you hear."),
             audio_source=lambda: UtteranceSource(lead_silence=0.5, speech_seconds=1.2,
                                                  trail_silence=3.5, repeat=True),
             audio_sink=sink,
         )
+        writer.record(session)
+        session.closers.append(http.close)
+        if hub is not None:
+            hub.track(session, name="demo")
         session.on_status(rec.status)
         session.on_error(rec.errors.append)
         session.on_server_event(rec.server_event)
@@ -181,8 +196,23 @@ async def _demo(duration: float, fault: str, record: str | None, console: Consol
         console.print(f"fsm-voice demo: stopped by {signal.Signals(stop.signum).name}; "
                       f"session {session.status}")
         return stop.exit_code if stopped_clean and stop.exit_code else EXIT_FAILED
-    return _summary(console, rec, session, fault, fault_at, recovered_at, connected_at,
+    code = _summary(console, rec, session, fault, fault_at, recovered_at, connected_at,
                     stopped_clean, record)
+    _show_trace(console, trace)
+    return code
+
+
+def _show_trace(console: Console, trace: str) -> None:
+    """Say where the trace is, and draw its timeline beside it (with the ``trace`` extra)."""
+    from fsm_voice.timeline import TimelineError, render
+
+    console.print(f"trace: {trace}  (replay it: fsm-voice replay {trace})")
+    try:
+        out = render(trace, Path(trace).with_suffix(".html"))
+    except TimelineError as exc:
+        console.print(f"timeline not drawn: {exc}")
+    else:
+        console.print(f"timeline: {out}")
 
 
 def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: str,
@@ -237,6 +267,9 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--fault", choices=FAULTS, default="silent",
                    help="scripted fault (default: the peer goes silent)")
     d.add_argument("--record", metavar="WAV", help="record the received audio to a WAV file")
+    d.add_argument("--trace", metavar="FILE", help="write the session's trace here (default: a "
+                   "new temporary directory); its timeline is drawn beside it (.html)")
+    add_export_flags(d, dashboard=True)
     d.set_defaults(func=_demo_command)
 
     p = sub.add_parser("peer", help="serve the local realtime peer (loopback only) until "
@@ -244,13 +277,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=8765, help="0: any free port (default 8765)")
     p.add_argument("--reply", choices=("echo", "tone"), default="echo")
+    add_export_flags(p)
     p.set_defaults(func=_serve_peer)
 
 
 def _demo_command(a: argparse.Namespace) -> int:
     from rich.console import Console
 
-    return int(anyio.run(run_demo, a.duration, a.fault, a.record, Console()))
+    return run_observed(
+        a, lambda hub: run_demo(a.duration, a.fault, a.record, Console(), a.trace, hub))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:
@@ -267,4 +302,9 @@ def _serve_peer(a: argparse.Namespace) -> int:
               f"control: {url}/control with {CONTROL_TOKEN_HEADER}: {peer.control_token})",
               flush=True)
 
-    return serve("peer", peer.serve_forever, ready)
+    serve_forever: Callable[[Callable[[str], None]], Awaitable[None]] = peer.serve_forever
+    if a.metrics_port is not None:
+        from fsm_voice.metrics import with_peer_metrics
+
+        serve_forever = with_peer_metrics(peer, a.metrics_port)
+    return serve("peer", serve_forever, ready)

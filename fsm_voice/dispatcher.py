@@ -85,6 +85,17 @@ class TraceEntry(NamedTuple):
     detail: str = ""
 
 
+class Traced(NamedTuple):
+    """What an ``on_trace`` subscriber gets for every trace entry, as it is recorded: the entry,
+    the posted item it came from (event parameters, generation token, timer; None for an
+    observation) and the transport generation current when it was handled (before its
+    effects ran)."""
+
+    entry: TraceEntry
+    item: Posted | None
+    generation: int
+
+
 @attrs.frozen
 class StatusChange:
     time: float
@@ -196,6 +207,8 @@ class Dispatcher:
         self.monitor = monitor
         self.on_status: Subscribers[StatusChange] = Subscribers()
         self.on_server_event: Subscribers[Mapping[str, Any]] = Subscribers()
+        self.on_trace: Subscribers[Traced] = Subscribers()
+        """Every trace entry as it is recorded (the trace file and metrics export read this)."""
         self.close_timeout = close_timeout
         """Real seconds a transport ``close`` may take before it is abandoned (cancelled)."""
         self.queue: collections.deque[Posted] = collections.deque()
@@ -295,8 +308,10 @@ class Dispatcher:
     def observe(self, event: str, detail: str) -> None:
         """Record something seen (a metrics sample, an alert) in the trace."""
         state = self.machine.state_id
-        self.trace.append(TraceEntry(self.clock.now(), event, state, state, (), "observed",
-                                     detail))
+        entry = TraceEntry(self.clock.now(), event, state, state, (), "observed", detail)
+        self.trace.append(entry)
+        if self.on_trace:
+            self.on_trace.emit(Traced(entry, None, self.generation))
 
     # -- one event ---------------------------------------------------------------------------
     def dispatch(self, item: Posted) -> None:
@@ -308,7 +323,10 @@ class Dispatcher:
                                   or not self._transport_open):
             stale = self._stale_reason(item)
             if stale:
-                self.trace.append(TraceEntry(now, item.event, source, source, (), "stale", stale))
+                entry = TraceEntry(now, item.event, source, source, (), "stale", stale)
+                self.trace.append(entry)
+                if self.on_trace:
+                    self.on_trace.emit(Traced(entry, item, self.generation))
                 return
             if item.timer is not None:
                 self.timers.pop(item.timer, None)
@@ -317,7 +335,10 @@ class Dispatcher:
             machine.send(item.event, severity=item.severity, code=item.code, error=item.error,
                          retry_after=item.retry_after, expires_in=item.expires_in)
         except TransitionNotAllowed:
-            self.trace.append(TraceEntry(now, item.event, source, source, (), "refused"))
+            entry = TraceEntry(now, item.event, source, source, (), "refused")
+            self.trace.append(entry)
+            if self.on_trace:
+                self.on_trace.emit(Traced(entry, item, self.generation))
             log.info("event %s refused in state %s", item.event, source)
             return
         except Exception as exc:  # the engines never raise (crash row): a broken engine
@@ -332,7 +353,10 @@ class Dispatcher:
         outbox = self.outbox
         if target in ("idle", "error") and len(outbox):
             self._report(outbox.drop(f"the session went {target}"))
-        self.trace.append(TraceEntry(now, item.event, source, target, effects))
+        entry = TraceEntry(now, item.event, source, target, effects)
+        self.trace.append(entry)
+        if self.on_trace:
+            self.on_trace.emit(Traced(entry, item, self.generation))
         for effect in effects:
             try:
                 self._execute(effect)
@@ -359,9 +383,11 @@ class Dispatcher:
         everything this runtime holds (timers, transport), report a fatal ``machine_error``;
         the machine itself is left as it is."""
         log.exception("machine engine failed on %s in %s", item.event, source)
-        self.trace.append(TraceEntry(self.clock.now(), item.event, source,
-                                     self.machine.state_id, (), "refused",
-                                     f"machine error: {exc!r}"))
+        entry = TraceEntry(self.clock.now(), item.event, source, self.machine.state_id, (),
+                           "refused", f"machine error: {exc!r}")
+        self.trace.append(entry)
+        if self.on_trace:
+            self.on_trace.emit(Traced(entry, item, self.generation))
         self.cancel_timers()
         if self._transport_open:
             self._close_transport()

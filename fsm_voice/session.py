@@ -13,10 +13,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,6 +29,7 @@ from fsm_voice.dispatcher import (
     Outcome,
     Posted,
     StatusChange,
+    Traced,
     TraceEntry,
 )
 from fsm_voice.effects import Timer
@@ -41,8 +43,11 @@ from fsm_voice.outbox import Outbox, QueueOverflowError, validate_event
 from fsm_voice.policy import QualityAlert, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics, Transport
 
+if TYPE_CHECKING:
+    from fsm_voice.trace import TraceWriter
+
 __all__ = ["SERVER_EVENT_MAP", "Outcome", "QueueOverflowError", "StatusChange", "TraceEntry",
-           "VoiceSession"]
+           "Traced", "VoiceSession"]
 
 log = logging.getLogger("fsm_voice.session")
 
@@ -201,6 +206,18 @@ class VoiceSession:
 
     def on_alert(self, cb: Callable[[QualityAlert], object]) -> None:
         self.monitor.on_alert.add(cb)
+
+    def on_trace(self, cb: Callable[[Traced], object]) -> None:
+        """Every trace entry as it is recorded (taken, refused, stale, observed), with the
+        posted item (event parameters, generation token, timer) and the transport generation."""
+        self.dispatcher.on_trace.add(cb)
+
+    def record_trace(self, path: str | os.PathLike[str], **options: Any) -> TraceWriter:
+        """Record this session to a JSON Lines trace file (:mod:`fsm_voice.trace`); closed when
+        the session exits. Call it before :meth:`start` for a replayable trace."""
+        from fsm_voice.trace import TraceWriter
+
+        return TraceWriter.attach(self, path, **options)
 
     # -- lifetime -----------------------------------------------------------------------------
     async def __aenter__(self) -> VoiceSession:

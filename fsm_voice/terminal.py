@@ -46,11 +46,14 @@ from fsm_voice.cli import (
     seconds,
 )
 from fsm_voice.client import realtime_session
+from fsm_voice.dashboard import add_export_flags, run_observed
 from fsm_voice.errors import ConfigError, VoiceError
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import QueueOverflowError, StatusChange, VoiceSession
+from fsm_voice.telemetry import Hub
 from fsm_voice.tokens import EphemeralKeyProvider
+from fsm_voice.trace import TraceWriter
 from fsm_voice.transport.audio import (
     AudioInput,
     AudioSink,
@@ -497,7 +500,8 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
                       emit: Callable[[dict[str, Any]], None] | None = None, *,
                       view: View = "json", audio: ConnectAudio | None = None,
                       text_input: bool = False, responses: int | None = None,
-                      console: Console | None = None) -> int:
+                      console: Console | None = None, trace: str | None = None,
+                      hub: Hub | None = None) -> int:
     """A session against any OpenAI-compatible backend (see the module doc).
 
     Runs until ``duration`` ends (0, or 3 when not connected then), ``responses`` assistant
@@ -530,12 +534,19 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
     activity = Activity()
     human: HumanView | None = None
     with SignalStop() as stop:
+        writer = TraceWriter(trace) if trace else None
+        http = writer.http_session() if writer is not None else None
         session = realtime_session(base_url, token, model=model if isinstance(model, str) else None,
                                    session_config=session_config, audio_source=audio.track,
-                                   audio_sink=audio.sink)
+                                   audio_sink=audio.sink, http=http)
+        if writer is not None and http is not None:
+            writer.record(session)  # --trace: every runtime event, signaling exchange, sample
+            session.closers.append(http.close)
         if isinstance(token, EphemeralKeyProvider):
             session.closers.append(token.aclose)
-        activity.margin = float(getattr(session, "rollover_margin", activity.margin))
+        if hub is not None:  # --metrics-port
+            hub.track(session, name="connect")
+        activity.margin = session.policy.rollover.margin
         if view == "human":
             from rich.console import Console
 
@@ -665,6 +676,9 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--duration", type=lambda t: seconds(t, allow_inf=True), default=None,
                    help="seconds to run (default 30 with --json, inf on a terminal: until "
                    "Ctrl-C or /quit)")
+    c.add_argument("--trace", metavar="FILE", help="record the session's trace (JSON Lines; "
+                   "see specs/trace.md; `fsm-voice replay FILE`, `fsm-voice timeline FILE`)")
+    add_export_flags(c)
     a = c.add_argument_group("audio")
     a.add_argument("--input", metavar="WAV|FORMAT:DEVICE",
                    help="what to say: a WAV file (said once, then silence) or a capture device "
@@ -734,8 +748,8 @@ def _connect(a: argparse.Namespace) -> int:
             anyio.run(token.aclose)
         raise
     try:
-        return int(anyio.run(lambda: run_connect(
+        return run_observed(a, lambda hub: run_connect(
             a.base_url, token, duration, session, view=view, audio=audio,
-            text_input=text_input, responses=a.responses)))
+            text_input=text_input, responses=a.responses, trace=a.trace, hub=hub))
     finally:
         audio.close()

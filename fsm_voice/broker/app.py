@@ -479,6 +479,8 @@ class TokenBroker(LocalService):
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self.counters: dict[str, int] = {}
+        self.observers: list[Callable[[AuditEntry], object]] = []
+        """Called with each token request's audit entry (metrics export); must not block."""
 
     def __repr__(self) -> str:
         state = self.base_url if self._bound_port is not None else "stopped"
@@ -702,6 +704,8 @@ class TokenBroker(LocalService):
             and self._unauth_audit is not None
             and self._unauth_audit.acquire("*") is not None
         )
+        for observe in self.observers:
+            observe(entry)
         try:
             if suppressed:
                 self._count("audit_suppressed")  # counted (see /healthz), not written
@@ -711,6 +715,7 @@ class TokenBroker(LocalService):
         except Exception as exc:
             log.error("broker: audit write failed (%s)", type(exc).__name__)
             self.audit_failing = True
+            self._count("audit_failed")
             if key is not None:  # fail closed: no key leaves without its audit row
                 self._count("internal_error")
                 # ... and the key minted upstream but dropped here still gets its row, later

@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -140,6 +140,8 @@ def add_parsers(subparsers: Any) -> None:
         action="store_true",
         help="read a client secret from stdin, print its sha256: digest, exit",
     )
+    b.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics on 127.0.0.1:PORT (needs the 'metrics' extra)")
     b.set_defaults(func=cmd_broker)
     sub = b.add_subparsers(dest="broker_command", metavar="{audit-verify,audit-setup}")
     v = sub.add_parser(
@@ -311,8 +313,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    serve_forever: Callable[[Callable[[str], None]], Awaitable[None]] = broker.serve_forever
+    if getattr(args, "metrics_port", None) is not None:
+        from fsm_voice.metrics import with_broker_metrics
+
+        serve_forever = with_broker_metrics(broker, args.metrics_port)
     try:
-        return serve("broker", broker.serve_forever, ready)
+        return serve("broker", serve_forever, ready)
     except sqlite3.Error as exc:  # the audit log is opened at start
         print(f"fsm-voice broker: cannot open --audit-db {args.audit_db}: {exc}",
               file=sys.stderr)

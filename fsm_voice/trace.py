@@ -1,0 +1,400 @@
+"""Trace files: a session recorded as versioned JSON Lines (schema: ``specs/trace.md`` and
+``fsm_voice/data/trace.schema.json``).
+
+:class:`TraceWriter` subscribes to a session (``session.record_trace(path)``): every runtime
+event with its outcome, source/target state, status, effects and generation; timer arms (the
+effects) and fires (timer events with their token); the machine's random draws (so jitter
+replays exactly); errors (redacted), metrics samples, quality alerts, signaling HTTP exchanges
+(an :class:`aiohttp.TraceConfig`, :meth:`TraceWriter.http_trace_config`). Speech and assistant
+audio spans are the ``speech_*`` / ``audio_*`` events. Nothing else of the session is written:
+no token, no SDP, no conversation text, no ICE credential.
+
+Each event is encoded as it happens (a common one from a cached fragment: only its time,
+generation and token are formatted) into a string, which costs the garbage collector nothing to
+keep, and written in batches. The file is bounded (``max_bytes``): past it records are counted,
+not written, and the ``end`` record says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+import attrs
+
+from fsm_voice.dispatcher import Traced
+from fsm_voice.effects import (
+    ArmTimer,
+    CancelTimer,
+    CloseTransport,
+    ConnectionUp,
+    Effect,
+    NewConversation,
+    OpenTransport,
+    ReportError,
+)
+from fsm_voice.errors import VoiceError, redact
+from fsm_voice.machine import STATUS_OF
+from fsm_voice.policy import QualityAlert
+from fsm_voice.ports import ConnectionMetrics
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from fsm_voice.session import VoiceSession
+
+SCHEMA: Final = "fsm-voice-trace"
+VERSION: Final = 1
+SCHEMA_FILE: Final = Path(__file__).parent / "data" / "trace.schema.json"
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+_BATCH: Final = 1024
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read: not JSON Lines, wrong schema or version, no header."""
+
+
+def number(x: float | None) -> float | str | None:
+    """A float for JSON: non-finite values as the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
+    if x is None or math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def unnumber(x: object) -> float | None:
+    """Inverse of :func:`number`."""
+    if x is None:
+        return None
+    if isinstance(x, str):
+        return float(x)
+    if isinstance(x, int | float) and not isinstance(x, bool):
+        return float(x)
+    raise TraceError(f"expected a number, got {x!r}")
+
+
+def encode_effect(e: Effect) -> dict[str, Any]:
+    if isinstance(e, ArmTimer):
+        return {"type": "arm", "timer": e.timer.value, "delay": number(e.delay)}
+    if isinstance(e, CancelTimer):
+        return {"type": "cancel", "timer": e.timer.value}
+    if isinstance(e, OpenTransport):
+        return {"type": "open", "reason": e.reason.value, "attempt": e.attempt}
+    if isinstance(e, CloseTransport):
+        return {"type": "close"}
+    if isinstance(e, ReportError):
+        return {"type": "report", "code": e.code, "severity": e.severity}
+    if isinstance(e, NewConversation):
+        return {"type": "new_conversation"}
+    if isinstance(e, ConnectionUp):
+        return {"type": "connection_up", "replay": e.replay}
+    raise TypeError(f"unknown effect {e!r}")
+
+
+def policy_record(session: VoiceSession) -> dict[str, Any]:
+    """What the machine was built with (no ICE server, no credential)."""
+    m = session.machine
+    return {"retry": attrs.asdict(m.retry), "ice": attrs.asdict(m.ice),
+            "rollover": {k: number(v) for k, v in attrs.asdict(m.rollover_policy).items()},
+            "quality": attrs.asdict(session.policy.quality)}
+
+
+class _TapRandom(random.Random):
+    """The machine's random source, with every draw noted for the trace (jitter replays)."""
+
+    def __init__(self, inner: random.Random | None, draws: list[float]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._draws = draws
+
+    def random(self) -> float:
+        x = self._inner.random() if self._inner is not None else super().random()
+        self._draws.append(x)
+        return x
+
+
+class TraceWriter:
+    """Writes one session's trace; use :meth:`attach` (or ``session.record_trace``)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 wall_clock: float | None = None) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
+            raise ValueError(f"max_bytes must be an int >= 1024, got {max_bytes!r}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
+        self._wall = time.time() if wall_clock is None else wall_clock
+        self._buf: list[str] = []
+        self._draws: list[float] = []
+        self._clock: Any = None
+        self.written = 0
+        """Records written so far."""
+        self.dropped = 0
+        """Records not written because the file reached ``max_bytes``."""
+        self.bytes = 0
+        self._effects_cache: dict[tuple[Effect, ...], list[dict[str, Any]]] = {}
+        self._frags: dict[tuple[str, str, str], tuple[tuple[Effect, ...], str]] = {}
+
+    @classmethod
+    def attach(cls, session: VoiceSession, path: str | os.PathLike[str], *,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> TraceWriter:
+        """Record ``session`` from now on to ``path`` (closed when the session exits)."""
+        return cls(path, max_bytes=max_bytes).record(session)
+
+    def record(self, session: VoiceSession) -> TraceWriter:
+        """Subscribe to ``session`` and write the header. Attach before ``start``: a trace that
+        begins mid-session is written but not replayable."""
+        m = session.machine
+        self._clock = session.clock
+        replayable = m.state_id == "idle"
+        m.rng = _TapRandom(m.rng, self._draws)
+        self._line({"kind": "header", "schema": SCHEMA, "version": VERSION,
+                    "engine": "fast" if type(m).__name__ == "FastLifecycle" else "statemachine",
+                    "wall_time": self._wall, "t0": session.clock.now(), "state": m.state_id,
+                    "replayable": replayable, "policy": policy_record(session)})
+        session.on_trace(self.traced)
+        session.on_error(self.error)
+        session.on_metrics(self.metrics)
+        session.on_alert(self.alert)
+
+        async def close() -> None:
+            self.close()
+
+        session.closers.append(close)
+        return self
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """An HTTP client for the signaling whose exchanges are recorded (one connection per
+        request, as the signaling's own); pass it as ``realtime_session(http=...)`` and close
+        it when the session is done."""
+        import aiohttp
+
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                     trace_configs=[self.http_trace_config()])
+
+    # -- subscribers (called from the dispatcher: keep them cheap) ------------------------------
+    def traced(self, rec: Traced) -> None:
+        """One runtime event, encoded at once (a string is not tracked by the garbage
+        collector: a batch of them costs nothing to keep); written in batches."""
+        e, item, gen = rec
+        t, event, source, target, effects, outcome, detail = e
+        if outcome == "taken" and not detail and not self._draws and t - t == 0.0 and (
+                item is None or (item.timer is None and item.severity is None
+                                 and not item.code and item.retry_after is None
+                                 and item.expires_in is None)):
+            key = (event, source, target)
+            hit = self._frags.get(key)
+            frag = hit[1] if hit is not None and hit[0] == effects else \
+                self._fragment(key, effects)
+            token = None if item is None else item.token
+            line = (f'{{"kind":"event","t":{t:.6f},"gen":{gen},'
+                    f'"token":{"null" if token is None else token},{frag}\n')
+        elif outcome == "observed":
+            return  # metrics and alerts are written from their own subscribers
+        else:
+            draws = tuple(self._draws)
+            self._draws.clear()
+            line = self._json(self._event(rec, draws))
+        buf = self._buf
+        buf.append(line)
+        if len(buf) >= _BATCH:
+            self.flush()
+
+    @staticmethod
+    def _json(obj: Mapping[str, Any]) -> str:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
+
+    def _now(self) -> float:
+        return float(self._clock.now()) if self._clock is not None else time.monotonic()
+
+    def _add(self, record: Mapping[str, Any]) -> None:
+        self._buf.append(self._json(record))
+
+    def error(self, err: VoiceError) -> None:
+        self._add({"kind": "error", "t": self._now(), "code": err.code,
+                   "severity": str(err.severity), "source": str(err.source),
+                   "http_status": err.http_status, "retry_after": err.retry_after,
+                   "message": redact(err.message)})
+
+    def metrics(self, m: ConnectionMetrics) -> None:
+        self._add({"kind": "metrics", "t": self._now(), "rtt_ms": number(m.latency_ms),
+                   "jitter_ms": number(m.jitter_ms), "packets_lost": m.packets_lost,
+                   "packets_received": m.packets_received,
+                   "loss_fraction": number(m.loss_fraction)})
+
+    def alert(self, a: QualityAlert) -> None:
+        self._add({"kind": "alert", "t": self._now(), "alert": a.kind,
+                   "value": number(a.value), "threshold": number(a.threshold)})
+
+    def signaling(self, *, method: str, url: str, status: int | None, elapsed: float,
+                  error: str | None = None) -> None:
+        """One signaling HTTP exchange (the URL is kept without query or credentials)."""
+        parts = urllib.parse.urlsplit(url)
+        where = f"{parts.scheme}://{parts.hostname or ''}"
+        where += f":{parts.port}" if parts.port else ""
+        self._add({"kind": "signaling", "t": self._now(), "method": method,
+                   "url": where + parts.path, "http_status": status,
+                   "elapsed_ms": round(elapsed * 1000.0, 3),
+                   "error": redact(error) if error else None})
+
+    def http_trace_config(self) -> aiohttp.TraceConfig:
+        """An :class:`aiohttp.TraceConfig` recording every request of the client session it is
+        given to (pass that session to ``realtime_session(http=...)``)."""
+        import aiohttp
+
+        cfg = aiohttp.TraceConfig()
+        starts: dict[int, float] = {}
+
+        async def on_start(_s: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+            starts[id(ctx)] = time.monotonic()
+
+        async def on_end(_s: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+            t = starts.pop(id(ctx), time.monotonic())
+            self.signaling(method=params.method, url=str(params.url),
+                           status=params.response.status, elapsed=time.monotonic() - t)
+
+        async def on_exc(_s: Any, ctx: Any,
+                         params: aiohttp.TraceRequestExceptionParams) -> None:
+            t = starts.pop(id(ctx), time.monotonic())
+            self.signaling(method=params.method, url=str(params.url), status=None,
+                           elapsed=time.monotonic() - t,
+                           error=f"{type(params.exception).__name__}: {params.exception}")
+
+        cfg.on_request_start.append(on_start)
+        cfg.on_request_end.append(on_end)
+        cfg.on_request_exception.append(on_exc)
+        return cfg
+
+    # -- encoding ---------------------------------------------------------------------------------
+    def _effects(self, effects: tuple[Effect, ...]) -> list[dict[str, Any]]:
+        if not effects:
+            return []
+        try:
+            return self._effects_cache[effects]
+        except KeyError:
+            enc = self._effects_cache[effects] = [encode_effect(e) for e in effects]
+            if len(self._effects_cache) > 4096:
+                self._effects_cache.clear()
+            return enc
+
+    def _event(self, rec: Traced, draws: tuple[float, ...] | None) -> dict[str, Any]:
+        e, item, gen = rec
+        out: dict[str, Any] = {"kind": "event", "t": round(e.time, 6), "event": e.event,
+                               "outcome": e.outcome, "source": e.source, "target": e.target,
+                               "status": STATUS_OF.get(e.target, ""), "gen": gen,
+                               "effects": self._effects(e.effects)}
+        if e.detail:
+            out["detail"] = redact(e.detail)
+        if item is not None:
+            out["token"] = item.token
+            if item.timer is not None:
+                out["timer"] = item.timer.value
+            if item.severity is not None:
+                out["severity"] = item.severity
+            if item.code:
+                out["code"] = item.code
+            if item.retry_after is not None:
+                out["retry_after"] = number(item.retry_after)
+            if item.expires_in is not None:
+                out["expires_in"] = number(item.expires_in)
+        if draws:
+            out["draws"] = list(draws)
+        return out
+
+    def _fragment(self, key: tuple[str, str, str], effects: tuple[Effect, ...]) -> str:
+        """The cached middle of a common event's line (event, states, status, effects)."""
+        if len(self._frags) > 4096:
+            self._frags.clear()
+        body = {"event": key[0], "outcome": "taken", "source": key[1], "target": key[2],
+                "status": STATUS_OF.get(key[2], ""), "effects": self._effects(effects)}
+        frag = json.dumps(body, separators=(",", ":"))[1:]
+        self._frags[key] = (effects, frag)
+        return frag
+
+    def _line(self, obj: Mapping[str, Any]) -> None:
+        self._write(self._json(obj))
+
+    def _write(self, text: str) -> None:
+        if self._file is None:
+            return
+        if self.bytes + len(text) > self.max_bytes - 200:  # room for the end record
+            self.dropped += 1
+            return
+        self._file.write(text)
+        self.bytes += len(text)
+        self.written += 1
+
+    def flush(self) -> None:
+        """Write what is buffered (one write per batch)."""
+        lines, self._buf = self._buf, []
+        if self._file is None:
+            return
+        size = sum(map(len, lines))
+        if self.bytes + size > self.max_bytes - 200:  # room for the end record
+            for line in lines:
+                self._write(line)
+        else:
+            self._file.write("".join(lines))
+            self.bytes += size
+            self.written += len(lines)
+        self._file.flush()
+
+    def close(self) -> None:
+        """Write the rest and the ``end`` record; idempotent."""
+        if self._file is None:
+            return
+        self.flush()
+        f, self._file = self._file, None
+        end = {"kind": "end", "t": self._now(), "records": self.written + 1,
+               "dropped": self.dropped, "truncated": self.dropped > 0}
+        f.write(json.dumps(end, separators=(",", ":")) + "\n")
+        f.close()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_trace(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and the other records of a trace file; :class:`TraceError` when it is not
+    one this version reads."""
+    records = list(iter_records(path))
+    if not records or records[0].get("kind") != "header":
+        raise TraceError(f"{path}: no header record (not an fsm-voice trace)")
+    header = records[0]
+    if header.get("schema") != SCHEMA:
+        raise TraceError(f"{path}: schema {header.get('schema')!r}, expected {SCHEMA!r}")
+    if header.get("version") != VERSION:
+        raise TraceError(f"{path}: trace version {header.get('version')!r}; this fsm-voice "
+                         f"reads version {VERSION}")
+    return header, records[1:]
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+                raise TraceError(f"{path}:{n}: a record is an object with a string 'kind'")
+            yield obj
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of one trace record."""
+    return dict(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+
+
+__all__ = ["SCHEMA", "VERSION", "TraceError", "TraceWriter", "read_trace", "schema"]
