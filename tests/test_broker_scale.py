@@ -657,3 +657,188 @@ def test_cli_builds_stores_and_proxy_trust_from_flags(tmp_path: Path) -> None:
     default = broker_cli.build_broker(broker_cli_args(*base), {"K": API_KEY})
     assert isinstance(default.limits, MemoryLimits) and default.audit.path.endswith(".sqlite3")
     assert default.config.trusted_proxies == () and not default.config.limits_fail_open
+
+
+# ------------------------------------------------------------------------------ outages (issue 13 attack)
+
+
+async def _writer_backends(pg_server: PostgresServer, dsn: str) -> list[int]:
+    """Process ids of the writer role's backends on ``dsn``'s database."""
+    import psycopg
+
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    async with await psycopg.AsyncConnection.connect(pg_server.owner_dsn, autocommit=True) as c:
+        cur = await c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND datname = %s",
+            (WRITER_ROLE, dbname),
+        )
+        return [int(r[0]) for r in await cur.fetchall()]
+
+
+class _Traffic:
+    """``n`` clients posting to ``urls`` until stopped; counts statuses, keeps handed-out keys."""
+
+    def __init__(self, http: aiohttp.ClientSession, urls: list[str], n: int) -> None:
+        self.http, self.urls, self.n = http, urls, n
+        self.statuses: dict[int, int] = {}
+        self.handed_out: list[str] = []
+        self.errors: list[Any] = []
+        self._progress = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self, i: int) -> None:
+        while not self._stop.is_set():
+            status, _, body = await post(self.http, self.urls[i % len(self.urls)])
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status == 200:
+                self.handed_out.append(body["key_id"])
+            else:
+                self.errors.append(body["error"]["code"])
+            self._progress.set()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.n)]
+
+    async def served_at_least(self, n: int) -> None:
+        while len(self.handed_out) < n:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+@needs_postgres
+async def test_postgres_backend_terminated_mid_write_is_dropped_and_the_next_batch_writes(
+    pg_server: PostgresServer, pg_dsn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The writer's backend killed (pg_terminate_backend) while batches of 300 rows are in
+    flight, twenty times: the broken connection (possibly left in pipeline mode) is never
+    reused, the next row is written on a new one, and the chain stays whole."""
+    import psycopg
+
+    async with pg_audit(pg_dsn) as log, await psycopg.AsyncConnection.connect(
+        pg_server.owner_dsn, autocommit=True
+    ) as owner:
+        written = 0
+        for r in range(20):
+            batch = [
+                asyncio.create_task(log.record(AuditEntry("issued", 200, 1.0, key_id=f"k{r}.{i}")))
+                for i in range(300)
+            ]
+            for _ in range(r % 4):  # land the kill at different points of the write
+                await asyncio.sleep(0)
+            for pid in await _writer_backends(pg_server, pg_dsn):
+                await owner.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            results = await asyncio.gather(*batch, return_exceptions=True)
+            written += sum(1 for x in results if isinstance(x, int))
+            # the next row is written: no replica stuck on a connection it should have dropped
+            await log.record(AuditEntry("issued", 200, 1.0, key_id=f"after{r}"))
+            written += 1
+        result = await log.verify()
+    assert result.ok and result.rows == written
+    assert "pipeline mode" not in capfd.readouterr().err
+
+
+@needs_postgres
+async def test_postgres_backend_terminated_mid_write_reconnects_and_keeps_every_row(
+    http: aiohttp.ClientSession,
+    peer: RealtimePeer,
+    pg_server: PostgresServer,
+    pg_dsn: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The broker's connection killed (pg_terminate_backend) mid-write, ten times under 32
+    clients: each time the connection is dropped and a new one made (no replica stuck in
+    pipeline mode), and the rows of the keys dropped meanwhile are written."""
+    import psycopg
+
+    rate = RatePolicy(capacity=100_000, refill_per_second=10_000)
+    broker = make_broker(
+        peer.base_url, pg_audit(pg_dsn), MemoryLimits(), rate=rate, max_concurrent_upstream=64
+    )
+    async with broker:
+        traffic = _Traffic(http, [broker.token_url], 32)
+        traffic.start()
+        try:
+            async with asyncio.timeout(120):
+                async with await psycopg.AsyncConnection.connect(
+                    pg_server.owner_dsn, autocommit=True
+                ) as owner:
+                    for _ in range(10):
+                        await traffic.served_at_least(len(traffic.handed_out) + 10)
+                        for pid in await _writer_backends(pg_server, pg_dsn):
+                            await owner.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                await traffic.served_at_least(len(traffic.handed_out) + 50)  # not stuck
+        finally:
+            await traffic.stop()
+        await broker.flush_backlog()
+        assert broker.unrecorded == 0
+        rows = await broker.audit.rows()
+    assert set(traffic.errors) <= {"audit_failed"}
+    issued = {r["key_id"] for r in rows if r["outcome"] == "issued"}
+    assert set(traffic.handed_out) <= issued
+    # every key the upstream minted has its row: handed out, or dropped with a 500
+    assert peer.client_secrets.minted == len({r["key_id"] for r in rows if r["key_id"]})
+    assert verify_rows(rows).ok
+    assert "pipeline mode" not in capfd.readouterr().err
+
+
+def _cluster_pids(pg_server: PostgresServer) -> list[int]:
+    """The postmaster and every process it started."""
+    postmaster = int((pg_server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+@contextlib.contextmanager
+def _frozen(pg_server: PostgresServer) -> Iterator[None]:
+    """The whole cluster stopped (SIGSTOP): connections accept bytes, nothing answers."""
+    import os
+    import signal
+
+    pids = _cluster_pids(pg_server)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@needs_postgres
+async def test_a_frozen_postgres_fails_the_request_within_the_write_timeout(
+    http: aiohttp.ClientSession, peer: RealtimePeer, pg_server: PostgresServer, pg_dsn: str
+) -> None:
+    """PostgreSQL stopped dead (SIGSTOP): the request is not held without limit, it gets 500
+    audit_failed once the client-side write timeout passes, /healthz says the audit log fails,
+    and the key's row, written after the thaw, says what the client got (500), not 'issued'."""
+    audit = PostgresAuditLog(pg_dsn, connect_timeout=1.0, write_timeout=1.0)
+    async with make_broker(peer.base_url, audit, MemoryLimits()) as broker:
+        status, _, body = await post(http, broker.token_url)
+        assert status == 200
+        with _frozen(pg_server):
+            async with asyncio.timeout(30):  # a bound on a hang, not a speed claim
+                status, _, failed = await post(http, broker.token_url)
+                assert status == 500 and failed["error"]["code"] == "audit_failed"
+                status, _, health = await request(
+                    http, broker.base_url + "/healthz", method="GET"
+                )
+                assert status == 503 and health["audit"] == "failing"
+        async with asyncio.timeout(30):
+            await broker.flush_backlog()
+        rows = await broker.audit.rows()
+    assert peer.client_secrets.minted == 2
+    [dropped] = [r for r in rows if r["key_id"] not in (None, body["key_id"])]
+    assert (dropped["outcome"], dropped["http_status"], dropped["detail"]) == (
+        "internal_error", 500, "audit_failed"
+    )
+    assert verify_rows(rows).ok
