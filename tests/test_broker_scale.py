@@ -659,7 +659,7 @@ def test_cli_builds_stores_and_proxy_trust_from_flags(tmp_path: Path) -> None:
     assert default.config.trusted_proxies == () and not default.config.limits_fail_open
 
 
-# ------------------------------------------------------------------------------ outages (issue 13 attack)
+# --------------------------------------------------------------- outages (issue 13 attack)
 
 
 async def _writer_backends(pg_server: PostgresServer, dsn: str) -> list[int]:
