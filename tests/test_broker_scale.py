@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -842,3 +843,40 @@ async def test_a_frozen_postgres_fails_the_request_within_the_write_timeout(
         "internal_error", 500, "audit_failed"
     )
     assert verify_rows(rows).ok
+
+
+async def test_upstream_error_text_never_reaches_the_client(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An upstream 401 quoting the API key in forms no scrubber knows (without its sk- prefix,
+    base64, upper-cased) and a code made of the key: the client gets the broker's own message
+    and a vetted code, nothing of the upstream's text."""
+    import base64
+
+    from tests.test_broker import fake_upstream
+
+    bare = API_KEY.removeprefix("sk-")
+    copies = [bare, base64.b64encode(API_KEY.encode()).decode(), API_KEY.upper()]
+    codes = iter(["invalid_api_key", bare.replace("-", "_").lower()])
+
+    async def refuse(request: Any) -> Any:
+        from aiohttp import web
+
+        message = "UPSTREAM-TEXT Incorrect API key: " + " / ".join(copies)
+        return web.json_response(
+            {"error": {"type": "invalid_request_error", "code": next(codes),
+                       "message": message, "param": None}},
+            status=401,
+        )
+
+    async with fake_upstream(refuse) as upstream, make_broker(
+        upstream, tmp_path / "a.sqlite3"
+    ) as broker:
+        answers = [await post(http, broker.token_url) for _ in range(2)]
+    for status, _, body in answers:
+        assert status == 502
+        text = json.dumps(body)
+        assert "UPSTREAM-TEXT" not in text
+        for copy in copies:
+            assert copy not in text and copy.lower() not in text.lower()
+    assert [b["error"]["code"] for _, _, b in answers] == ["invalid_api_key", "upstream_error"]

@@ -46,8 +46,9 @@ non-finite or past -> 502), ``session_id`` is dropped unless identifier-like, ``
 bounded. Upstream slots are shared fairly between clients (:class:`FairSlots`).
 
 Secrets: the API key is only ever put in the upstream ``Authorization`` header. It is not in
-any ``repr``, log line, error, response or audit row; upstream error text is redacted and
-scrubbed of the key before it goes anywhere. Client secrets are stored as SHA-256 digests and
+any ``repr``, log line, error, response or audit row; upstream error text never reaches a
+client (only the upstream's error code, when it is a short identifier sharing nothing with the
+key, under the broker's own message). Client secrets are stored as SHA-256 digests and
 compared in constant time.
 
 Storage: rate limits live behind :class:`~fsm_voice.broker.ratelimit.LimitStore` (in process
@@ -604,6 +605,17 @@ class TokenBroker(LocalService):
     def _scrub(self, text: str) -> str:
         return redact(text.replace(self._api_key, "***"))
 
+    def _upstream_code(self, code: str) -> str:
+        """An upstream error code fit to pass on: a short identifier sharing no 8 characters
+        with the API key (else ``upstream_error``)."""
+        if not re.match(r"^[a-z0-9_]{1,64}$", code):
+            return "upstream_error"
+        key = re.sub(r"[^a-z0-9]", "", self._api_key.lower())
+        bare = code.replace("_", "")
+        if any(bare[i : i + 8] in key for i in range(max(0, len(bare) - 7))):
+            return "upstream_error"
+        return code
+
     def _count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1
 
@@ -988,12 +1000,14 @@ class TokenBroker(LocalService):
             retry = self._clamp_retry_after(err.retry_after)
             if retry is not None:
                 headers["Retry-After"] = str(retry)
-            code = err.code if re.match(r"^[a-z0-9_]{1,64}$", err.code) else "upstream_error"
+            code = self._upstream_code(err.code)
             self.last_mint_error = code
+            # never the upstream's text: it can quote the API key in forms no scrubber knows
+            # (cut, re-encoded, re-cased); only its code, vetted, and our own words
             raise _refuse(
                 502,
                 "upstream_error",
-                self._scrub(f"Upstream client_secrets request failed: {err.message}"),
+                f"The upstream refused to mint a client secret ({code}).",
                 type="upstream_error",
                 code=code,
                 client_id=client_id,
