@@ -880,3 +880,35 @@ async def test_upstream_error_text_never_reaches_the_client(
         for copy in copies:
             assert copy not in text and copy.lower() not in text.lower()
     assert [b["error"]["code"] for _, _, b in answers] == ["invalid_api_key", "upstream_error"]
+
+
+async def test_stopping_with_a_request_in_flight_writes_its_row(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """SIGTERM (stop) while a token request waits on the upstream: it gets ``shutdown_grace``
+    to finish, then is cancelled, and its audit row is written before the log closes."""
+    from tests.test_broker import fake_upstream
+
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck(request: Any) -> Any:
+        arrived.set()
+        await release.wait()  # until the test is done: the upstream never answers in time
+
+    db = tmp_path / "a.sqlite3"
+    async with fake_upstream(stuck) as upstream:
+        broker = make_broker(upstream, db, shutdown_grace=0.2, upstream_timeout=60)
+        await broker.start()
+        try:
+            pending = asyncio.create_task(post(http, broker.token_url))
+            await arrived.wait()
+        finally:
+            await broker.stop()
+        with pytest.raises(aiohttp.ClientError):
+            await pending
+        release.set()
+    rows = [dict(r) for r in _sqlite_rows(db)]
+    assert [(r["outcome"], r["http_status"], r["detail"], r["client_id"]) for r in rows] == [
+        ("internal_error", 503, "shutdown", "app-1")
+    ]
+    assert verify_sqlite(db).ok

@@ -309,6 +309,10 @@ class BrokerConfig:
     upstream_timeout: float = attrs.field(
         default=10.0, validator=_positive_seconds("upstream_timeout")
     )
+    shutdown_grace: float = attrs.field(default=10.0, validator=_positive_seconds("shutdown_grace"))
+    """Seconds in-flight token requests get to finish when the broker stops (SIGTERM); a request
+    still running then is cancelled, and its audit row (``internal_error``, detail
+    ``shutdown``) is written before the audit log closes."""
     max_body_bytes: int = attrs.field(
         default=16 * 1024, validator=_int_in("max_body_bytes", 64, 1 << 24)
     )
@@ -379,6 +383,7 @@ class _Outcome:
 class _RequestState:
     client_addr: str | None
     limits_fail_open: bool = False
+    client_id: str | None = None
 
 
 _STATE: Final = web.RequestKey("fsm_voice_broker", _RequestState)
@@ -454,6 +459,8 @@ class TokenBroker(LocalService):
         self._clock = clock
         self._now = now
         self.header_timeout = config.header_timeout
+        self.shutdown_timeout = config.shutdown_grace
+        self._inflight: set[asyncio.Task[Any]] = set()
         failures = config.auth_failure_rate
         self.auth_failures = failures
         self.auth_failures_by_address = (
@@ -556,12 +563,21 @@ class TokenBroker(LocalService):
                 await self.limits.close()
 
     async def stop(self) -> None:
+        """Stop listening, let in-flight token requests finish (``shutdown_grace``; then they
+        are cancelled and write their rows), close the stores."""
         runner, self._runner = self._runner, None
         try:
             if runner is not None:
                 await runner.cleanup()
         finally:
             self._bound_port = None
+            if self._inflight:  # cancelled handlers still writing their audit rows
+                await asyncio.wait(set(self._inflight), timeout=self.shutdown_timeout)
+            if self._inflight:
+                log.error(
+                    "broker: %d token request(s) stopped without their audit row",
+                    len(self._inflight),
+                )
             await self._close_resources()
 
 
@@ -678,12 +694,36 @@ class TokenBroker(LocalService):
                 self.config.forwarded_header,
             )
         )
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            return await self._token_request(request, started, state)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _token_request(
+        self, request: web.Request, started: float, state: _RequestState
+    ) -> web.StreamResponse:
+        cancelled = False
         try:
             result = await self._issue(request)
         except _Refusal as refusal:
             result = refusal.outcome
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError:  # the broker is stopping: the row first, then go
+            cancelled = True
+            result = _Outcome(
+                web.json_response(
+                    _error_body("The broker is shutting down.", type="server_error",
+                                code="shutting_down"),
+                    status=503,
+                ),
+                "internal_error",
+                state.client_id,
+                detail="shutdown",
+                authenticated=True,
+            )
         except Exception as exc:  # a bug: still one answer and one audit row, no detail out
             log.error("broker: unhandled %s while issuing a token", type(exc).__name__)
             result = _Outcome(
@@ -720,6 +760,13 @@ class TokenBroker(LocalService):
             else:
                 await self.audit.record(entry)
                 self.audit_failing = False
+        except asyncio.CancelledError:  # stopping mid-write: the key is not handed out, say so
+            if key is not None:
+                self._unrecorded_key(
+                    attrs.evolve(entry, outcome="internal_error", http_status=503,
+                                 detail="shutdown")
+                )
+            raise
         except Exception as exc:
             log.error("broker: audit write failed (%s)", type(exc).__name__)
             self.audit_failing = True
@@ -751,6 +798,8 @@ class TokenBroker(LocalService):
                 result.outcome,
                 result.client_id,
             )
+        if cancelled:
+            raise asyncio.CancelledError
         return result.response
 
     def _credentials(self, request: web.Request) -> tuple[str, str] | None:
@@ -781,7 +830,7 @@ class TokenBroker(LocalService):
                 headers={"Allow": "POST"},
                 authenticated=False,
             )
-        client_id = await self._authenticate(request)
+        client_id = request[_STATE].client_id = await self._authenticate(request)
         wait = await self._limit(request, "client", client_id, self.config.rate, client_id)
         if wait is not None:
             seconds = max(1, math.ceil(wait))
