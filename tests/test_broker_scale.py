@@ -912,3 +912,40 @@ async def test_stopping_with_a_request_in_flight_writes_its_row(
         ("internal_error", 503, "shutdown", "app-1")
     ]
     assert verify_sqlite(db).ok
+
+
+async def test_verify_names_the_edited_row_and_a_rewritten_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Row 3 edited with its own row_hash recomputed: the break shows at row 4, and the message
+    names row 3 as the suspect. The whole chain rewritten: it verifies alone, and against an
+    anchor the message says the head is gone (removed or rewritten). A bad anchor is exit 2."""
+    path = tmp_path / "audit.sqlite3"
+    async with AuditLog(path) as audit:
+        for i in range(5):
+            await audit.record(AuditEntry("issued", 200, float(i), client_id="app-1"))
+        head = (await audit.verify()).head
+    rows = [dict(r) for r in _sqlite_rows(path)]
+    rows[2]["client_id"] = "app-2"
+    rows[2]["row_hash"] = chain_hash(rows[2]["prev_hash"], rows[2])
+    result = verify_rows(rows)
+    assert result.first_bad is not None and result.first_bad.row_id == 4
+    assert "does not match the previous row 3 (row 3 or the link was changed" in (
+        result.first_bad.reason
+    )
+    prev = GENESIS  # the forger rewrites every hash after the edit
+    for row in rows:
+        row["prev_hash"], row["row_hash"] = prev, chain_hash(prev, row)
+        prev = row["row_hash"]
+    assert verify_rows(rows).ok
+    result = verify_rows(rows, anchor=head)
+    assert result.first_bad is not None
+    assert "is not in the chain (rows removed after id 5, or the chain rewritten)" in (
+        result.first_bad.reason
+    )
+    verify = ("broker", "audit-verify", "--audit-db", str(path), "--anchor")
+    for anchor in ("nothex", "g" * 64, head[:-1]):
+        assert broker_cli.cmd_audit_verify(broker_cli_args(*verify, anchor)) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "64 hex digits" in err
+    assert broker_cli.cmd_audit_verify(broker_cli_args(*verify, head.upper())) == 0
