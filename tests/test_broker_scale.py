@@ -949,3 +949,33 @@ async def test_verify_names_the_edited_row_and_a_rewritten_chain(
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "64 hex digits" in err
     assert broker_cli.cmd_audit_verify(broker_cli_args(*verify, head.upper())) == 0
+
+
+@needs_postgres
+async def test_postgres_refuses_a_wrong_row_hash_and_an_explicit_id(pg_dsn: str) -> None:
+    """The writer role can no longer append a row whose row_hash is not the hash of its fields
+    (the trigger recomputes it in SQL, the same as chain_hash for every float the broker
+    writes), nor choose the row's id (OVERRIDING SYSTEM VALUE)."""
+    import psycopg
+
+    odd = [0.0, -0.0, 1e-05, 0.0001, 1 / 3, 123.456, 1e15, 2.5e-300, 1764500000.123456]
+    async with pg_audit(pg_dsn) as log:
+        for i, value in enumerate(odd):
+            await log.record(AuditEntry("issued", 200, value, ts=value + i, key_id=f"k{i}"))
+        [last] = await log.rows("id = (SELECT max(id) FROM audit)")
+        fields = {"ts": 1.5, "outcome": "issued", "http_status": 200, "latency_ms": 2.0}
+        good = chain_hash(last["row_hash"], fields)
+        insert = (
+            "INSERT INTO audit {} (ts, outcome, http_status, latency_ms, prev_hash, row_hash"
+            "{}) {} VALUES (1.5, 'issued', 200, 2.0, %s, %s{})"
+        )
+        with pytest.raises(psycopg.errors.RaiseException, match="row_hash"):
+            await log.execute(insert.format("", "", "", ""), (last["row_hash"], "e" * 64))
+        with pytest.raises(psycopg.errors.RaiseException, match="row ids"):
+            await log.execute(
+                insert.format("", ", id", "OVERRIDING SYSTEM VALUE", ", %s"),
+                (last["row_hash"], good, last["id"] + 100),
+            )
+        await log.execute(insert.format("", "", "", ""), (last["row_hash"], good))  # the right one
+        result = await log.verify()
+    assert result.ok and result.rows == len(odd) + 1

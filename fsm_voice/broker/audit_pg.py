@@ -8,7 +8,10 @@ Append-only is the database's job, twice over:
   :func:`install_schema` (``fsm-voice broker audit-setup``);
 * triggers refuse ``UPDATE``, ``DELETE`` and ``TRUNCATE`` from anyone, and refuse an ``INSERT``
   whose ``prev_hash`` is not the last row's hash (the trigger takes the chain's advisory lock,
-  so concurrent writers on several replicas append one after another).
+  so concurrent writers on several replicas append one after another), whose ``row_hash`` is
+  not the hash of its own fields (recomputed in SQL, :func:`~fsm_voice.broker.audit.chain_hash`),
+  or whose id was not drawn from the table's sequence (``OVERRIDING SYSTEM VALUE``). Re-run
+  ``audit-setup`` on a table set up by an older version to get the last two.
 
 The owner (or a superuser) can still disable triggers and edit rows: that is what
 :func:`verify` (``fsm-voice broker audit-verify``) finds, at the first changed row.
@@ -67,6 +70,29 @@ CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'audit log is append-only: % refused', TG_OP;
 END $$;
+CREATE OR REPLACE FUNCTION audit_json_float(v DOUBLE PRECISION) RETURNS TEXT
+LANGUAGE sql IMMUTABLE SET extra_float_digits = 1 AS $$
+    -- a float as Python's json.dumps writes it (shortest round-trip; integral values get ".0")
+    SELECT CASE
+        WHEN v IS NULL THEN 'null'
+        WHEN v::text = '-0' THEN '-0.0'
+        WHEN v = trunc(v) AND abs(v) < 1e16 THEN trunc(v)::bigint::text || '.0'
+        ELSE v::text
+    END
+$$;
+CREATE OR REPLACE FUNCTION audit_json_text(v TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN v IS NULL THEN 'null' ELSE to_json(v)::text END
+$$;
+CREATE OR REPLACE FUNCTION audit_row_hash(r audit) RETURNS TEXT LANGUAGE sql STABLE AS $$
+    -- fsm_voice.broker.audit.chain_hash: sha256 of the canonical JSON of the row
+    SELECT encode(sha256(convert_to(
+        '[' || audit_json_text(r.prev_hash) || ',' || audit_json_float(r.ts) || ','
+        || audit_json_text(r.client_id) || ',' || audit_json_text(r.remote_addr) || ','
+        || audit_json_text(r.outcome) || ','
+        || COALESCE(r.http_status::text, 'null') || ',' || audit_json_float(r.latency_ms) || ','
+        || audit_json_text(r.session_id) || ',' || audit_json_text(r.key_id) || ','
+        || audit_json_text(r.detail) || ']', 'UTF8')), 'hex')
+$$;
 CREATE OR REPLACE FUNCTION audit_link() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     last_id BIGINT;
@@ -80,6 +106,27 @@ BEGIN
     IF last_id IS NOT NULL AND NEW.id <= last_id THEN
         RAISE EXCEPTION 'audit log is append-only: only new rows at the end';
     END IF;
+    IF NEW.row_hash IS DISTINCT FROM audit_row_hash(NEW) THEN
+        RAISE EXCEPTION 'audit log is append-only: row_hash must be the hash of the row';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION audit_own_id() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    given BIGINT;
+BEGIN
+    -- an id from the identity sequence was just drawn in this session; OVERRIDING SYSTEM
+    -- VALUE draws none (currval as the owner: the writer has no rights on the sequence)
+    BEGIN
+        given := currval(pg_get_serial_sequence(
+            quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME), 'id'));
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        given := NULL;
+    END;
+    IF NEW.id IS DISTINCT FROM given THEN
+        RAISE EXCEPTION 'audit log is append-only: row ids are assigned by the log';
+    END IF;
     RETURN NEW;
 END $$;
 DROP TRIGGER IF EXISTS audit_no_change ON audit;
@@ -91,6 +138,10 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
 DROP TRIGGER IF EXISTS audit_chain_link ON audit;
 CREATE TRIGGER audit_chain_link BEFORE INSERT ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_link();
+DROP TRIGGER IF EXISTS audit_id_own ON audit;
+CREATE TRIGGER audit_id_own BEFORE INSERT ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_own_id();
+REVOKE ALL ON FUNCTION audit_own_id() FROM PUBLIC;
 REVOKE ALL ON audit FROM PUBLIC;
 """
 
