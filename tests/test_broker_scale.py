@@ -979,3 +979,68 @@ async def test_postgres_refuses_a_wrong_row_hash_and_an_explicit_id(pg_dsn: str)
         await log.execute(insert.format("", "", "", ""), (last["row_hash"], good))  # the right one
         result = await log.verify()
     assert result.ok and result.rows == len(odd) + 1
+
+
+@needs_postgres
+def test_bad_broker_flags_are_one_line_and_exit_2(
+    pg_server: PostgresServer,
+    pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each bad flag: exit 2 and one line on stderr (libpq's trailing newline, PostgreSQL's
+    DETAIL lines cut); a proxy range of every address needs --allow-any-proxy; a session file
+    that is not a session object is refused at start, not by the upstream later."""
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.chdir(tmp_path)
+    base = ("broker", "--client", f"app-1={hash_secret('s')}", "--audit-db", "a.sqlite3")
+    not_a_session = tmp_path / "clients.json"
+    not_a_session.write_text(json.dumps({"clients": {"app-1": hash_secret("s")}}))
+    bad_runs = [
+        (*base[:3], "--audit-dsn", "host='/tmp/x dbname=f"),
+        (*base[:3], "--audit-dsn", pg_dsn + " PASSWORD=x"),
+        (*base, "--trusted-proxy", "0.0.0.0/0"),
+        (*base, "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::/0"),
+        (*base, "--session-config", str(not_a_session)),
+    ]
+    for argv in bad_runs:
+        assert broker_cli.cmd_broker(broker_cli_args(*argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+    broker = broker_cli.build_broker(
+        broker_cli_args(*base, "--trusted-proxy", "0.0.0.0/0", "--allow-any-proxy")
+    )
+    assert [str(n) for n in broker.config.trusted_proxies] == ["0.0.0.0/0"]
+    # audit-setup as a role without the rights to create the table: one line, exit 2
+    setup = broker_cli_args(
+        "broker", "audit-setup", "--audit-dsn", pg_dsn, "--writer-role", WRITER_ROLE
+    )
+    assert broker_cli.cmd_audit_setup(setup) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "audit-setup" in err, err
+
+
+@needs_redis
+async def test_a_wrong_redis_password_is_reported_as_an_authentication_error(
+    http: aiohttp.ClientSession,
+    peer: RealtimePeer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis refusing the broker's password: 503 as for an outage, but the log line and
+    /healthz say it is authentication, not a Redis that is down."""
+    server = RedisServer(password="the-right-one")
+    server.start()
+    try:
+        limits = RedisLimits(server.url, password="a-wrong-one", timeout=0.5)
+        async with make_broker(peer.base_url, AuditLog(tmp_path / "a.sqlite3"), limits) as b:
+            status, _, body = await post(http, b.token_url)
+            assert status == 503 and body["error"]["code"] == "rate_limits_unavailable"
+            status, _, health = await request(http, b.base_url + "/healthz", method="GET")
+            assert status == 503
+            assert (health["limits"], health["limits_error"]) == ("failing", "authentication")
+    finally:
+        server.close()
+    assert "Redis refused authentication" in caplog.text
+    assert "a-wrong-one" not in caplog.text

@@ -479,6 +479,7 @@ class TokenBroker(LocalService):
         self.last_mint_error: str | None = None
         self.audit_failing = False
         self.limits_failing = False
+        self.limits_error: str | None = None
         self._backlog: collections.deque[AuditEntry] = collections.deque()
         self._backlog_task: asyncio.Task[None] | None = None
         self._backlog_lock = asyncio.Lock()
@@ -680,6 +681,7 @@ class TokenBroker(LocalService):
             "last_mint_error": self.last_mint_error,
             "audit": "failing" if self.audit_failing else "ok",
             "limits": "failing" if self.limits_failing else "ok",
+            "limits_error": self.limits_error,
             "audit_suppressed": self.counters.get("audit_suppressed", 0),
         }
         return web.json_response(body, status=200 if ok else 503)
@@ -874,9 +876,10 @@ class TokenBroker(LocalService):
         try:
             wait = await self.limits.acquire(name, key, policy)
         except LimitsUnavailable as exc:
-            if not self.limits_failing:
-                log.error("broker: rate-limit store unavailable (%s)", exc)
+            if not self.limits_failing or self.limits_error != exc.reason:
+                log.error("broker: rate-limit store failing: %s", exc)
             self.limits_failing = True
+            self.limits_error = exc.reason
             if self.config.limits_fail_open:
                 request[_STATE].limits_fail_open = True
                 return None
@@ -894,6 +897,7 @@ class TokenBroker(LocalService):
         if self.limits_failing:
             log.warning("broker: rate-limit store is back")
         self.limits_failing = False
+        self.limits_error = None
         return wait
 
     async def _authenticate(self, request: web.Request) -> str:

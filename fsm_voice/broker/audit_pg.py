@@ -163,7 +163,8 @@ def safe_dsn(dsn: str) -> str:
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError.invalid("audit DSN", "<redacted>", f"a libpq DSN ({exc})") from None
+        reason = " ".join(str(exc).split())  # libpq's message ends in a newline: one line
+        raise ConfigError.invalid("audit DSN", "<redacted>", f"a libpq DSN ({reason})") from None
     if params.get("password"):
         raise ConfigError.invalid(
             "audit DSN", "<redacted>", "a DSN without a password (use PGPASSWORD or ~/.pgpass)"
