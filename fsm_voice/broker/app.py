@@ -544,14 +544,17 @@ class TokenBroker(LocalService):
                 await task
         if self._backlog:
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(5.0):
                     await self.flush_backlog()
-            except Exception as exc:
+            except BaseException as exc:  # even when cancelled: never lost without a word
                 log.error(
-                    "broker: %d audit row(s) of dropped keys never written (%s)",
+                    "broker: %d audit row(s) of dropped keys never written (%s): key ids %s",
                     len(self._backlog),
                     type(exc).__name__,
+                    " ".join(str(e.key_id) for e in self._backlog),
                 )
+                if not isinstance(exc, Exception):
+                    raise
         http, self._http = self._http, None
         self._upstream = None
         if http is not None:
@@ -604,8 +607,17 @@ class TokenBroker(LocalService):
         """Write the rows of dropped keys now (raises if the audit log still fails)."""
         async with self._backlog_lock:
             while self._backlog:
-                await self.audit.record(self._backlog[0])
-                self._backlog.popleft()
+                batch = list(self._backlog)  # all at once: one group-committed transaction
+                results = await asyncio.gather(
+                    *(self.audit.record(e) for e in batch), return_exceptions=True
+                )
+                for _ in batch:
+                    self._backlog.popleft()
+                failed = [e for e, r in zip(batch, results, strict=True) if not isinstance(r, int)]
+                self._backlog.extendleft(reversed(failed))
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
                 self.audit_failing = False
 
     async def _drain_backlog(self) -> None:
