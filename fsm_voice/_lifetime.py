@@ -77,6 +77,8 @@ class LocalService:
     port: int
     _bound_port: int | None
     _runner: web.AppRunner | None
+    shutdown_timeout: float = 2.0
+    """Seconds in-flight requests get to finish on stop (then they are cancelled)."""
     header_timeout: float = 20.0
     """Seconds a connection may take to send a complete request head (slow-loris bound); an
     idle keep-alive connection is closed after as long (longer than aiohttp clients' 15 s pool
@@ -86,7 +88,10 @@ class LocalService:
         """Bind ``app`` on ``host:port`` (port 0: any free one); on failure nothing stays open.
         Malformed requests are answered without echoing them (:class:`SafeAppRunner`)."""
         runner = SafeAppRunner(
-            app, shutdown_timeout=2.0, access_log=None, keepalive_timeout=self.header_timeout
+            app,
+            shutdown_timeout=self.shutdown_timeout,
+            access_log=None,
+            keepalive_timeout=self.header_timeout,
         )
         await runner.setup()
         try:

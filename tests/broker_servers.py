@@ -67,7 +67,8 @@ class RedisServer:
     """``redis-server`` on a unix socket, no persistence. :meth:`kill` (SIGKILL) and
     :meth:`start` again to test an outage."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="fsm-redis-"))
         self.socket = self.dir / "redis.sock"
         self.proc: subprocess.Popen[str] | None = None
@@ -89,6 +90,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.dir),
                 "--loglevel", "notice",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -657,3 +658,389 @@ def test_cli_builds_stores_and_proxy_trust_from_flags(tmp_path: Path) -> None:
     default = broker_cli.build_broker(broker_cli_args(*base), {"K": API_KEY})
     assert isinstance(default.limits, MemoryLimits) and default.audit.path.endswith(".sqlite3")
     assert default.config.trusted_proxies == () and not default.config.limits_fail_open
+
+
+# --------------------------------------------------------------- outages (issue 13 attack)
+
+
+async def _writer_backends(pg_server: PostgresServer, dsn: str) -> list[int]:
+    """Process ids of the writer role's backends on ``dsn``'s database."""
+    import psycopg
+
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    async with await psycopg.AsyncConnection.connect(pg_server.owner_dsn, autocommit=True) as c:
+        cur = await c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND datname = %s",
+            (WRITER_ROLE, dbname),
+        )
+        return [int(r[0]) for r in await cur.fetchall()]
+
+
+class _Traffic:
+    """``n`` clients posting to ``urls`` until stopped; counts statuses, keeps handed-out keys."""
+
+    def __init__(self, http: aiohttp.ClientSession, urls: list[str], n: int) -> None:
+        self.http, self.urls, self.n = http, urls, n
+        self.statuses: dict[int, int] = {}
+        self.handed_out: list[str] = []
+        self.errors: list[Any] = []
+        self._progress = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self, i: int) -> None:
+        while not self._stop.is_set():
+            status, _, body = await post(self.http, self.urls[i % len(self.urls)])
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status == 200:
+                self.handed_out.append(body["key_id"])
+            else:
+                self.errors.append(body["error"]["code"])
+            self._progress.set()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.n)]
+
+    async def served_at_least(self, n: int) -> None:
+        while len(self.handed_out) < n:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+@needs_postgres
+async def test_postgres_backend_terminated_mid_write_is_dropped_and_the_next_batch_writes(
+    pg_server: PostgresServer, pg_dsn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The writer's backend killed (pg_terminate_backend) while batches of 300 rows are in
+    flight, twenty times: the broken connection (possibly left in pipeline mode) is never
+    reused, the next row is written on a new one, and the chain stays whole."""
+    import psycopg
+
+    async with pg_audit(pg_dsn) as log, await psycopg.AsyncConnection.connect(
+        pg_server.owner_dsn, autocommit=True
+    ) as owner:
+        written = 0
+        for r in range(20):
+            batch = [
+                asyncio.create_task(log.record(AuditEntry("issued", 200, 1.0, key_id=f"k{r}.{i}")))
+                for i in range(300)
+            ]
+            for _ in range(r % 4):  # land the kill at different points of the write
+                await asyncio.sleep(0)
+            for pid in await _writer_backends(pg_server, pg_dsn):
+                await owner.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            results = await asyncio.gather(*batch, return_exceptions=True)
+            written += sum(1 for x in results if isinstance(x, int))
+            # the next row is written: no replica stuck on a connection it should have dropped
+            await log.record(AuditEntry("issued", 200, 1.0, key_id=f"after{r}"))
+            written += 1
+        result = await log.verify()
+    assert result.ok and result.rows == written
+    assert "pipeline mode" not in capfd.readouterr().err
+
+
+@needs_postgres
+async def test_postgres_backend_terminated_mid_write_reconnects_and_keeps_every_row(
+    http: aiohttp.ClientSession,
+    peer: RealtimePeer,
+    pg_server: PostgresServer,
+    pg_dsn: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The broker's connection killed (pg_terminate_backend) mid-write, ten times under 32
+    clients: each time the connection is dropped and a new one made (no replica stuck in
+    pipeline mode), and the rows of the keys dropped meanwhile are written."""
+    import psycopg
+
+    rate = RatePolicy(capacity=100_000, refill_per_second=10_000)
+    broker = make_broker(
+        peer.base_url, pg_audit(pg_dsn), MemoryLimits(), rate=rate, max_concurrent_upstream=64
+    )
+    async with broker:
+        traffic = _Traffic(http, [broker.token_url], 32)
+        traffic.start()
+        try:
+            async with asyncio.timeout(120):
+                async with await psycopg.AsyncConnection.connect(
+                    pg_server.owner_dsn, autocommit=True
+                ) as owner:
+                    for _ in range(10):
+                        await traffic.served_at_least(len(traffic.handed_out) + 10)
+                        for pid in await _writer_backends(pg_server, pg_dsn):
+                            await owner.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                await traffic.served_at_least(len(traffic.handed_out) + 50)  # not stuck
+        finally:
+            await traffic.stop()
+        await broker.flush_backlog()
+        assert broker.unrecorded == 0
+        rows = await broker.audit.rows()
+    assert set(traffic.errors) <= {"audit_failed"}
+    issued = {r["key_id"] for r in rows if r["outcome"] == "issued"}
+    assert set(traffic.handed_out) <= issued
+    # every key the upstream minted has its row: handed out, or dropped with a 500
+    assert peer.client_secrets.minted == len({r["key_id"] for r in rows if r["key_id"]})
+    assert verify_rows(rows).ok
+    assert "pipeline mode" not in capfd.readouterr().err
+
+
+def _cluster_pids(pg_server: PostgresServer) -> list[int]:
+    """The postmaster and every process it started."""
+    postmaster = int((pg_server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+@contextlib.contextmanager
+def _frozen(pg_server: PostgresServer) -> Iterator[None]:
+    """The whole cluster stopped (SIGSTOP): connections accept bytes, nothing answers."""
+    import os
+    import signal
+
+    pids = _cluster_pids(pg_server)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@needs_postgres
+async def test_a_frozen_postgres_fails_the_request_within_the_write_timeout(
+    http: aiohttp.ClientSession, peer: RealtimePeer, pg_server: PostgresServer, pg_dsn: str
+) -> None:
+    """PostgreSQL stopped dead (SIGSTOP): the request is not held without limit, it gets 500
+    audit_failed once the client-side write timeout passes, /healthz says the audit log fails,
+    and the key's row, written after the thaw, says what the client got (500), not 'issued'."""
+    audit = PostgresAuditLog(pg_dsn, connect_timeout=1.0, write_timeout=1.0)
+    async with make_broker(peer.base_url, audit, MemoryLimits()) as broker:
+        status, _, body = await post(http, broker.token_url)
+        assert status == 200
+        with _frozen(pg_server):
+            async with asyncio.timeout(30):  # a bound on a hang, not a speed claim
+                status, _, failed = await post(http, broker.token_url)
+                assert status == 500 and failed["error"]["code"] == "audit_failed"
+                status, _, health = await request(
+                    http, broker.base_url + "/healthz", method="GET"
+                )
+                assert status == 503 and health["audit"] == "failing"
+        async with asyncio.timeout(30):
+            await broker.flush_backlog()
+        rows = await broker.audit.rows()
+    assert peer.client_secrets.minted == 2
+    [dropped] = [r for r in rows if r["key_id"] not in (None, body["key_id"])]
+    assert (dropped["outcome"], dropped["http_status"], dropped["detail"]) == (
+        "internal_error", 500, "audit_failed"
+    )
+    assert verify_rows(rows).ok
+
+
+async def test_upstream_error_text_never_reaches_the_client(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An upstream 401 quoting the API key in forms no scrubber knows (without its sk- prefix,
+    base64, upper-cased) and a code made of the key: the client gets the broker's own message
+    and a vetted code, nothing of the upstream's text."""
+    import base64
+
+    from tests.test_broker import fake_upstream
+
+    bare = API_KEY.removeprefix("sk-")
+    copies = [bare, base64.b64encode(API_KEY.encode()).decode(), API_KEY.upper()]
+    codes = iter(["invalid_api_key", bare.replace("-", "_").lower()])
+
+    async def refuse(request: Any) -> Any:
+        from aiohttp import web
+
+        message = "UPSTREAM-TEXT Incorrect API key: " + " / ".join(copies)
+        return web.json_response(
+            {"error": {"type": "invalid_request_error", "code": next(codes),
+                       "message": message, "param": None}},
+            status=401,
+        )
+
+    async with fake_upstream(refuse) as upstream, make_broker(
+        upstream, tmp_path / "a.sqlite3"
+    ) as broker:
+        answers = [await post(http, broker.token_url) for _ in range(2)]
+    for status, _, body in answers:
+        assert status == 502
+        text = json.dumps(body)
+        assert "UPSTREAM-TEXT" not in text
+        for copy in copies:
+            assert copy not in text and copy.lower() not in text.lower()
+    assert [b["error"]["code"] for _, _, b in answers] == ["invalid_api_key", "upstream_error"]
+
+
+async def test_stopping_with_a_request_in_flight_writes_its_row(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """SIGTERM (stop) while a token request waits on the upstream: it gets ``shutdown_grace``
+    to finish, then is cancelled, and its audit row is written before the log closes."""
+    from tests.test_broker import fake_upstream
+
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck(request: Any) -> Any:
+        arrived.set()
+        await release.wait()  # until the test is done: the upstream never answers in time
+
+    db = tmp_path / "a.sqlite3"
+    async with fake_upstream(stuck) as upstream:
+        broker = make_broker(upstream, db, shutdown_grace=0.2, upstream_timeout=60)
+        await broker.start()
+        try:
+            pending = asyncio.create_task(post(http, broker.token_url))
+            await arrived.wait()
+        finally:
+            await broker.stop()
+        with pytest.raises(aiohttp.ClientError):
+            await pending
+        release.set()
+    rows = [dict(r) for r in _sqlite_rows(db)]
+    assert [(r["outcome"], r["http_status"], r["detail"], r["client_id"]) for r in rows] == [
+        ("internal_error", 503, "shutdown", "app-1")
+    ]
+    assert verify_sqlite(db).ok
+
+
+async def test_verify_names_the_edited_row_and_a_rewritten_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Row 3 edited with its own row_hash recomputed: the break shows at row 4, and the message
+    names row 3 as the suspect. The whole chain rewritten: it verifies alone, and against an
+    anchor the message says the head is gone (removed or rewritten). A bad anchor is exit 2."""
+    path = tmp_path / "audit.sqlite3"
+    async with AuditLog(path) as audit:
+        for i in range(5):
+            await audit.record(AuditEntry("issued", 200, float(i), client_id="app-1"))
+        head = (await audit.verify()).head
+    rows = [dict(r) for r in _sqlite_rows(path)]
+    rows[2]["client_id"] = "app-2"
+    rows[2]["row_hash"] = chain_hash(rows[2]["prev_hash"], rows[2])
+    result = verify_rows(rows)
+    assert result.first_bad is not None and result.first_bad.row_id == 4
+    assert "does not match the previous row 3 (row 3 or the link was changed" in (
+        result.first_bad.reason
+    )
+    prev = GENESIS  # the forger rewrites every hash after the edit
+    for row in rows:
+        row["prev_hash"], row["row_hash"] = prev, chain_hash(prev, row)
+        prev = row["row_hash"]
+    assert verify_rows(rows).ok
+    result = verify_rows(rows, anchor=head)
+    assert result.first_bad is not None
+    assert "is not in the chain (rows removed after id 5, or the chain rewritten)" in (
+        result.first_bad.reason
+    )
+    verify = ("broker", "audit-verify", "--audit-db", str(path), "--anchor")
+    for anchor in ("nothex", "g" * 64, head[:-1]):
+        assert broker_cli.cmd_audit_verify(broker_cli_args(*verify, anchor)) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "64 hex digits" in err
+    assert broker_cli.cmd_audit_verify(broker_cli_args(*verify, head.upper())) == 0
+
+
+@needs_postgres
+async def test_postgres_refuses_a_wrong_row_hash_and_an_explicit_id(pg_dsn: str) -> None:
+    """The writer role can no longer append a row whose row_hash is not the hash of its fields
+    (the trigger recomputes it in SQL, the same as chain_hash for every float the broker
+    writes), nor choose the row's id (OVERRIDING SYSTEM VALUE)."""
+    import psycopg
+
+    odd = [0.0, -0.0, 1e-05, 0.0001, 1 / 3, 123.456, 1e15, 2.5e-300, 1764500000.123456]
+    async with pg_audit(pg_dsn) as log:
+        for i, value in enumerate(odd):
+            await log.record(AuditEntry("issued", 200, value, ts=value + i, key_id=f"k{i}"))
+        [last] = await log.rows("id = (SELECT max(id) FROM audit)")
+        fields = {"ts": 1.5, "outcome": "issued", "http_status": 200, "latency_ms": 2.0}
+        good = chain_hash(last["row_hash"], fields)
+        insert = (
+            "INSERT INTO audit {} (ts, outcome, http_status, latency_ms, prev_hash, row_hash"
+            "{}) {} VALUES (1.5, 'issued', 200, 2.0, %s, %s{})"
+        )
+        with pytest.raises(psycopg.errors.RaiseException, match="row_hash"):
+            await log.execute(insert.format("", "", "", ""), (last["row_hash"], "e" * 64))
+        with pytest.raises(psycopg.errors.RaiseException, match="row ids"):
+            await log.execute(
+                insert.format("", ", id", "OVERRIDING SYSTEM VALUE", ", %s"),
+                (last["row_hash"], good, last["id"] + 100),
+            )
+        await log.execute(insert.format("", "", "", ""), (last["row_hash"], good))  # the right one
+        result = await log.verify()
+    assert result.ok and result.rows == len(odd) + 1
+
+
+@needs_postgres
+def test_bad_broker_flags_are_one_line_and_exit_2(
+    pg_server: PostgresServer,
+    pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each bad flag: exit 2 and one line on stderr (libpq's trailing newline, PostgreSQL's
+    DETAIL lines cut); a proxy range of every address needs --allow-any-proxy; a session file
+    that is not a session object is refused at start, not by the upstream later."""
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.chdir(tmp_path)
+    base = ("broker", "--client", f"app-1={hash_secret('s')}", "--audit-db", "a.sqlite3")
+    not_a_session = tmp_path / "clients.json"
+    not_a_session.write_text(json.dumps({"clients": {"app-1": hash_secret("s")}}))
+    bad_runs = [
+        (*base[:3], "--audit-dsn", "host='/tmp/x dbname=f"),
+        (*base[:3], "--audit-dsn", pg_dsn + " PASSWORD=x"),
+        (*base, "--trusted-proxy", "0.0.0.0/0"),
+        (*base, "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::/0"),
+        (*base, "--session-config", str(not_a_session)),
+    ]
+    for argv in bad_runs:
+        assert broker_cli.cmd_broker(broker_cli_args(*argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+    broker = broker_cli.build_broker(
+        broker_cli_args(*base, "--trusted-proxy", "0.0.0.0/0", "--allow-any-proxy")
+    )
+    assert [str(n) for n in broker.config.trusted_proxies] == ["0.0.0.0/0"]
+    # audit-setup as a role without the rights to create the table: one line, exit 2
+    setup = broker_cli_args(
+        "broker", "audit-setup", "--audit-dsn", pg_dsn, "--writer-role", WRITER_ROLE
+    )
+    assert broker_cli.cmd_audit_setup(setup) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "audit-setup" in err, err
+
+
+@needs_redis
+async def test_a_wrong_redis_password_is_reported_as_an_authentication_error(
+    http: aiohttp.ClientSession,
+    peer: RealtimePeer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis refusing the broker's password: 503 as for an outage, but the log line and
+    /healthz say it is authentication, not a Redis that is down."""
+    server = RedisServer(password="the-right-one")
+    server.start()
+    try:
+        limits = RedisLimits(server.url, password="a-wrong-one", timeout=0.5)
+        async with make_broker(peer.base_url, AuditLog(tmp_path / "a.sqlite3"), limits) as b:
+            status, _, body = await post(http, b.token_url)
+            assert status == 503 and body["error"]["code"] == "rate_limits_unavailable"
+            status, _, health = await request(http, b.base_url + "/healthz", method="GET")
+            assert status == 503
+            assert (health["limits"], health["limits_error"]) == ("failing", "authentication")
+    finally:
+        server.close()
+    assert "Redis refused authentication" in caplog.text
+    assert "a-wrong-one" not in caplog.text

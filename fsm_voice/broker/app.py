@@ -46,8 +46,9 @@ non-finite or past -> 502), ``session_id`` is dropped unless identifier-like, ``
 bounded. Upstream slots are shared fairly between clients (:class:`FairSlots`).
 
 Secrets: the API key is only ever put in the upstream ``Authorization`` header. It is not in
-any ``repr``, log line, error, response or audit row; upstream error text is redacted and
-scrubbed of the key before it goes anywhere. Client secrets are stored as SHA-256 digests and
+any ``repr``, log line, error, response or audit row; upstream error text never reaches a
+client (only the upstream's error code, when it is a short identifier sharing nothing with the
+key, under the broker's own message). Client secrets are stored as SHA-256 digests and
 compared in constant time.
 
 Storage: rate limits live behind :class:`~fsm_voice.broker.ratelimit.LimitStore` (in process
@@ -308,6 +309,10 @@ class BrokerConfig:
     upstream_timeout: float = attrs.field(
         default=10.0, validator=_positive_seconds("upstream_timeout")
     )
+    shutdown_grace: float = attrs.field(default=10.0, validator=_positive_seconds("shutdown_grace"))
+    """Seconds in-flight token requests get to finish when the broker stops (SIGTERM); a request
+    still running then is cancelled, and its audit row (``internal_error``, detail
+    ``shutdown``) is written before the audit log closes."""
     max_body_bytes: int = attrs.field(
         default=16 * 1024, validator=_int_in("max_body_bytes", 64, 1 << 24)
     )
@@ -378,6 +383,7 @@ class _Outcome:
 class _RequestState:
     client_addr: str | None
     limits_fail_open: bool = False
+    client_id: str | None = None
 
 
 _STATE: Final = web.RequestKey("fsm_voice_broker", _RequestState)
@@ -453,6 +459,8 @@ class TokenBroker(LocalService):
         self._clock = clock
         self._now = now
         self.header_timeout = config.header_timeout
+        self.shutdown_timeout = config.shutdown_grace
+        self._inflight: set[asyncio.Task[Any]] = set()
         failures = config.auth_failure_rate
         self.auth_failures = failures
         self.auth_failures_by_address = (
@@ -471,6 +479,7 @@ class TokenBroker(LocalService):
         self.last_mint_error: str | None = None
         self.audit_failing = False
         self.limits_failing = False
+        self.limits_error: str | None = None
         self._backlog: collections.deque[AuditEntry] = collections.deque()
         self._backlog_task: asyncio.Task[None] | None = None
         self._backlog_lock = asyncio.Lock()
@@ -537,14 +546,17 @@ class TokenBroker(LocalService):
                 await task
         if self._backlog:
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(5.0):
                     await self.flush_backlog()
-            except Exception as exc:
+            except BaseException as exc:  # even when cancelled: never lost without a word
                 log.error(
-                    "broker: %d audit row(s) of dropped keys never written (%s)",
+                    "broker: %d audit row(s) of dropped keys never written (%s): key ids %s",
                     len(self._backlog),
                     type(exc).__name__,
+                    " ".join(str(e.key_id) for e in self._backlog),
                 )
+                if not isinstance(exc, Exception):
+                    raise
         http, self._http = self._http, None
         self._upstream = None
         if http is not None:
@@ -557,12 +569,21 @@ class TokenBroker(LocalService):
                 await self.limits.close()
 
     async def stop(self) -> None:
+        """Stop listening, let in-flight token requests finish (``shutdown_grace``; then they
+        are cancelled and write their rows), close the stores."""
         runner, self._runner = self._runner, None
         try:
             if runner is not None:
                 await runner.cleanup()
         finally:
             self._bound_port = None
+            if self._inflight:  # cancelled handlers still writing their audit rows
+                await asyncio.wait(set(self._inflight), timeout=self.shutdown_timeout)
+            if self._inflight:
+                log.error(
+                    "broker: %d token request(s) stopped without their audit row",
+                    len(self._inflight),
+                )
             await self._close_resources()
 
 
@@ -588,8 +609,17 @@ class TokenBroker(LocalService):
         """Write the rows of dropped keys now (raises if the audit log still fails)."""
         async with self._backlog_lock:
             while self._backlog:
-                await self.audit.record(self._backlog[0])
-                self._backlog.popleft()
+                batch = list(self._backlog)  # all at once: one group-committed transaction
+                results = await asyncio.gather(
+                    *(self.audit.record(e) for e in batch), return_exceptions=True
+                )
+                for _ in batch:
+                    self._backlog.popleft()
+                failed = [e for e, r in zip(batch, results, strict=True) if not isinstance(r, int)]
+                self._backlog.extendleft(reversed(failed))
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
                 self.audit_failing = False
 
     async def _drain_backlog(self) -> None:
@@ -605,6 +635,17 @@ class TokenBroker(LocalService):
 
     def _scrub(self, text: str) -> str:
         return redact(text.replace(self._api_key, "***"))
+
+    def _upstream_code(self, code: str) -> str:
+        """An upstream error code fit to pass on: a short identifier sharing no 8 characters
+        with the API key (else ``upstream_error``)."""
+        if not re.match(r"^[a-z0-9_]{1,64}$", code):
+            return "upstream_error"
+        key = re.sub(r"[^a-z0-9]", "", self._api_key.lower())
+        bare = code.replace("_", "")
+        if any(bare[i : i + 8] in key for i in range(max(0, len(bare) - 7))):
+            return "upstream_error"
+        return code
 
     def _count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1
@@ -654,6 +695,7 @@ class TokenBroker(LocalService):
             "last_mint_error": self.last_mint_error,
             "audit": "failing" if self.audit_failing else "ok",
             "limits": "failing" if self.limits_failing else "ok",
+            "limits_error": self.limits_error,
             "audit_suppressed": self.counters.get("audit_suppressed", 0),
         }
         return web.json_response(body, status=200 if ok else 503)
@@ -668,12 +710,36 @@ class TokenBroker(LocalService):
                 self.config.forwarded_header,
             )
         )
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            return await self._token_request(request, started, state)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _token_request(
+        self, request: web.Request, started: float, state: _RequestState
+    ) -> web.StreamResponse:
+        cancelled = False
         try:
             result = await self._issue(request)
         except _Refusal as refusal:
             result = refusal.outcome
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError:  # the broker is stopping: the row first, then go
+            cancelled = True
+            result = _Outcome(
+                web.json_response(
+                    _error_body("The broker is shutting down.", type="server_error",
+                                code="shutting_down"),
+                    status=503,
+                ),
+                "internal_error",
+                state.client_id,
+                detail="shutdown",
+                authenticated=True,
+            )
         except Exception as exc:  # a bug: still one answer and one audit row, no detail out
             log.error("broker: unhandled %s while issuing a token", type(exc).__name__)
             result = _Outcome(
@@ -712,6 +778,13 @@ class TokenBroker(LocalService):
             else:
                 await self.audit.record(entry)
                 self.audit_failing = False
+        except asyncio.CancelledError:  # stopping mid-write: the key is not handed out, say so
+            if key is not None:
+                self._unrecorded_key(
+                    attrs.evolve(entry, outcome="internal_error", http_status=503,
+                                 detail="shutdown")
+                )
+            raise
         except Exception as exc:
             log.error("broker: audit write failed (%s)", type(exc).__name__)
             self.audit_failing = True
@@ -744,6 +817,8 @@ class TokenBroker(LocalService):
                 result.outcome,
                 result.client_id,
             )
+        if cancelled:
+            raise asyncio.CancelledError
         return result.response
 
     def _credentials(self, request: web.Request) -> tuple[str, str] | None:
@@ -774,7 +849,7 @@ class TokenBroker(LocalService):
                 headers={"Allow": "POST"},
                 authenticated=False,
             )
-        client_id = await self._authenticate(request)
+        client_id = request[_STATE].client_id = await self._authenticate(request)
         wait = await self._limit(request, "client", client_id, self.config.rate, client_id)
         if wait is not None:
             seconds = max(1, math.ceil(wait))
@@ -818,9 +893,10 @@ class TokenBroker(LocalService):
         try:
             wait = await self.limits.acquire(name, key, policy)
         except LimitsUnavailable as exc:
-            if not self.limits_failing:
-                log.error("broker: rate-limit store unavailable (%s)", exc)
+            if not self.limits_failing or self.limits_error != exc.reason:
+                log.error("broker: rate-limit store failing: %s", exc)
             self.limits_failing = True
+            self.limits_error = exc.reason
             if self.config.limits_fail_open:
                 request[_STATE].limits_fail_open = True
                 return None
@@ -838,6 +914,7 @@ class TokenBroker(LocalService):
         if self.limits_failing:
             log.warning("broker: rate-limit store is back")
         self.limits_failing = False
+        self.limits_error = None
         return wait
 
     async def _authenticate(self, request: web.Request) -> str:
@@ -993,12 +1070,14 @@ class TokenBroker(LocalService):
             retry = self._clamp_retry_after(err.retry_after)
             if retry is not None:
                 headers["Retry-After"] = str(retry)
-            code = err.code if re.match(r"^[a-z0-9_]{1,64}$", err.code) else "upstream_error"
+            code = self._upstream_code(err.code)
             self.last_mint_error = code
+            # never the upstream's text: it can quote the API key in forms no scrubber knows
+            # (cut, re-encoded, re-cased); only its code, vetted, and our own words
             raise _refuse(
                 502,
                 "upstream_error",
-                self._scrub(f"Upstream client_secrets request failed: {err.message}"),
+                f"The upstream refused to mint a client secret ({code}).",
                 type="upstream_error",
                 code=code,
                 client_id=client_id,

@@ -45,7 +45,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from fsm_voice.errors import FsmVoiceError
+from fsm_voice.errors import ConfigError, FsmVoiceError
 
 __all__ = [
     "GENESIS",
@@ -131,6 +131,7 @@ _COLUMNS: Final = (
     "detail",
 )
 _TOKEN: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_HASH: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def _token_or_none(value: str | None) -> str | None:
@@ -229,6 +230,10 @@ class ChainVerifier:
     contain it, else rows were cut off the end (what a chain alone cannot show)."""
 
     def __init__(self, anchor: str | None = None) -> None:
+        if anchor is not None:
+            if not _HASH.match(anchor):
+                raise ConfigError.invalid("anchor", anchor[:80], "a head hash: 64 hex digits")
+            anchor = anchor.lower()
         self._prev = GENESIS
         self._count = 0
         self._last_id: int | None = None
@@ -241,11 +246,18 @@ class ChainVerifier:
             return False
         row_id = int(row["id"])
         if row.get("prev_hash") != self._prev:
-            self.first_bad = ChainBreak(
-                row_id,
-                "prev_hash is not the previous row's hash (a row before it was removed, "
-                "inserted or changed)",
-            )
+            if self._last_id is None:
+                reason = (
+                    f"row {row_id}'s prev_hash is not the genesis hash (rows before it were "
+                    "removed, or the link was changed)"
+                )
+            else:
+                reason = (
+                    f"row {row_id}'s prev_hash does not match the previous row {self._last_id} "
+                    f"(row {self._last_id} or the link was changed, or rows between them were "
+                    "removed)"
+                )
+            self.first_bad = ChainBreak(row_id, reason)
             return False
         if row.get("row_hash") != chain_hash(self._prev, row):
             self.first_bad = ChainBreak(
@@ -261,8 +273,8 @@ class ChainVerifier:
         if bad is None and not self._anchor_seen:
             bad = ChainBreak(
                 (self._last_id or 0) + 1,
-                f"no row has the anchored head hash {self._anchor}: rows after id "
-                f"{self._last_id or 0} were removed",
+                f"the anchored head {self._anchor} is not in the chain (rows removed after id "
+                f"{self._last_id or 0}, or the chain rewritten)",
             )
         return VerifyResult(self._count, self._last_id, self._prev, bad)
 

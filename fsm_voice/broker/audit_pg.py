@@ -8,13 +8,18 @@ Append-only is the database's job, twice over:
   :func:`install_schema` (``fsm-voice broker audit-setup``);
 * triggers refuse ``UPDATE``, ``DELETE`` and ``TRUNCATE`` from anyone, and refuse an ``INSERT``
   whose ``prev_hash`` is not the last row's hash (the trigger takes the chain's advisory lock,
-  so concurrent writers on several replicas append one after another).
+  so concurrent writers on several replicas append one after another), whose ``row_hash`` is
+  not the hash of its own fields (recomputed in SQL, :func:`~fsm_voice.broker.audit.chain_hash`),
+  or whose id was not drawn from the table's sequence (``OVERRIDING SYSTEM VALUE``). Re-run
+  ``audit-setup`` on a table set up by an older version to get the last two.
 
 The owner (or a superuser) can still disable triggers and edit rows: that is what
 :func:`verify` (``fsm-voice broker audit-verify``) finds, at the first changed row.
 
-One connection per broker writes with group commit; when it breaks (the server restarted), the
-batch in flight fails (its requests get no key) and the next batch reconnects.
+One connection per broker writes with group commit; when a batch fails for any reason (the
+server restarted, the backend was terminated mid-pipeline, the server froze past
+``write_timeout``) the connection is dropped, never reused, the batch in flight fails (its
+requests get no key) and the next batch reconnects.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final
 
-from fsm_voice.errors import ConfigError
+from fsm_voice.errors import ConfigError, FsmVoiceError
 
 from .audit import (
     _COLUMNS,
@@ -39,7 +44,9 @@ from .audit import (
 )
 from .audit import _chain as chain_rows
 
-__all__ = ["CHAIN_LOCK", "PostgresAuditLog", "install_schema", "safe_dsn", "verify_postgres"]
+__all__ = [
+    "CHAIN_LOCK",
+    "AuditWriteTimeout", "PostgresAuditLog", "install_schema", "safe_dsn", "verify_postgres"]
 
 CHAIN_LOCK: Final = 0x66736D5F61756474  # pg_advisory_xact_lock key of the chain ("fsm_audt")
 _ROLE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -63,6 +70,29 @@ CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'audit log is append-only: % refused', TG_OP;
 END $$;
+CREATE OR REPLACE FUNCTION audit_json_float(v DOUBLE PRECISION) RETURNS TEXT
+LANGUAGE sql IMMUTABLE SET extra_float_digits = 1 AS $$
+    -- a float as Python's json.dumps writes it (shortest round-trip; integral values get ".0")
+    SELECT CASE
+        WHEN v IS NULL THEN 'null'
+        WHEN v::text = '-0' THEN '-0.0'
+        WHEN v = trunc(v) AND abs(v) < 1e16 THEN trunc(v)::bigint::text || '.0'
+        ELSE v::text
+    END
+$$;
+CREATE OR REPLACE FUNCTION audit_json_text(v TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN v IS NULL THEN 'null' ELSE to_json(v)::text END
+$$;
+CREATE OR REPLACE FUNCTION audit_row_hash(r audit) RETURNS TEXT LANGUAGE sql STABLE AS $$
+    -- fsm_voice.broker.audit.chain_hash: sha256 of the canonical JSON of the row
+    SELECT encode(sha256(convert_to(
+        '[' || audit_json_text(r.prev_hash) || ',' || audit_json_float(r.ts) || ','
+        || audit_json_text(r.client_id) || ',' || audit_json_text(r.remote_addr) || ','
+        || audit_json_text(r.outcome) || ','
+        || COALESCE(r.http_status::text, 'null') || ',' || audit_json_float(r.latency_ms) || ','
+        || audit_json_text(r.session_id) || ',' || audit_json_text(r.key_id) || ','
+        || audit_json_text(r.detail) || ']', 'UTF8')), 'hex')
+$$;
 CREATE OR REPLACE FUNCTION audit_link() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     last_id BIGINT;
@@ -76,6 +106,27 @@ BEGIN
     IF last_id IS NOT NULL AND NEW.id <= last_id THEN
         RAISE EXCEPTION 'audit log is append-only: only new rows at the end';
     END IF;
+    IF NEW.row_hash IS DISTINCT FROM audit_row_hash(NEW) THEN
+        RAISE EXCEPTION 'audit log is append-only: row_hash must be the hash of the row';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION audit_own_id() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    given BIGINT;
+BEGIN
+    -- an id from the identity sequence was just drawn in this session; OVERRIDING SYSTEM
+    -- VALUE draws none (currval as the owner: the writer has no rights on the sequence)
+    BEGIN
+        given := currval(pg_get_serial_sequence(
+            quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME), 'id'));
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        given := NULL;
+    END;
+    IF NEW.id IS DISTINCT FROM given THEN
+        RAISE EXCEPTION 'audit log is append-only: row ids are assigned by the log';
+    END IF;
     RETURN NEW;
 END $$;
 DROP TRIGGER IF EXISTS audit_no_change ON audit;
@@ -87,6 +138,10 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
 DROP TRIGGER IF EXISTS audit_chain_link ON audit;
 CREATE TRIGGER audit_chain_link BEFORE INSERT ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_link();
+DROP TRIGGER IF EXISTS audit_id_own ON audit;
+CREATE TRIGGER audit_id_own BEFORE INSERT ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_own_id();
+REVOKE ALL ON FUNCTION audit_own_id() FROM PUBLIC;
 REVOKE ALL ON audit FROM PUBLIC;
 """
 
@@ -108,7 +163,8 @@ def safe_dsn(dsn: str) -> str:
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError.invalid("audit DSN", "<redacted>", f"a libpq DSN ({exc})") from None
+        reason = " ".join(str(exc).split())  # libpq's message ends in a newline: one line
+        raise ConfigError.invalid("audit DSN", "<redacted>", f"a libpq DSN ({reason})") from None
     if params.get("password"):
         raise ConfigError.invalid(
             "audit DSN", "<redacted>", "a DSN without a password (use PGPASSWORD or ~/.pgpass)"
@@ -153,12 +209,18 @@ async def verify_postgres(dsn: str, anchor: str | None = None) -> VerifyResult:
     return verifier.result()
 
 
+class AuditWriteTimeout(FsmVoiceError, TimeoutError):
+    """An audit write did not finish within ``write_timeout`` (the server is stuck)."""
+
+
 class PostgresAuditLog(GroupCommitLog):
     """The audit table in PostgreSQL at ``dsn`` (a libpq DSN or URL without a password; the
     role should be the writer role of :func:`install_schema`). The table must exist.
 
     ``connect_timeout``: seconds to wait for a (re)connection before the batch fails;
-    ``write_timeout``: seconds a statement (or the wait for the chain lock) may take.
+    ``write_timeout``: seconds a batch may take (the server's statement and lock timeouts, and
+    the client's own bound when the server does not answer at all: the batch fails with
+    :class:`AuditWriteTimeout` and its connection is dropped).
     """
 
     def __init__(
@@ -167,6 +229,8 @@ class PostgresAuditLog(GroupCommitLog):
         super().__init__()
         self.dsn = safe_dsn(dsn)
         self.connect_timeout = connect_timeout
+        self.write_timeout = write_timeout
+        self._discarded: set[asyncio.Task[None]] = set()
         self._timeout_ms = max(1, round(write_timeout * 1000))
         self._conn: Any = None
         self._lock = asyncio.Lock()
@@ -188,50 +252,93 @@ class PostgresAuditLog(GroupCommitLog):
         if conn is None or conn.closed or conn.broken:
             self._conn = None
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()
+                self._discard(conn)
             psycopg = _psycopg()
-            conn = await psycopg.AsyncConnection.connect(
-                self.dsn,
-                autocommit=True,
-                connect_timeout=max(1, round(self.connect_timeout)),
-                # a stuck server or a replica holding the chain lock fails the batch, not hangs it
-                options=(
-                    f"-c statement_timeout={self._timeout_ms} -c lock_timeout={self._timeout_ms}"
-                ),
-            )
+            # libpq's connect_timeout is whole seconds and psycopg's own wait is not bounded by
+            # a frozen server that accepted the socket: the client bounds it too
+            async with asyncio.timeout(self.connect_timeout):
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self.connect_timeout)),
+                    # a stuck server or a replica holding the chain lock fails the batch
+                    options=(
+                        f"-c statement_timeout={self._timeout_ms} "
+                        f"-c lock_timeout={self._timeout_ms}"
+                    ),
+                )
             self._conn = conn
         return conn
 
-    async def _write_batch(self, entries: Sequence[AuditEntry]) -> list[int]:
+    def _discard(self, conn: Any, job: asyncio.Task[Any] | None = None) -> None:
+        """Drop a connection that failed or timed out (never reused: it may be mid-pipeline or
+        mid-transaction; the server rolls back what was not committed). With ``job`` still
+        running on it (a frozen server), it is closed once that job ends."""
+        if self._conn is conn:
+            self._conn = None
+
+        async def close() -> None:
+            if job is not None:
+                with contextlib.suppress(BaseException):
+                    await job
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+        task = asyncio.get_running_loop().create_task(close(), name="audit-pg-discard")
+        self._discarded.add(task)
+        task.add_done_callback(self._discarded.discard)
+
+    async def _insert(
+        self, conn: Any, entries: Sequence[AuditEntry], sent: list[bool]
+    ) -> list[int]:
+        """One transaction (explicit statements: no context manager that would wait on a
+        frozen server to roll back); ``sent[0]`` is set once a row went to the server."""
         columns = (*_COLUMNS, "prev_hash", "row_hash")
         sql = (
             f"INSERT INTO audit ({', '.join(columns)}) VALUES "
             f"({', '.join(['%s'] * len(columns))}) RETURNING id"
         )
-        async with self._lock:
-            conn = await self._db_connection()
-            try:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-                    cur = await conn.execute(
-                        "SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1"
-                    )
-                    last = await cur.fetchone()
-                    rows = chain_rows(last[0] if last else GENESIS, entries)
-                    ids: list[int] = []
-                    cur = conn.cursor()
-                    await cur.executemany(sql, rows, returning=True)  # one pipelined round trip
-                    while True:
-                        got = await cur.fetchone()
-                        ids.append(int(got[0]))
-                        if not cur.nextset():
-                            break
-            except Exception:
-                if conn.broken:
-                    self._conn = None
-                raise
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+        cur = await conn.execute("SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1")
+        last = await cur.fetchone()
+        rows = chain_rows(last[0] if last else GENESIS, entries)
+        ids: list[int] = []
+        cur = conn.cursor()
+        sent[0] = True
+        await cur.executemany(sql, rows, returning=True)  # one pipelined round trip
+        while True:
+            got = await cur.fetchone()
+            ids.append(int(got[0]))
+            if not cur.nextset():
+                break
+        await conn.execute("COMMIT")
         return ids
+
+    async def _write_batch(self, entries: Sequence[AuditEntry]) -> list[int]:
+        psycopg = _psycopg()
+        async with self._lock:
+            for attempt in (1, 2):
+                conn = await self._db_connection()
+                sent = [False]
+                job = asyncio.get_running_loop().create_task(self._insert(conn, entries, sent))
+                done, _ = await asyncio.wait({job}, timeout=self.write_timeout)
+                if job not in done:  # a frozen server: give up on it, the batch fails
+                    job.cancel()
+                    self._discard(conn, job)
+                    raise AuditWriteTimeout(
+                        f"the audit write took over {self.write_timeout:g} s"
+                    )
+                try:
+                    return job.result()
+                except Exception as exc:
+                    self._discard(conn)  # whatever failed, never reuse the connection
+                    # a connection killed while idle fails before any row was sent: nothing
+                    # can have been committed, so one retry on a new connection is safe
+                    if attempt == 1 and not sent[0] and isinstance(exc, psycopg.OperationalError):
+                        continue
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def open(self) -> None:
         """Connect and check the table is there (raises when the server cannot be reached)."""
@@ -252,6 +359,8 @@ class PostgresAuditLog(GroupCommitLog):
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
+        if self._discarded:  # connections still stuck on a frozen server: bounded wait
+            await asyncio.wait(set(self._discarded), timeout=self.connect_timeout)
 
     async def rows(self, where: str = "", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts, oldest first (``where``: an optional SQL condition with ``%s``)."""

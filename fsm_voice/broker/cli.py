@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -44,7 +45,21 @@ from .ratelimit import LimitStore, RatePolicy
 
 __all__ = ["add_parsers", "build_broker", "cmd_audit_setup", "cmd_audit_verify", "cmd_broker"]
 
+log = logging.getLogger(__name__)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# the top-level fields of a Realtime session object (client_secrets' ``session``)
+_SESSION_FIELDS = frozenset(
+    {
+        "type", "model", "instructions", "audio", "output_modalities", "tools", "tool_choice",
+        "tracing", "truncation", "prompt", "include", "max_output_tokens",
+    }
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (database errors add DETAIL/HINT lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -106,6 +121,12 @@ def add_parsers(subparsers: Any) -> None:
         default=[],
         metavar="CIDR",
         help="a reverse proxy whose forwarding header names the client (repeatable)",
+    )
+    b.add_argument(
+        "--allow-any-proxy",
+        action="store_true",
+        help="accept a --trusted-proxy that covers every address (0.0.0.0/0, ::/0): only when "
+        "no client can reach the broker except through the proxies",
     )
     b.add_argument(
         "--forwarded-header",
@@ -195,6 +216,13 @@ def _session_config(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"cannot read --session-config: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError.invalid("--session-config", args.session_config, "a JSON object")
+        unknown = sorted(str(k) for k in loaded if k not in _SESSION_FIELDS)
+        if unknown:
+            raise ConfigError.invalid(
+                "--session-config",
+                args.session_config,
+                f"a Realtime session object (unknown field(s) {', '.join(unknown)[:200]})",
+            )
         session.update(loaded)
     if args.model:
         session["model"] = args.model
@@ -259,6 +287,20 @@ def build_broker(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         audit = PostgresAuditLog(args.audit_dsn)
     else:
         audit = args.audit_db or "broker-audit.sqlite3"
+    for cidr in args.trusted_proxy:
+        try:
+            everyone = ipaddress.ip_network(str(cidr).strip(), strict=False).prefixlen == 0
+        except ValueError:
+            continue  # BrokerConfig names it
+        if everyone and not args.allow_any_proxy:
+            raise ConfigError.invalid(
+                "--trusted-proxy",
+                cidr,
+                "proxies, not every address (any client could claim any address); pass "
+                "--allow-any-proxy if clients reach the broker only through proxies",
+            )
+        if everyone:
+            log.warning("broker: every address is a trusted proxy (--allow-any-proxy)")
     config = BrokerConfig(
         upstream_base=args.upstream,
         session_config=_session_config(args),
@@ -327,7 +369,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     except Exception as exc:  # PostgreSQL audit store unreachable at start: one line
         if not type(exc).__module__.startswith("psycopg"):
             raise
-        print(f"fsm-voice broker: cannot open the PostgreSQL audit log: {exc}",
+        print(f"fsm-voice broker: cannot open the PostgreSQL audit log: {_one_line(exc)}",
               file=sys.stderr)
         return EXIT_FAILED
 
@@ -345,7 +387,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         else:
             result = verify_sqlite(args.audit_db, args.anchor)
     except Exception as exc:  # sqlite3 / psycopg errors, ConfigError
-        print(f"fsm-voice broker audit-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fsm-voice broker audit-verify: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(result.describe(), flush=True)
     return 0 if result.ok else 1
@@ -358,7 +400,7 @@ def cmd_audit_setup(args: argparse.Namespace) -> int:
     try:
         asyncio.run(install_schema(safe_dsn(args.audit_dsn), args.writer_role))
     except Exception as exc:
-        print(f"fsm-voice broker audit-setup: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fsm-voice broker audit-setup: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(f"audit table ready; role {args.writer_role} may SELECT and INSERT only", flush=True)
     return 0

@@ -210,7 +210,12 @@ class FairSlots:
 
 class LimitsUnavailable(Exception):
     """The rate-limit store cannot answer (e.g. Redis unreachable). The broker fails closed on
-    it (503 + ``Retry-After``) unless configured to fail open."""
+    it (503 + ``Retry-After``) unless configured to fail open. ``reason``: ``"unavailable"``,
+    or ``"authentication"`` when the store refused the broker's credentials."""
+
+    def __init__(self, message: str, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class LimitStore(Protocol):

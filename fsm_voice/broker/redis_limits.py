@@ -78,6 +78,21 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
+def _unavailable(exc: Exception) -> LimitsUnavailable:
+    """A Redis failure as :class:`LimitsUnavailable`; a refused password says so."""
+    from redis.exceptions import AuthenticationError
+
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or any(
+        m in text for m in ("WRONGPASS", "NOAUTH", "invalid username-password", "Authentication")
+    ):
+        return LimitsUnavailable(
+            "Redis refused authentication (check the password in --redis-password-env)",
+            reason="authentication",
+        )
+    return LimitsUnavailable(f"Redis unavailable ({type(exc).__name__})")
+
+
 def _check_url(url: str) -> str:
     """A ``redis://``, ``rediss://`` or ``unix://`` URL without a password (pass that through
     ``password``, read from the environment: a URL ends up in logs and process lists)."""
@@ -169,7 +184,7 @@ class RedisLimits:
         try:
             return await self._scripts[script](keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise LimitsUnavailable(f"Redis unavailable ({type(exc).__name__})") from None
+            raise _unavailable(exc) from None
 
     async def acquire(
         self, name: str, key: str, policy: RatePolicy, cost: float = 1.0
@@ -197,7 +212,7 @@ class RedisLimits:
         try:
             await self._client.zrem(f"{self.prefix}sess:{client}", lease)
         except (RedisError, OSError) as exc:
-            raise LimitsUnavailable(f"Redis unavailable ({type(exc).__name__})") from None
+            raise _unavailable(exc) from None
 
     async def sessions(self, client: str) -> int:
         return int(await self._run("count", [f"{self.prefix}sess:{client}"], []))
