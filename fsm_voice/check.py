@@ -236,6 +236,8 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-TRANSPORT-1": "no transport is opened while another is open",
     "INV-TRANSPORT-2": "no transport is open in `idle`, `error`, `backoff`",
     "INV-TRANSPORT-3": "the working and connecting states have an open transport",
+    "INV-TRANSPORT-4": "a transport is set up in the state of its reason: start in `connecting`, "
+                       "restart in `restarting`, reconnect in `reconnecting`",
     "INV-FATAL-1": "a fatal event leads to `error` and opens nothing",
     "INV-STOP-1": "`stop` leads to `idle`, no timer armed, transport closed",
     "INV-START-1": "`start` emits `NewConversation` then `OpenTransport(start)`, resets the "
@@ -399,6 +401,10 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
     if ev != "start" and dst == "connecting" and (src != "connecting" or opens or closes):
         p.append(("INV-START-1", f"{ev} entered connecting"))
     reports = [e for e in effects if isinstance(e, ReportError)]
+    where = {OpenReason.START: "connecting", OpenReason.RESTART: "restarting",
+             OpenReason.RECONNECT: "reconnecting"}
+    if any(where[o.reason] != dst for o in opens):
+        p.append(("INV-TRANSPORT-4", f"{[str(o.reason) for o in opens]} set up in {dst}"))
     timer = STATE[src].timer
     if src == dst and not opens and not closes and timer is not None and any(
             isinstance(e, ArmTimer | CancelTimer) and e.timer is timer for e in effects):
@@ -807,7 +813,7 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-ICE-2": ("INV-DAMP-1", "INV-TRANSPORT-1"),
     "SPEC-ICE-3": ("INV-TIMER-1", "reconnecting_ends"),
     "SPEC-ICE-4": ("INV-ICE-4",),
-    "SPEC-CONNECT-1": ("INV-UP-1", "INV-TIMER-1"),
+    "SPEC-CONNECT-1": ("INV-UP-1", "INV-TIMER-1", "INV-TRANSPORT-4"),
     "SPEC-STOP-1": ("INV-STOP-1", "stop_reaches_idle"),
     "SPEC-START-1": ("INV-START-1",),
     "SPEC-UP-1": ("INV-UP-1",),

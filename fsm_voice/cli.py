@@ -257,12 +257,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _cmd_mutate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fsm_voice.mutants import NAMED, operator_mutants, run
+    from fsm_voice.mutants import NAMED, operator_mutants, render_report, run
 
     console = Console()
 
     named = run(list(NAMED.values()), workers=args.workers)
     ops = run(list(operator_mutants()), workers=args.workers)
+    if args.report:
+        Path(args.report).write_text(render_report(named, ops))
+        console.print(f"wrote {args.report}")
     for title, verdicts in (("named mutants", named), ("operator mutants", ops)):
         killed = sum(v.outcome == "killed" for v in verdicts)
         equivalent = [v for v in verdicts if v.outcome == "equivalent"]
@@ -315,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mutate", action="store_true",
                    help="mutation testing: run every mutant with check as the oracle")
     c.add_argument("--workers", type=count, default=2, help="processes for --mutate")
+    c.add_argument("--report", help="with --mutate: write the kill table here "
+                   "(specs/mutation.md)")
     c.add_argument("--spec", help="path to specs/connection.md (default: found from cwd)")
     c.add_argument("--no-spin", dest="spin", action="store_false", help="skip the spin model check")
     c.add_argument("--show", type=count, default=3, help="violations to print (default 3)")

@@ -68,7 +68,8 @@ class StateDecl:
 
 
 _NOT_GRACE = (SET("resume", "active"),)
-_CONNECTING_ENTRY = (SET("media_up", False), SET("channel_up", False), *_NOT_GRACE)
+_CONNECTING_ENTRY = (SET("media_up", False), SET("channel_up", False), SET("rollover", "off"),
+                     *_NOT_GRACE)
 
 STATES: Final[tuple[StateDecl, ...]] = (
     StateDecl("idle", Status.IDLE, None, False, "no session; nothing open, nothing armed",
@@ -86,7 +87,8 @@ STATES: Final[tuple[StateDecl, ...]] = (
     StateDecl("restarting", Status.RECONNECTING, Timer.RESTART_TIMEOUT, True,
               "transport restart: new peer connection, same session", _CONNECTING_ENTRY),
     StateDecl("backoff", Status.RECONNECTING, Timer.BACKOFF, False,
-              "waiting before the next reconnect attempt; no transport open", _NOT_GRACE),
+              "waiting before the next reconnect attempt; no transport open",
+              (SET("rollover", "off"), *_NOT_GRACE)),
     StateDecl("reconnecting", Status.RECONNECTING, Timer.CONNECT_TIMEOUT, True,
               "a reconnect attempt in progress", _CONNECTING_ENTRY),
     StateDecl("error", Status.ERROR, None, False, "given up; nothing open",
@@ -223,18 +225,23 @@ class Row:
 
 
 # -- effect building blocks ----------------------------------------------------------------------
-def _close(source: str, fired: Timer | None = None) -> tuple[Eff, ...]:
+def _close(source: str, fired: Timer | None = None,
+           episode: bool | None = None) -> tuple[Eff, ...]:
     """Close the transport of ``source`` and cancel the timers that belong to it (but not
-    ``fired``, the timer whose expiry is the event)."""
+    ``fired``, the timer whose expiry is the event). ``episode``: whether the row's guard
+    already decides that an episode is open (then ``session_stable`` is armed) or not."""
     out = [Eff("close")]
-    if source in WORKING:
-        out.append(Eff("cancel", timer=Timer.STABLE, when=flag("episode")))
+    if source in WORKING and episode is not False:
+        out.append(Eff("cancel", timer=Timer.STABLE,
+                       when=None if episode else flag("episode")))
     if fired is not Timer.ROLLOVER:
         out.append(Eff("cancel", timer=Timer.ROLLOVER, when=is_("rollover", "armed")))
     return tuple(out)
 
 
-_CLOSED: Final = (SET("rollover", "off"),)
+_CLOSED: Final[tuple[Update, ...]] = ()
+"""Updates of a row that closes the transport: none (every state entered then resets
+``rollover`` on entry)."""
 
 
 def _report(code: str = "", severity: str = "") -> Eff:
@@ -248,7 +255,7 @@ RETRY_AFTER_EVENTS: Final = frozenset({"signaling_failed", "server_error"})
 def _fail(source: str, event: str, pre: tuple[Pred, ...] = (),
           report: tuple[Eff, ...] = ()) -> Iterator[Row]:
     """A failed attempt (or a failure inside an open episode): back off and count, or give up."""
-    close = _close(source)
+    close = _close(source, episode=True if flag("episode") in pre else None)
     if event in RETRY_AFTER_EVENTS:
         yield Row(source, event, "error", (*pre, RA_TOO_LONG), _CLOSED,
                   (*close, _report("retry_after_too_long", "fatal")), label="retry_after_too_long")
@@ -259,10 +266,12 @@ def _fail(source: str, event: str, pre: tuple[Pred, ...] = (),
 
 
 def _restart(source: str, event: str, guard: tuple[Pred, ...] = (),
-             report: tuple[Eff, ...] = (), label: str = "restart") -> Row:
+             report: tuple[Eff, ...] = (), label: str = "restart",
+             episode: bool | None = None) -> Row:
     fired = Timer.ROLLOVER if event == Timer.ROLLOVER.value else None
     return Row(source, event, "restarting", guard, (*_CLOSED, SET("episode", True)),
-               (*_close(source, fired), *report, Eff("open", OpenReason.RESTART)), label=label)
+               (*_close(source, fired, episode), *report, Eff("open", OpenReason.RESTART)),
+               label=label)
 
 
 def _damped(source: str, event: str, pre: tuple[Pred, ...] = (),
@@ -270,7 +279,7 @@ def _damped(source: str, event: str, pre: tuple[Pred, ...] = (),
     """A working connection failed: inside an open episode it counts as a failed attempt
     (flap damping), otherwise the transport restarts at once."""
     yield from _fail(source, event, (*pre, flag("episode")), report)
-    yield _restart(source, event, pre, report)
+    yield _restart(source, event, pre, report, episode=False)
 
 
 def _fatal(source: str, event: str) -> Row:
@@ -392,11 +401,12 @@ def _build() -> tuple[Row, ...]:
             rows.extend(r for r in _fail(s, "server_error", (*rec, flag("episode")),
                                          (_report(),)) if r.label != "retry_after_too_long")
             add(Row(s, "server_error", "backoff", (*rec, RA_SET, CAN_RETRY),
-                    (*_CLOSED, SET("episode", True)), (*_close(s), _report()),
+                    (*_CLOSED, SET("episode", True)), (*_close(s, episode=False), _report()),
                     label="back_off"))
             add(Row(s, "server_error", "error", (*rec, RA_SET), _CLOSED,
-                    (*_close(s), _report("retries_exhausted", "fatal")), label="give_up"))
-            add(_restart(s, "server_error", rec, (_report(),)))
+                    (*_close(s, episode=False), _report("retries_exhausted", "fatal")),
+                    label="give_up"))
+            add(_restart(s, "server_error", rec, (_report(),), episode=False))
             add(Row(s, "server_error", s, (), (), (_report(),), internal=True,
                     label="report_nonfatal"))
             rows.extend(_session_info(s))
