@@ -175,6 +175,8 @@ def serve(name: str, serve_forever: Callable[[Callable[[str], None]], Awaitable[
 
 def _find_spec(explicit: str | None) -> Path | None:
     if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError.invalid("--spec", explicit, "an existing specs/connection.md")
         return Path(explicit)
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         p = base / "specs" / "connection.md"
@@ -186,6 +188,7 @@ def _find_spec(explicit: str | None) -> Path | None:
 def cmd_check(args: argparse.Namespace) -> int:
     if args.mutate:
         return _cmd_mutate(args)
+    spec = _find_spec(args.spec)  # a bad --spec is a usage error (2), before the slow part
     import attrs
     from rich.console import Console
     from rich.table import Table
@@ -224,7 +227,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     if dead:
         ok = False
         console.print(f"[red]rows never taken:[/] {[(r.source, r.event, r.label) for r in dead]}")
-    spec = _find_spec(args.spec)
     if spec is not None and not args.planted:
         try:
             text = spec.read_text()
@@ -278,22 +280,34 @@ def _cmd_mutate(args: argparse.Namespace) -> int:
     return 0 if all(v.outcome != "survived" for v in (*named, *ops)) else 1
 
 
+_PROJECT_MARKERS = ("pyproject.toml", "specs/connection.md")
+"""Files that make a directory an fsm_voice project root (``diagram`` writes only there)."""
+
+
 def cmd_diagram(args: argparse.Namespace) -> int:
     from fsm_voice.diagrams import generated
 
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError.invalid("--root", args.root, "an existing directory")
+    missing = [m for m in _PROJECT_MARKERS if not (root / m).is_file()]
+    if missing:
+        raise ConfigError(f"--root={args.root!r} is not a project root (no "
+                          f"{' / '.join(missing)}); run it in a checkout or pass --root")
     stale = []
-    for rel, text in generated(root).items():
-        path = root / rel
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(rel)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
+    try:
+        for rel, text in generated(root).items():
+            path = root / rel
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    stale.append(rel)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(f"wrote {path}")
+    except OSError as exc:  # read-only, a file where a directory goes, /proc, ...
+        raise ConfigError(f"cannot write under --root={args.root!r}: "
+                          f"{exc.strerror or exc}: {exc.filename}") from None
     if stale:
         print(f"out of date: {', '.join(stale)}; run `fsm-voice diagram`", file=sys.stderr)
         return EXIT_FAILED

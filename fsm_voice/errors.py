@@ -51,6 +51,8 @@ from typing import Any, Final
 
 import attrs
 
+from fsm_voice._text import printable
+
 __all__ = [
     "HTTP_STATUS_TABLE",
     "SERVER_ERROR_TABLE",
@@ -577,6 +579,16 @@ def classify_exception(exc: BaseException) -> VoiceError:
     if isinstance(exc, FileNotFoundError):
         return make(Severity.FATAL, "file_not_found", ErrorSource.MEDIA)
 
+    garbled = _optional_types("aiohttp.http_exceptions", "HttpProcessingError")
+    garbled += _optional_types("aiohttp", "ClientPayloadError")
+    if garbled and (isinstance(exc, garbled) or isinstance(exc.__cause__, garbled)):
+        # A response aiohttp could not parse (aiohttp reports it as a 400 ClientResponseError
+        # caused by its parser's HttpProcessingError): the path, not the request, is at fault.
+        lines = (ln.strip() for ln in getattr(exc, "message", text).splitlines())
+        detail = " ".join(ln for ln in lines if ln and ln != "^")
+        return VoiceError(Severity.TRANSIENT, "bad_response",
+                          printable(f"unreadable HTTP response: {detail}", limit=300),
+                          ErrorSource.NETWORK)
     response_error = _optional_types("aiohttp", "ClientResponseError")
     if response_error and isinstance(exc, response_error):
         status = getattr(exc, "status", 0)
