@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import math
@@ -126,8 +127,11 @@ class SignalStop:
         self._received(signum)
 
     def _received(self, signum: int) -> None:
+        global _STOPPED_BY
         if self.signum is None:
             self.signum = signum
+            if signum in self.SIGNALS:  # not request(SIGPIPE)
+                _STOPPED_BY = _STOPPED_BY or signum
             self.scope.cancel()
 
     def __enter__(self) -> Self:
@@ -140,18 +144,38 @@ class SignalStop:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         loop = asyncio.get_running_loop()
-        for sig, previous in self._previous.items():
-            loop.remove_signal_handler(sig)
-            if previous is not None:  # None: installed from C, not restorable from Python
-                signal.signal(sig, previous)
+        # Blocked while the handlers change hands: asyncio's removal installs SIG_DFL for a
+        # moment, and after a stop signal a later one must not kill the clean-up.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            for sig, previous in self._previous.items():
+                loop.remove_signal_handler(sig)
+                if self.signum in self.SIGNALS:  # absorb the rest until the process ends
+                    signal.signal(sig, _absorb)
+                elif previous is not None:  # None: installed from C, not restorable
+                    signal.signal(sig, previous)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class _Terminated(BaseException):
     """SIGTERM outside an event loop (start-up, argument parsing)."""
 
 
+_STOPPED_BY: int | None = None
+"""The first SIGINT/SIGTERM that stopped this process (its exit code follows it)."""
+
+
+def _absorb(signum: int, frame: FrameType | None) -> None:
+    """A stop signal after the first one: ignored, so the clean-up runs to its end."""
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
+    global _STOPPED_BY
+    if _STOPPED_BY is None:
+        _STOPPED_BY = signum
+        signal.signal(signal.SIGINT, _absorb)  # the clean-up of this stop is not interrupted
+        raise _Terminated
 
 
 def serve(name: str, serve_forever: Callable[[Callable[[str], None]], Awaitable[None]],
@@ -373,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(format=f"{command}: %(levelname)s: %(name)s: %(message)s")
         return int(args.func(args))
     except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+        _stopping(signal.SIGINT)
+        return 128 + (_STOPPED_BY or signal.SIGINT)
     except _Terminated:
         return 128 + signal.SIGTERM
     except FsmVoiceError as exc:
@@ -389,8 +414,23 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if previous is not None:
+        if _STOPPED_BY is not None:
+            # Python resets its own handlers to SIG_DFL while the interpreter shuts down (a
+            # later signal would kill it then); an ignored signal stays ignored.
+            with contextlib.suppress(ValueError):
+                for sig in SignalStop.SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
+        elif previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _stopping(signum: int) -> None:
+    """Record ``signum`` as the first stop signal (if none came) and absorb later ones."""
+    global _STOPPED_BY
+    _STOPPED_BY = _STOPPED_BY or signum
+    with contextlib.suppress(ValueError):  # not the main thread
+        for sig in SignalStop.SIGNALS:
+            signal.signal(sig, _absorb)
 
 
 if __name__ == "__main__":
