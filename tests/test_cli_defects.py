@@ -16,6 +16,7 @@ import pytest
 from tests.test_cli import (
     ROOT,
     TOKEN,
+    _broker_env,
     anyio_backend,
     connect,
     control,
@@ -210,8 +211,6 @@ PAIRS = [(signal.SIGTERM, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT),
 async def test_servers_absorb_later_signals(
     command: str, pair: tuple[signal.Signals, signal.Signals], tmp_path: Path
 ) -> None:
-    from tests.test_cli import _broker_env
-
     argv, env = _broker_env(tmp_path) if command == "broker" else (["peer", "--port", "0"], {})
     proc = await start(*argv, env=env)
     await lines_until(proc, lambda s: "listening on" in s)
@@ -241,3 +240,26 @@ async def test_connect_exit_follows_the_first_signal(
     calls = (await control(peer, "calls"))["calls"]
     assert [c["close_reason"] for c in calls] == ["hangup"]
 
+
+
+# ------------------------------------------------------ 4: SIGTERM with a live call
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_peer_stopped_with_a_live_call_closes_it_cleanly(signum: signal.Signals) -> None:
+    server = await start("peer", "--port", "0")
+    client = None
+    try:
+        line = (await lines_until(server, lambda s: "listening on" in s))[-1]
+        base = line.split("listening on ", 1)[1].split()[0]
+        client = await start(*connect(base, "--duration", "inf"), env=TOKEN)
+        await lines_until(client, status_is("active", "listening", "speaking"))
+        server.send_signal(signum)
+        _, err = await finish(server)
+        assert server.returncode == 0, err
+        assert not err.strip(), err  # no "Task was destroyed but it is pending!"
+    finally:
+        for proc in (server, client):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
