@@ -43,6 +43,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -116,7 +117,9 @@ _SECRET_PATTERNS: Final = (
     # OpenAI ephemeral client secrets: ek_...
     (re.compile(r"(?<![A-Za-z0-9])ek_[A-Za-z0-9_\-*.]{6,}"), "ek_***"),
     # HTTP credentials: "Bearer <token>", "Basic <token>".
-    (re.compile(r"\b(Bearer|Basic)\s+[^\s\"',;]+", re.IGNORECASE), r"\1 ***"),
+    # Not a placeholder ("Bearer <client secret>") nor prose ("HTTP Basic auth").
+    (re.compile(r"\b(Bearer|Basic)\s+(?!<|auth(?:entication|orization)?\b)[^\s\"',;]+",
+                re.IGNORECASE), r"\1 ***"),
 )
 
 
@@ -609,7 +612,9 @@ def classify_exception(exc: BaseException) -> VoiceError:
         isinstance(exc, OSError) and exc.errno in NETWORK_ERRNOS
     ):
         code = name
-        if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
+        if isinstance(exc, (*_optional_types("aiohttp", "ClientSSLError"), ssl.SSLError)):
+            code = "tls_error"  # its errno is OpenSSL's (1: SSL_ERROR_SSL), not EPERM
+        elif isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
             code = errno.errorcode[exc.errno].lower()  # "econnrefused"
         return make(Severity.TRANSIENT, code, ErrorSource.NETWORK)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fsm_voice.broker import TOKEN_PATH
 from tests.test_cli import (
     ROOT,
     TOKEN,
@@ -263,3 +264,55 @@ async def test_peer_stopped_with_a_live_call_closes_it_cleanly(signum: signal.Si
             if proc is not None and proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+# ---------------------------------------------------------------------- 7: cosmetics
+
+
+async def test_broker_401_hint_reaches_the_client_ungarbled(tmp_path: Path) -> None:
+    argv, env = _broker_env(tmp_path)
+    broker = await start(*argv, env=env)
+    try:
+        line = (await lines_until(broker, lambda s: "listening on" in s))[-1]
+        base = line.split("listening on ", 1)[1].split()[0].rstrip(",;")
+        proc = await start(*connect("http://127.0.0.1:9", "--duration", "10",
+                                    "--token-url", f"{base}{TOKEN_PATH}", "--client-id", "app"),
+                           env={"FSM_VOICE_CLIENT_SECRET": "a-wrong-secret-0123456789"})
+        out, err = await finish(proc)
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        await finish(broker)
+    assert proc.returncode == 1, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert "Bearer <client secret>" in last and "HTTP Basic auth" in last, last
+    assert "a-wrong-secret" not in err + out
+
+
+async def test_https_to_a_plain_http_port_is_a_tls_error(peer: str) -> None:
+    https = peer.replace("http://", "https://")
+    proc = await start(*connect(https, "--duration", "1"), env=TOKEN)
+    out, err = await finish(proc)
+    assert proc.returncode == 3, (out, err)
+    assert "[transient] tls_error (network)" in err and "eperm" not in err, err
+
+
+INTERRUPT_DURING_IMPORT = """
+import os, signal, sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "anyio":  # imported by fsm_voice.cli, not by the entry point
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Interrupt())
+from fsm_voice._entry import main
+sys.exit(main())
+"""
+
+
+async def test_sigint_during_the_imports_is_quiet() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", INTERRUPT_DURING_IMPORT, "peer",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await finish(proc)
+    assert proc.returncode == 130, (out, err)
+    assert not err.strip() and not out, err
