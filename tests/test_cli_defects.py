@@ -194,13 +194,18 @@ async def test_header_unsafe_configuration_is_a_usage_error(
 
 async def keep_signalling(proc: asyncio.subprocess.Process, signum: int) -> None:
     """Send ``signum`` over and over until ``proc`` has exited (every phase of its clean-up
-    gets one, whatever its speed)."""
-    while proc.returncode is None:
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            return
-        await asyncio.sleep(0.01)
+    gets one, whatever its speed). Through a pidfd: ``Popen.send_signal`` polls, and a poll
+    that reaps the child races asyncio's watcher (which then reports 255)."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        while proc.returncode is None:
+            try:
+                signal.pidfd_send_signal(fd, signum)
+            except ProcessLookupError:  # exited (a zombie until reaped)
+                return
+            await asyncio.sleep(0.01)
+    finally:
+        os.close(fd)
 
 
 PAIRS = [(signal.SIGTERM, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT),
