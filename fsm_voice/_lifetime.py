@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+import anyio
 from aiohttp import web
 
 from fsm_voice._http import SafeAppRunner
@@ -135,4 +136,5 @@ class LocalService:
                 ready(self.base_url)
             await asyncio.Event().wait()
         finally:
-            await self.stop()
+            with anyio.CancelScope(shield=True):  # the stop that cancelled us must not cut it
+                await self.stop()

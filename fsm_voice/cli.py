@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import math
@@ -126,8 +127,11 @@ class SignalStop:
         self._received(signum)
 
     def _received(self, signum: int) -> None:
+        global _STOPPED_BY
         if self.signum is None:
             self.signum = signum
+            if signum in self.SIGNALS:  # not request(SIGPIPE)
+                _STOPPED_BY = _STOPPED_BY or signum
             self.scope.cancel()
 
     def __enter__(self) -> Self:
@@ -140,18 +144,38 @@ class SignalStop:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         loop = asyncio.get_running_loop()
-        for sig, previous in self._previous.items():
-            loop.remove_signal_handler(sig)
-            if previous is not None:  # None: installed from C, not restorable from Python
-                signal.signal(sig, previous)
+        # Blocked while the handlers change hands: asyncio's removal installs SIG_DFL for a
+        # moment, and after a stop signal a later one must not kill the clean-up.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            for sig, previous in self._previous.items():
+                loop.remove_signal_handler(sig)
+                if self.signum in self.SIGNALS:  # absorb the rest until the process ends
+                    signal.signal(sig, _absorb)
+                elif previous is not None:  # None: installed from C, not restorable
+                    signal.signal(sig, previous)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class _Terminated(BaseException):
     """SIGTERM outside an event loop (start-up, argument parsing)."""
 
 
+_STOPPED_BY: int | None = None
+"""The first SIGINT/SIGTERM that stopped this process (its exit code follows it)."""
+
+
+def _absorb(signum: int, frame: FrameType | None) -> None:
+    """A stop signal after the first one: ignored, so the clean-up runs to its end."""
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
+    global _STOPPED_BY
+    if _STOPPED_BY is None:
+        _STOPPED_BY = signum
+        signal.signal(signal.SIGINT, _absorb)  # the clean-up of this stop is not interrupted
+        raise _Terminated
 
 
 def serve(name: str, serve_forever: Callable[[Callable[[str], None]], Awaitable[None]],
@@ -175,6 +199,8 @@ def serve(name: str, serve_forever: Callable[[Callable[[str], None]], Awaitable[
 
 def _find_spec(explicit: str | None) -> Path | None:
     if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError.invalid("--spec", explicit, "an existing specs/connection.md")
         return Path(explicit)
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         p = base / "specs" / "connection.md"
@@ -186,6 +212,7 @@ def _find_spec(explicit: str | None) -> Path | None:
 def cmd_check(args: argparse.Namespace) -> int:
     if args.mutate:
         return _cmd_mutate(args)
+    spec = _find_spec(args.spec)  # a bad --spec is a usage error (2), before the slow part
     import attrs
     from rich.console import Console
     from rich.table import Table
@@ -224,7 +251,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     if dead:
         ok = False
         console.print(f"[red]rows never taken:[/] {[(r.source, r.event, r.label) for r in dead]}")
-    spec = _find_spec(args.spec)
     if spec is not None and not args.planted:
         try:
             text = spec.read_text()
@@ -281,22 +307,34 @@ def _cmd_mutate(args: argparse.Namespace) -> int:
     return 0 if all(v.outcome != "survived" for v in (*named, *ops)) else 1
 
 
+_PROJECT_MARKERS = ("pyproject.toml", "specs/connection.md")
+"""Files that make a directory an fsm_voice project root (``diagram`` writes only there)."""
+
+
 def cmd_diagram(args: argparse.Namespace) -> int:
     from fsm_voice.diagrams import generated
 
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError.invalid("--root", args.root, "an existing directory")
+    missing = [m for m in _PROJECT_MARKERS if not (root / m).is_file()]
+    if missing:
+        raise ConfigError(f"--root={args.root!r} is not a project root (no "
+                          f"{' / '.join(missing)}); run it in a checkout or pass --root")
     stale = []
-    for rel, text in generated(root).items():
-        path = root / rel
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(rel)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
+    try:
+        for rel, text in generated(root).items():
+            path = root / rel
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    stale.append(rel)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(f"wrote {path}")
+    except OSError as exc:  # read-only, a file where a directory goes, /proc, ...
+        raise ConfigError(f"cannot write under --root={args.root!r}: "
+                          f"{exc.strerror or exc}: {exc.filename}") from None
     if stale:
         print(f"out of date: {', '.join(stale)}; run `fsm-voice diagram`", file=sys.stderr)
         return EXIT_FAILED
@@ -364,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(format=f"{command}: %(levelname)s: %(name)s: %(message)s")
         return int(args.func(args))
     except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+        _stopping(signal.SIGINT)
+        return 128 + (_STOPPED_BY or signal.SIGINT)
     except _Terminated:
         return 128 + signal.SIGTERM
     except FsmVoiceError as exc:
@@ -380,8 +419,23 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if previous is not None:
+        if _STOPPED_BY is not None:
+            # Python resets its own handlers to SIG_DFL while the interpreter shuts down (a
+            # later signal would kill it then); an ignored signal stays ignored.
+            with contextlib.suppress(ValueError):
+                for sig in SignalStop.SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
+        elif previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _stopping(signum: int) -> None:
+    """Record ``signum`` as the first stop signal (if none came) and absorb later ones."""
+    global _STOPPED_BY
+    _STOPPED_BY = _STOPPED_BY or signum
+    with contextlib.suppress(ValueError):  # not the main thread
+        for sig in SignalStop.SIGNALS:
+            signal.signal(sig, _absorb)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -50,6 +51,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import attrs
+
+from fsm_voice._text import printable
 
 __all__ = [
     "HTTP_STATUS_TABLE",
@@ -114,7 +117,9 @@ _SECRET_PATTERNS: Final = (
     # OpenAI ephemeral client secrets: ek_...
     (re.compile(r"(?<![A-Za-z0-9])ek_[A-Za-z0-9_\-*.]{6,}"), "ek_***"),
     # HTTP credentials: "Bearer <token>", "Basic <token>".
-    (re.compile(r"\b(Bearer|Basic)\s+[^\s\"',;]+", re.IGNORECASE), r"\1 ***"),
+    # Not a placeholder ("Bearer <client secret>") nor prose ("HTTP Basic auth").
+    (re.compile(r"\b(Bearer|Basic)\s+(?!<|auth(?:entication|orization)?\b)[^\s\"',;]+",
+                re.IGNORECASE), r"\1 ***"),
 )
 
 
@@ -577,6 +582,16 @@ def classify_exception(exc: BaseException) -> VoiceError:
     if isinstance(exc, FileNotFoundError):
         return make(Severity.FATAL, "file_not_found", ErrorSource.MEDIA)
 
+    garbled = _optional_types("aiohttp.http_exceptions", "HttpProcessingError")
+    garbled += _optional_types("aiohttp", "ClientPayloadError")
+    if garbled and (isinstance(exc, garbled) or isinstance(exc.__cause__, garbled)):
+        # A response aiohttp could not parse (aiohttp reports it as a 400 ClientResponseError
+        # caused by its parser's HttpProcessingError): the path, not the request, is at fault.
+        lines = (ln.strip() for ln in getattr(exc, "message", text).splitlines())
+        detail = " ".join(ln for ln in lines if ln and ln != "^")
+        return VoiceError(Severity.TRANSIENT, "bad_response",
+                          printable(f"unreadable HTTP response: {detail}", limit=300),
+                          ErrorSource.NETWORK)
     response_error = _optional_types("aiohttp", "ClientResponseError")
     if response_error and isinstance(exc, response_error):
         status = getattr(exc, "status", 0)
@@ -597,7 +612,9 @@ def classify_exception(exc: BaseException) -> VoiceError:
         isinstance(exc, OSError) and exc.errno in NETWORK_ERRNOS
     ):
         code = name
-        if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
+        if isinstance(exc, (*_optional_types("aiohttp", "ClientSSLError"), ssl.SSLError)):
+            code = "tls_error"  # its errno is OpenSSL's (1: SSL_ERROR_SSL), not EPERM
+        elif isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
             code = errno.errorcode[exc.errno].lower()  # "econnrefused"
         return make(Severity.TRANSIENT, code, ErrorSource.NETWORK)
 

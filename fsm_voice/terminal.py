@@ -714,10 +714,13 @@ def _token(a: argparse.Namespace) -> str | EphemeralKeyProvider:
             raise ConfigError(f"--token-url needs --client-id and the client secret in "
                               f"${a.client_secret_env}")
         return EphemeralKeyProvider(a.token_url, client_id=a.client_id, client_secret=secret)
-    key = os.environ.get(a.token_env)
+    key = (os.environ.get(a.token_env) or "").strip()
     if not key:
         raise ConfigError(f"give --token-url (a token broker) or an ephemeral key in "
                           f"${a.token_env}")
+    if not all("!" <= c <= "~" for c in key):  # it goes into an Authorization header
+        raise ConfigError(f"${a.token_env} is invalid: expected a key of printable ASCII "
+                          "without spaces or control characters")
     return key
 
 

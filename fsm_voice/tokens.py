@@ -331,8 +331,14 @@ class EphemeralKeyProvider(_CachingProvider):
         timeout: float = 10.0,
         expires_after: int | None = None,
     ) -> None:
-        if not isinstance(client_id, str) or not client_id.strip():
-            raise ConfigError.invalid("client_id", client_id, "a non-empty client id")
+        if (
+            not isinstance(client_id, str)
+            or not client_id.strip()
+            or not all(" " <= c <= "~" for c in client_id.strip())  # an X-Client-Id header
+        ):
+            raise ConfigError.invalid(
+                "client_id", client_id, "a non-empty client id of printable ASCII"
+            )
         if (
             not isinstance(client_secret, str)
             or not client_secret.strip()

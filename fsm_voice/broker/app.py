@@ -1122,6 +1122,8 @@ class TokenBroker(LocalService):
 
         if not _KEY_VALUE.match(key.value):
             raise invalid("the key is not a short printable token")
+        if not key.value.startswith("ek_") or self._api_key in key.value:
+            raise invalid("the value is not an ephemeral ek_ key")  # e.g. our API key echoed
         now = self._now()
         if not math.isfinite(key.expires_at) or key.expires_at <= now:
             raise invalid("expires_at is not in the future")
