@@ -297,6 +297,12 @@ def cmd_diagram(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}")
+    if not args.check:
+        from fsm_voice.views import png_views
+
+        for rel, data in png_views().items():
+            (root / rel).write_bytes(data)
+            print(f"wrote {root / rel}")
     if stale:
         print(f"out of date: {', '.join(stale)}; run `fsm-voice diagram`", file=sys.stderr)
         return EXIT_FAILED
