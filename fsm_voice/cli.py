@@ -287,6 +287,10 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError.invalid("--root", args.root, "an existing directory")
+    if args.diff or args.trace:
+        from fsm_voice.diagram_changes import draw_changes
+
+        return draw_changes(root, args.diff, args.trace, args.out)
     stale = []
     for rel, text in generated(root).items():
         path = root / rel
@@ -335,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--check", action="store_true", help="only report drift, write nothing")
     d.add_argument("--root", default=".", help="project root (default: cwd)")
+    d.add_argument("--diff", metavar="OLD_REF", help="draw what changed in the table since "
+                   "this git ref (+ a markdown table of the rows); writes nothing else")
+    d.add_argument("--trace", metavar="FILE", help="draw the path a recorded session (a trace "
+                   "file) took: states, transitions with counts, the failing step in red")
+    d.add_argument("--out", metavar="DIR", help="where --diff/--trace write (default: "
+                   "ROOT/diagram-diff, or beside the trace)")
     d.set_defaults(func=cmd_diagram)
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parsers(sub)
