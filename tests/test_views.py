@@ -119,3 +119,17 @@ def test_png_is_readable_at_natural_size(name: str) -> None:
 
 def _colors(img: Image.Image) -> dict[tuple[int, int, int], int]:
     return {c: n for n, c in img.getcolors(maxcolors=1 << 20) or []}
+
+
+@needs_dot
+def test_fsm_voice_diagram_writes_every_view(tmp_path: Path) -> None:
+    from fsm_voice.cli import main
+
+    assert main(["diagram", "--root", str(tmp_path)]) == 0
+    for v in VIEWS:
+        for ext in ("dot", "svg", "png"):
+            assert (tmp_path / "diagrams" / f"{v.name}.{ext}").stat().st_size > 0
+        assert (tmp_path / "diagrams" / f"{v.name}.dot").read_text() == view_dot(v)
+    assert main(["diagram", "--root", str(tmp_path), "--check"]) == 0
+    (tmp_path / "diagrams" / "recovery.dot").write_text("stale")
+    assert main(["diagram", "--root", str(tmp_path), "--check"]) == 1
