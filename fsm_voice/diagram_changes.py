@@ -22,12 +22,22 @@ import attrs
 
 from fsm_voice.check import table_rows
 from fsm_voice.machine.table import STATES, TABLE, Row, StateDecl
-from fsm_voice.views import FAILURE_EVENTS, STATUS_COLORS, DiagramError, _guard, _q, render
+from fsm_voice.views import (
+    FAILURE_EVENTS,
+    STATUS_COLORS,
+    DiagramError,
+    _guard,
+    _q,
+    _wrap,
+    render,
+)
 
 TABLE_PATH: Final = "fsm_voice/machine/table.py"
 ADDED: Final = "#1a9641"
 REMOVED: Final = "#d7191c"
 CHANGED: Final = "#f28e00"
+MAX_LINES: Final = 6
+"""Label lines per diff edge; the rest are counted (every row is in the markdown table)."""
 _COLS: Final = ("from", "event", "guard", "to", "kind", "updates", "effects", "label")
 
 
@@ -165,6 +175,10 @@ def diff_dot(d: TableDiff, ref: str) -> str:
             extra = f', color="{color[state_kind[n]]}", penwidth=3, xlabel="{state_kind[n]}"'
         out.append(f"  {_q(n)} [fillcolor=\"{fill}\"{extra}];")
     for (src, dst, c), labels in edges.items():
+        if len(labels) > MAX_LINES:  # a big change: the markdown table has every row
+            labels = [*labels[:MAX_LINES - 1], f"... {len(labels) - MAX_LINES + 1} more rows "
+                      "(diff.md)"]
+        labels = [_wrap(x, 48) for x in labels]
         style = ", style=dashed" if c == REMOVED else ""
         out.append(f"  {_q(src)} -> {_q(dst)} [label={_q(chr(10).join(labels) + chr(10))}, "
                    f"color=\"{c}\", fontcolor=\"{c}\", penwidth=2{style}];")

@@ -211,7 +211,7 @@ def _by_label(rows: Sequence[Row], updates: bool) -> str:
     return "\n".join(_wrap(line) for line in lines) + "\n"
 
 
-def _wrap(line: str, width: int = 40) -> str:
+def _wrap(line: str, width: int = 38) -> str:
     """Break a long label line at ", ", ": " or " / " (continuation lines indented)."""
     parts = re.split(r"(, |: | / )", line)
     out, cur = [], parts[0]
