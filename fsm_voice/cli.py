@@ -287,10 +287,10 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError.invalid("--root", args.root, "an existing directory")
-    if args.diff or args.trace:
+    if args.diff or args.trace or args.effects:
         from fsm_voice.diagram_changes import draw_changes
 
-        return draw_changes(root, args.diff, args.trace, args.out)
+        return draw_changes(root, args.diff, args.trace, args.out, effects=args.effects)
     stale = []
     for rel, text in generated(root).items():
         path = root / rel
@@ -343,8 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "this git ref (+ a markdown table of the rows); writes nothing else")
     d.add_argument("--trace", metavar="FILE", help="draw the path a recorded session (a trace "
                    "file) took: states, transitions with counts, the failing step in red")
-    d.add_argument("--out", metavar="DIR", help="where --diff/--trace write (default: "
-                   "ROOT/diagram-diff, or beside the trace)")
+    d.add_argument("--effects", action="store_true", help="draw the views with every row's "
+                   "updates and effects, into --out (default ROOT/diagram-effects)")
+    d.add_argument("--out", metavar="DIR", help="where --diff/--trace/--effects write "
+                   "(default: ROOT/diagram-diff, beside the trace, ROOT/diagram-effects)")
     d.set_defaults(func=cmd_diagram)
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parsers(sub)

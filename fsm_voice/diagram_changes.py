@@ -280,13 +280,21 @@ def write_rendered(dot_text: str, base: Path) -> list[Path]:
     return out
 
 
-def draw_changes(root: Path, ref: str | None, trace: str | None, out: str | None) -> int:
+def draw_changes(root: Path, ref: str | None, trace: str | None, out: str | None, *,
+                 effects: bool = False) -> int:
     """``fsm-voice diagram --diff/--trace``: write the drawings, print where (and the markdown
     diff); exit status 0, or 2 (a bad argument) with one line on stderr when the ref or the
     trace cannot be read."""
     from fsm_voice.trace import TraceError, read_trace
 
     try:
+        if effects:
+            from fsm_voice.views import VIEWS, view_dot
+
+            base = Path(out) if out else root / "diagram-effects"
+            for v in VIEWS:
+                written = write_rendered(view_dot(v, effects=True), base / f"{v.name}-effects")
+                print("wrote " + ", ".join(map(str, written)))
         if ref:
             mod = table_at(ref, root)
             d = diff_tables(mod.TABLE, TABLE, getattr(mod, "STATES", ()), STATES)

@@ -271,11 +271,20 @@ def _node_label(decls: Sequence[StateDecl], stays: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def view_dot(view: View, table: Sequence[Row] = TABLE,
-             color: Callable[[str, tuple[str, str] | None], str | None] | None = None,
-             edge_note: Callable[[tuple[str, str]], str] | None = None) -> str:
-    """The view as DOT. ``color(node, edge)`` overrides a node's outline / an edge's colour
-    (diffs, traces); ``edge_note`` appends to an edge's label."""
+def _effects_label(rows: Sequence[Row]) -> str:
+    """One line per row: event [guard] / updates -> effects (``--effects``)."""
+    lines = []
+    for r in rows:
+        g = f" [{_guard(r)}]" if r.guard else ""
+        u = f" / {', '.join(map(str, r.updates))}" if r.updates else ""
+        e = f" -> {', '.join(map(str, r.effects))}" if r.effects else ""
+        lines.append(_wrap(f"{r.event}{g}{u}{e}", 60))
+    return "\n".join(dict.fromkeys(lines)) + "\n"
+
+
+def view_dot(view: View, table: Sequence[Row] = TABLE, *, effects: bool = False) -> str:
+    """The view as DOT; ``effects``: every row on its own label line with its updates and
+    effects (large: for reading one transition, not the picture)."""
     p = project(view, table)
     decl = {s.name: s for s in STATES}
     by_node: dict[str, list[StateDecl]] = defaultdict(list)
@@ -297,9 +306,6 @@ def view_dot(view: View, table: Sequence[Row] = TABLE,
             style = "striped" if len(set(fills)) > 1 else "rounded,filled"
             attrs_ = (f"label={_q(_node_label(decls, p.stays.get(n, [])))}, style=\"{style}\", "
                       f"fillcolor=\"{':'.join(dict.fromkeys(fills))}\"")
-        c = color(n, None) if color else None
-        if c:
-            attrs_ += f', color="{c}", penwidth=2.5'
         return f"  {_q(n)} [{attrs_}];"
 
     in_cluster = {m for _, _, ms in view.clusters for m in ms}
@@ -316,14 +322,10 @@ def view_dot(view: View, table: Sequence[Row] = TABLE,
         if src.startswith("cluster_"):
             tail = JUNCTION if JUNCTION in clusters[src] else clusters[src][0]
             extra = f", ltail={src}"
-        label = _edge_label(rows, view.updates, src, view.by_label)
-        if edge_note:
-            label += edge_note((src, dst))
+        label = (_effects_label(rows) if effects
+                 else _edge_label(rows, view.updates, src, view.by_label))
         if (src, dst) in view.back:
             extra += ", constraint=false"
-        c = color(src, (src, dst)) if color else None
-        if c:
-            extra += f', color="{c}", fontcolor="{c}", penwidth=2.5'
         out.append(f"  {_q(tail)} -> {_q(dst)} [label={_q(label)}{extra}];")
     out.append(_legend(view))
     out.append("  { rank=sink; legend; }")

@@ -145,3 +145,17 @@ def test_fsm_voice_diagram_writes_every_view(tmp_path: Path) -> None:
     assert main(["diagram", "--root", str(tmp_path), "--check"]) == 0
     (tmp_path / "diagrams" / "recovery.dot").write_text("stale")
     assert main(["diagram", "--root", str(tmp_path), "--check"]) == 1
+
+
+@needs_dot
+def test_effects_on_request_show_every_rows_effects(tmp_path: Path) -> None:
+    from fsm_voice.cli import main
+
+    view = VIEW["recovery"]
+    d = _unwrapped(view_dot(view, effects=True))
+    assert rendered_graph(d) == expected_graph(view)
+    for row in project(view).edges[("backoff", "reconnecting")]:
+        assert f"-> {', '.join(map(str, row.effects))}" in d
+    assert "open(reconnect, attempt)" in d and "open(reconnect, attempt)" not in view_dot(view)
+    assert main(["diagram", "--effects", "--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {f"{v.name}-effects.png" for v in VIEWS}
