@@ -232,7 +232,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     PLANTED = _planted()
     machine: type[LifecycleMachine] = PLANTED[args.planted] if args.planted else LifecycleMachine
     ok = True
-    ex = explore(machine)
+    # a mutant's own state space can be unbounded: stop at its first (shortest) violation
+    ex = explore(machine, stop_at_first=bool(args.planted))
     violations = list(ex.violations)
     for max_attempts in (1, 0):  # rows only reachable with other bounds (e.g. give_up at once)
         violations += explore(machine, attrs.evolve(CHECK_RETRY, max_attempts=max_attempts),
@@ -317,6 +318,10 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError.invalid("--root", args.root, "an existing directory")
+    if args.diff or args.trace or args.effects:
+        from fsm_voice.diagram_changes import draw_changes
+
+        return draw_changes(root, args.diff, args.trace, args.out, effects=args.effects)
     missing = [m for m in _PROJECT_MARKERS if not (root / m).is_file()]
     if missing:
         raise ConfigError(f"--root={args.root!r} is not a project root (no "
@@ -332,6 +337,12 @@ def cmd_diagram(args: argparse.Namespace) -> int:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
                 print(f"wrote {path}")
+        if not args.check:
+            from fsm_voice.views import png_views
+
+            for rel, data in png_views().items():
+                (root / rel).write_bytes(data)
+                print(f"wrote {root / rel}")
     except OSError as exc:  # read-only, a file where a directory goes, /proc, ...
         raise ConfigError(f"cannot write under --root={args.root!r}: "
                           f"{exc.strerror or exc}: {exc.filename}") from None
@@ -367,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--check", action="store_true", help="only report drift, write nothing")
     d.add_argument("--root", default=".", help="project root (default: cwd)")
+    d.add_argument("--diff", metavar="OLD_REF", help="draw what changed in the table since "
+                   "this git ref (+ a markdown table of the rows); writes nothing else")
+    d.add_argument("--trace", metavar="FILE", help="draw the path a recorded session (a trace "
+                   "file) took: states, transitions with counts, the failing step in red")
+    d.add_argument("--effects", action="store_true", help="draw the views with every row's "
+                   "updates and effects, into --out (default ROOT/diagram-effects)")
+    d.add_argument("--out", metavar="DIR", help="where --diff/--trace/--effects write "
+                   "(default: ROOT/diagram-diff, beside the trace, ROOT/diagram-effects)")
     d.set_defaults(func=cmd_diagram)
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parsers(sub)

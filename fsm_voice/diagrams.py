@@ -1,6 +1,8 @@
 """State diagrams generated from the machine's table (``fsm-voice diagram``).
 
-Writes ``diagrams/lifecycle.mmd`` (Mermaid), ``lifecycle.dot`` and ``lifecycle.svg`` (Graphviz),
+Writes the views of :mod:`fsm_voice.views` (``diagrams/overview``, ``recovery``, ``speech``:
+DOT, SVG, PNG), ``diagrams/lifecycle.mmd`` (Mermaid), ``lifecycle.dot`` and ``lifecycle.svg``
+(Graphviz),
 ``lifecycle.scxml`` (W3C SCXML, readable by ``statemachine.io.load``), the Promela models
 ``specs/lifecycle.pml`` / ``lifecycle-peer.pml``, and the generated blocks of
 ``specs/connection.md`` (states, invariants, transition table) and ``README.md`` (diagram).
@@ -50,9 +52,21 @@ README_BEGIN = "<!-- lifecycle-diagram:begin -->"
 README_END = "<!-- lifecycle-diagram:end -->"
 
 
+def readme_block(machine: type[LifecycleMachine] = LifecycleMachine) -> str:
+    """The README's diagram block: the overview view (``diagrams/overview.svg``) and the
+    other views, with how many of the table's rows each one draws."""
+    from fsm_voice.views import VIEWS, project
+
+    counts = {v.name: len(project(v, machine.TABLE).rows) for v in VIEWS}
+    links = ",\n".join(f"[{n}](diagrams/{n}.svg) ({c} rows)" for n, c in counts.items())
+    return ("![lifecycle overview: generated from the table](diagrams/overview.svg)\n\n"
+            f"Views, generated from the {len(machine.TABLE)} rows of the table (each row is in "
+            f"at least one):\n{links}.\n")
+
+
 def readme_mermaid(machine: type[LifecycleMachine] = LifecycleMachine) -> str:
-    """The README's diagram: every external row, events only (guards in the spec's table),
-    ``stop`` (every state -> idle) left out."""
+    """Every external row as Mermaid, events only (guards in the spec's table), ``stop``
+    (every state -> idle) left out."""
     lines = ["```mermaid", "stateDiagram-v2", "    [*] --> idle"]
     for (src, dst), labels in _edges(machine, guards=False, skip_stop=True).items():
         lines.append(f"    {src} --> {dst}: {' / '.join(labels)}")
@@ -126,6 +140,7 @@ def generated(root: Path, machine: type[LifecycleMachine] = LifecycleMachine) ->
     """Every generated artefact (whole files, and the files with generated blocks: the spec's
     tables, the README's diagram), keyed by its path relative to ``root``."""
     from fsm_voice.check import replace_between
+    from fsm_voice.views import generated_views
 
     d = dot(machine)
     out = {
@@ -135,6 +150,7 @@ def generated(root: Path, machine: type[LifecycleMachine] = LifecycleMachine) ->
         "diagrams/lifecycle.scxml": scxml(machine),
         "specs/lifecycle.pml": to_promela(machine),
         "specs/lifecycle-peer.pml": to_promela(machine, peer=True),
+        **generated_views(machine.TABLE),
     }
     spec = root / "specs" / "connection.md"
     if spec.exists():
@@ -142,15 +158,22 @@ def generated(root: Path, machine: type[LifecycleMachine] = LifecycleMachine) ->
     readme = root / "README.md"
     if readme.exists():
         out["README.md"] = replace_between(readme.read_text(), README_BEGIN, README_END,
-                                           readme_mermaid(machine))
+                                           readme_block(machine))
     return out
 
 
 def write_all(root: Path) -> list[Path]:
+    """Write every generated artefact and the views' PNGs under ``root``."""
+    from fsm_voice.views import png_views
+
     written = []
     for rel, text in generated(root).items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        written.append(path)
+    for rel, data in png_views().items():
+        path = root / rel
+        path.write_bytes(data)
         written.append(path)
     return written

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
+from typing import TYPE_CHECKING, Any
 
 from fsm_voice.machine import LifecycleMachine
 from fsm_voice.mutants import PLANTED
@@ -21,8 +18,13 @@ from fsm_voice.replay import (
 )
 from fsm_voice.trace import TraceError, read_trace
 
+if TYPE_CHECKING:  # rich is the [cli] extra: imported when a command runs
+    from rich.console import Console
+
 
 def _path(result: ReplayResult, console: Console) -> None:
+    from rich.markup import escape
+
     """The alternative path: ``=`` as recorded, ``~`` changed, ``+`` only here, ``-`` only
     in the recording."""
     recorded = {s.line: s for s in result.recorded}
@@ -48,6 +50,9 @@ def _path(result: ReplayResult, console: Console) -> None:
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
     console = Console(highlight=False)
     try:
         header, records = read_trace(a.file)
@@ -75,6 +80,9 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
 
 def cmd_timeline(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
     from fsm_voice.timeline import TimelineError, render
 
     console = Console(highlight=False)

@@ -17,7 +17,14 @@ from fsm_voice.check import (
     parse_spec_table,
     table_rows,
 )
-from fsm_voice.diagrams import README_BEGIN, dot, generated, mermaid, readme_mermaid
+from fsm_voice.diagrams import (
+    README_BEGIN,
+    dot,
+    generated,
+    mermaid,
+    readme_block,
+    readme_mermaid,
+)
 from fsm_voice.machine.table import TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_committed_artefacts_do_not_drift() -> None:
     gen = generated(ROOT)
     assert {"README.md", "specs/connection.md", "specs/lifecycle.pml",
-            "diagrams/lifecycle.mmd"} <= set(gen)
+            "diagrams/lifecycle.mmd", "diagrams/overview.svg", "diagrams/recovery.dot",
+            "diagrams/speech.svg"} <= set(gen)
     stale = [rel for rel, text in gen.items()
              if not (ROOT / rel).exists() or (ROOT / rel).read_text() != text]
     assert stale == [], f"regenerate with `fsm-voice diagram`: {stale}"
@@ -47,7 +55,8 @@ def test_spec_blocks_are_generated_and_detect_drift() -> None:
 
 def test_readme_diagram_is_generated() -> None:
     text = (ROOT / "README.md").read_text()
-    assert readme_mermaid() in text and README_BEGIN in text
+    assert readme_block() in text and README_BEGIN in text
+    assert "![lifecycle overview" in readme_block() and (ROOT / "diagrams/overview.svg").exists()
     assert "backoff --> reconnecting: backoff_expired" in readme_mermaid()
 
 
