@@ -135,8 +135,14 @@ def _colors(img: Any) -> dict[tuple[int, int, int], int]:
 
 @needs_dot
 def test_fsm_voice_diagram_writes_every_view(tmp_path: Path) -> None:
+    import shutil
+
     from fsm_voice.cli import main
 
+    root = Path(__file__).resolve().parent.parent  # a project copy: diagram refuses other roots
+    for rel in ("pyproject.toml", "README.md", "specs/connection.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / rel, tmp_path / rel)
     assert main(["diagram", "--root", str(tmp_path)]) == 0
     for v in VIEWS:
         for ext in ("dot", "svg", "png"):
