@@ -102,7 +102,8 @@ def _third_party_imports(path: Path) -> set[str]:
 
 
 #: Files allowed to import an extra's packages (each imports them only when run).
-EXTRA_USERS = {"cli": {"cli.py", "demo.py", "terminal.py", "trace_cli.py"}, "diagram": {"diagrams.py"},
+EXTRA_USERS = {"cli": {"cli.py", "demo.py", "terminal.py", "trace_cli.py"},
+               "diagram": {"diagrams.py"},
                "broker-scale": {"broker/audit_pg.py", "broker/redis_limits.py"},
                "metrics": {"metrics.py"}, "otel": {"otel.py"}, "trace": {"timeline.py"}}
 
