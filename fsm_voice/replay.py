@@ -26,7 +26,7 @@ from statemachine.exceptions import TransitionNotAllowed
 
 from fsm_voice.effects import ArmTimer, CancelTimer, CloseTransport, OpenTransport
 from fsm_voice.fastpath import FastLifecycle
-from fsm_voice.machine import LifecycleMachine
+from fsm_voice.machine import STATUS_OF, LifecycleMachine
 from fsm_voice.machine.engine import LifecycleMachine as MachineBase
 from fsm_voice.policy import IcePolicy, RetryPolicy, RolloverPolicy
 from fsm_voice.trace import TraceError, encode_effect, unnumber
@@ -275,9 +275,16 @@ def replay(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
         divergence = Divergence(len(steps) - 1, step.line, step.event, step.t, field,
                                 expected, got, ctx)
 
+    last_t = float("-inf")
     for (line, r), rec_step in zip(events, recorded, strict=True):
         t, event = rec_step.t, rec_step.event
         timer = r.get("timer")
+        if t < last_t:
+            steps.append(Step(line, t, event, "?", world.m.state_id, "?", world.gen, ()))
+            diverge(steps[-1], "time goes backwards", f"t={t:.6f}",
+                    f"after an event at t={last_t:.6f}")
+            break
+        last_t = t
         if world.stale(r.get("token"), timer):
             step = Step(line, t, event, "stale", world.m.state_id, world.m.state_id,
                         world.gen, ())
@@ -295,7 +302,9 @@ def replay(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
         steps.append(step)
         for field, exp, got in (
                 ("outcome", rec_step.outcome, step.outcome),
+                ("source state", rec_step.source, step.source),
                 ("target state", rec_step.target, step.target),
+                ("status", str(r.get("status")), STATUS_OF.get(step.target, "")),
                 ("transport generation", str(rec_step.gen), str(step.gen)),
                 ("effects", json.dumps(r.get("effects", [])), json.dumps(enc))):
             if exp != got:
@@ -304,6 +313,15 @@ def replay(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
                 break
         if divergence is not None:
             break
+    end = records[-1] if records else None
+    if divergence is None and end is not None and end.get("kind") == "end" \
+            and end.get("records") != len(records) + 1:
+        last = steps[-1] if steps else Step(None, 0.0, "-", "-", "-", "-", 0, ())
+        ctx = tuple(s.describe() for s in steps[-context:]) if context else ()
+        divergence = Divergence(len(steps), len(records), "end", last.t,
+                                "records missing or added (the end record's count)",
+                                f"{end.get('records')} records", f"{len(records) + 1} records",
+                                ctx)
     compared = divergence.step if divergence is not None else len(steps)
     return ReplayResult(engine, tuple(steps), recorded, compared, divergence)
 

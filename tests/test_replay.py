@@ -185,3 +185,45 @@ def test_a_non_trace_file_exits_2(tmp_path: Path) -> None:
     p = tmp_path / "x.jsonl"
     p.write_text("{}\n")
     assert main(["replay", str(p)]) == 2
+
+
+def _tampered(trace: Path, tmp_path: Path, change: Any) -> Path:
+    lines = trace.read_text().splitlines()
+    change(lines)
+    bad = tmp_path / "tampered.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    return bad
+
+
+def _edit(pattern: str, key: str, value: Any) -> Any:
+    def change(lines: list[str]) -> None:
+        n = next(i for i, line in enumerate(lines) if pattern in line)
+        rec = json.loads(lines[n])
+        rec[key] = value(rec) if callable(value) else value
+        lines[n] = json.dumps(rec)
+    return change
+
+
+def _delete(pattern: str, last: bool = False) -> Any:
+    def change(lines: list[str]) -> None:
+        hits = [i for i, line in enumerate(lines) if pattern in line]
+        del lines[hits[-1] if last else hits[0]]
+    return change
+
+
+@pytest.mark.parametrize("change", [
+    _delete('"event":"speech_started"'),
+    _delete('"event":"speech_stopped"'),
+    _delete('"event":"stop"', last=True),
+    _edit('"event":"speech_stopped"', "source", "active"),
+    _edit('"event":"speech_stopped"', "status", "reconnecting"),
+    _edit('"event":"speech_started"', "t", lambda r: r["t"] + 5.0),
+], ids=["delete-speech-started", "delete-speech-stopped", "delete-final-stop", "source",
+        "status", "t-past-later-events"])
+async def test_deleted_or_altered_records_are_a_divergence(
+        trace: Path, tmp_path: Path, change: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _tampered(trace, tmp_path, change)
+    assert main(["replay", str(trace)]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(bad)]) == 1
+    assert capsys.readouterr().out.count("first divergence") == 2
