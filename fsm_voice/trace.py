@@ -378,9 +378,64 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[
     return header, records[1:]
 
 
+def _is_num(x: object) -> bool:
+    return (isinstance(x, int | float) and not isinstance(x, bool)) or \
+        x in ("inf", "-inf", "nan")
+
+
+_EFFECT_FIELDS: Final[dict[str, dict[str, tuple[type, ...]]]] = {
+    "arm": {"timer": (str,)}, "cancel": {"timer": (str,)},
+    "open": {"reason": (str,), "attempt": (int,)}, "close": {}, "new_conversation": {},
+    "report": {"code": (str,), "severity": (str,)}, "connection_up": {"replay": (bool,)},
+}
+_EVENT_FIELDS: Final[dict[str, tuple[type, ...]]] = {
+    "event": (str,), "outcome": (str,), "source": (str,), "target": (str,), "status": (str,),
+    "gen": (int,), "effects": (list,)}
+
+
+def _check_record(obj: dict[str, Any]) -> str | None:
+    """What is wrong with a record's fields (None: nothing this reader relies on)."""
+    t = obj.get("t")
+    if ("t" in obj or obj["kind"] == "event") and (not _is_num(t) or isinstance(t, str)):
+        return f"'t' must be a number, got {t!r}"
+    if obj["kind"] != "event":
+        return None
+    for key, types in _EVENT_FIELDS.items():
+        v = obj.get(key)
+        if not isinstance(v, types) or isinstance(v, bool):
+            return f"event field {key!r} must be {types[0].__name__}, got {v!r}"
+    for key, types in (("token", (int,)), ("timer", (str,)), ("draws", (list,))):
+        v = obj.get(key)
+        if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+            return f"event field {key!r} must be {types[0].__name__} or null, got {v!r}"
+    if any(not _is_num(d) or isinstance(d, str) for d in obj.get("draws") or ()):
+        return "'draws' must be numbers"
+    for e in obj["effects"]:
+        fields = _EFFECT_FIELDS.get(str(e.get("type"))) if isinstance(e, dict) else None
+        if fields is None:
+            return f"not a known effect: {e!r}"
+        if e["type"] == "arm" and not _is_num(e.get("delay")):
+            return f"effect {e!r}: 'delay' must be a number"
+        for key, types in fields.items():
+            v = e.get(key)
+            if not isinstance(v, types) or (types != (bool,) and isinstance(v, bool)):
+                return f"effect {e!r}: {key!r} must be {types[0].__name__}"
+    return None
+
+
 def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The records of a trace file, each checked (:class:`TraceError` names the bad line)."""
+    headed, first = False, True
     with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+        n = 0
+        while True:
+            n += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError:
+                raise TraceError(f"{path}:{n}: not UTF-8 text (not an fsm-voice trace)") from None
+            if not line:
+                return
             if not line.strip():
                 continue
             try:
@@ -389,6 +444,13 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 raise TraceError(f"{path}:{n}: not JSON ({exc.msg})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
                 raise TraceError(f"{path}:{n}: a record is an object with a string 'kind'")
+            if first and obj["kind"] == "header":
+                headed = True
+            elif headed:  # else read_trace refuses it: no header
+                problem = _check_record(obj)
+                if problem is not None:
+                    raise TraceError(f"{path}:{n}: {problem}")
+            first = False
             yield obj
 
 

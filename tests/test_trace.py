@@ -189,3 +189,34 @@ async def test_demo_records_its_trace_and_says_where_the_timeline_is(
     header, records = read_trace(path)
     assert any(r["kind"] == "event" and r["status"] == "reconnecting" for r in records)
     assert all(replay(header, records, engine=e).agreed for e in ENGINES)
+
+
+_HEADER = json.dumps({"kind": "header", "schema": SCHEMA, "version": VERSION, "state": "idle",
+                      "replayable": True, "policy": {}})
+_GOOD_EVENT = {"kind": "event", "t": 0.0, "gen": 0, "token": None, "event": "start",
+               "outcome": "taken", "source": "idle", "target": "connecting",
+               "status": "connecting", "effects": []}
+
+
+@pytest.mark.parametrize("body", [
+    b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage\x80\x81\n",
+    (_HEADER + '\n{"kind":"event","t":"x"}\n').encode(),
+    (_HEADER + '\n{"kind":"event"}\n').encode(),
+    (_HEADER + "\n" + json.dumps({**_GOOD_EVENT, "effects": "zz"}) + "\n").encode(),
+    (_HEADER + "\n" + json.dumps({**_GOOD_EVENT, "effects": [{"type": "arm"}]}) + "\n").encode(),
+], ids=["binary", "t-not-a-number", "no-t", "effects-not-a-list", "arm-without-timer"])
+@pytest.mark.parametrize("command", [["replay"], ["timeline"], ["diagram", "--trace"]])
+def test_a_malformed_trace_is_one_line_and_exit_2_in_every_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes,
+        command: list[str]) -> None:
+    from fsm_voice.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(body)
+    with pytest.raises(TraceError, match=r"bad\.jsonl:\d+: "):
+        read_trace(bad)
+    extra = ["--output", str(tmp_path / "t.html")] if command == ["timeline"] else []
+    assert main([*command, str(bad), *extra]) == 2
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.out + cap.err
+    assert "bad.jsonl:" in cap.out + cap.err
