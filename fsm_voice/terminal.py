@@ -30,6 +30,7 @@ import time
 import tty
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -60,6 +61,7 @@ from fsm_voice.transport.audio import (
     ConversationRecorder,
     GeneratedInput,
     TapSink,
+    device_spec,
     open_input,
     open_output,
 )
@@ -724,6 +726,38 @@ def _token(a: argparse.Namespace) -> str | EphemeralKeyProvider:
     return key
 
 
+def _same_file(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()
+
+
+def _file_of(spec: str, flag: str) -> str | None:
+    """The file an audio end reads or writes (None: a capture/playback device)."""
+    if flag == "--record":
+        return spec
+    dev = device_spec(spec)
+    if dev is None:
+        return spec
+    return dev[1] if dev[0] == "wav" else None
+
+
+def _refuse_overwriting_input(input_spec: str | None, outputs: dict[str, str | None]) -> None:
+    """A WAV written by ``--output``/``--record`` must not be the ``--input`` file (nor the
+    two the same file): it would be truncated before it is read."""
+    named = [(flag, f) for flag, p in (("--input", input_spec), *outputs.items())
+             if p and (f := _file_of(p, flag))]
+    for i, (fa, pa) in enumerate(named):
+        for fb, pb in named[i + 1:]:
+            if _same_file(pa, pb):
+                raise ConfigError(f"{fa} and {fb} are the same file ({pb}): it would be "
+                                  "overwritten")
+
+
 def _connect(a: argparse.Namespace) -> int:
     view: View = a.view or ("human" if sys.stdout.isatty() else "json")
     duration = a.duration if a.duration is not None else (
@@ -743,6 +777,7 @@ def _connect(a: argparse.Namespace) -> int:
         session["audio"]["input"]["transcription"] = {"model": transcribe}
     text_input = a.text_input == "stdin" or (
         a.text_input == "auto" and view == "human" and sys.stdin.isatty())
+    _refuse_overwriting_input(a.input, {"--output": a.output, "--record": a.record})
     token = _token(a)
     try:
         audio = ConnectAudio(a.input, a.output, a.record)

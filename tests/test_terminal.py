@@ -302,3 +302,23 @@ async def test_sigint_on_a_terminal_stops_cleanly_and_restores_the_terminal(peer
     assert "SIGINT; cleanly (idle): True" in screen and "Traceback" not in screen, screen
     calls = (await control(peer, "calls"))["calls"]
     assert [c["close_reason"] for c in calls] == ["hangup"]
+
+
+@pytest.mark.parametrize("flag", ["--output", "--record"])
+async def test_connect_refuses_to_overwrite_its_input_wav(tmp_path: Path, flag: str) -> None:
+    import wave
+
+    q = tmp_path / "q.wav"
+    with wave.open(str(q), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(b"\x01\x00" * 2400)
+    before = q.read_bytes()
+    proc = await start(*connect("http://127.0.0.1:9", "--input", str(q), flag,
+                                str(tmp_path / "." / "q.wav")), env=TOKEN)
+    out, err = await finish(proc)
+    assert proc.returncode == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"--input and {flag} are the same file" in err
+    assert q.read_bytes() == before
