@@ -266,3 +266,18 @@ async def test_connect_stops_cleanly_when_its_reader_goes_away(peer: str) -> Non
     assert err.strip().splitlines()[-1] == "exit=141", err
     calls = (await control(peer, "calls"))["calls"]
     assert [c["close_reason"] for c in calls] == ["hangup"]
+
+
+@pytest.mark.parametrize("url", [
+    "http://alice:QPASSWORD@127.0.0.1:8799/?api_key=QSECRET",
+    "http://127.0.0.1:8799/?api_key=QSECRET",
+    "http://127.0.0.1:8799/#QSECRET",
+    "ftp://alice:QPASSWORD@127.0.0.1:8799/",
+    "http://alice:QPASSWORD@127.0.0.1:notaport/",
+])
+async def test_a_refused_base_url_never_echoes_its_credentials_or_query(url: str) -> None:
+    proc = await start(*connect(url), env={"FSM_VOICE_TOKEN": "ek_x"})
+    out, err = await finish(proc)
+    assert proc.returncode == 2, (out, err)
+    assert "<redacted>" in err and len(err.strip().splitlines()) == 1, err
+    assert "QSECRET" not in out + err and "QPASSWORD" not in out + err

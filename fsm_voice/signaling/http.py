@@ -50,6 +50,12 @@ TokenSource = Callable[[], Awaitable[str]] | str
 """A static key, or an ``async () -> str`` called for a fresh (ephemeral) key per exchange."""
 
 
+def _shown(url: object) -> object:
+    """``url`` as an error may show it: '<redacted>' when it may hold a secret (credentials,
+    a query or a fragment)."""
+    return "<redacted>" if isinstance(url, str) and any(c in url for c in "@?#") else url
+
+
 def _check_base_url(base_url: object) -> str:
     if not isinstance(base_url, str) or not base_url.strip():
         raise ConfigError.invalid(
@@ -61,20 +67,20 @@ def _check_base_url(base_url: object) -> str:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigError.invalid(
-            "base_url", base_url, "an http(s) URL such as 'https://api.openai.com'"
+            "base_url", _shown(base_url), "an http(s) URL such as 'https://api.openai.com'"
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError.invalid(
             "base_url",
-            base_url,
+            _shown(base_url),
             "an http:// or https:// URL with a host, e.g. 'https://api.openai.com'",
         )
-    if parts.query or parts.fragment:
-        raise ConfigError.invalid("base_url", base_url, "a URL without query or fragment")
     if parts.username or parts.password:
         raise ConfigError.invalid(
             "base_url", "<redacted>", "a URL without credentials (pass the key as token)"
         )
+    if parts.query or parts.fragment:
+        raise ConfigError.invalid("base_url", "<redacted>", "a URL without query or fragment")
     return url.rstrip("/")
 
 
