@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     )
     from fsm_voice.ports import ConnectionMetrics
     from fsm_voice.realtime import RealtimeConfig
-    from fsm_voice.session import QueueOverflowError, StatusChange, VoiceSession
+    from fsm_voice.session import (
+        InvalidEventError,
+        QueueOverflowError,
+        SessionStateError,
+        StatusChange,
+        VoiceSession,
+    )
     from fsm_voice.tokens import EphemeralKeyProvider
     from fsm_voice.transport.aiortc_transport import ChannelNotOpenError
     from fsm_voice.transport.audio import (
@@ -48,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "VoiceSession": "fsm_voice.session",
     "StatusChange": "fsm_voice.session",
     "QueueOverflowError": "fsm_voice.session",
+    "SessionStateError": "fsm_voice.session",
+    "InvalidEventError": "fsm_voice.session",
     "Status": "fsm_voice.machine",
     "STATUSES": "fsm_voice.machine",
     "SessionPolicy": "fsm_voice.policy",
@@ -88,6 +96,7 @@ __all__ = [
     "FsmVoiceError",
     "IcePolicy",
     "IceServer",
+    "InvalidEventError",
     "KeepOpen",
     "MonitorPolicy",
     "NullSink",
@@ -98,6 +107,7 @@ __all__ = [
     "RetryPolicy",
     "RolloverPolicy",
     "SessionPolicy",
+    "SessionStateError",
     "Severity",
     "SilenceSource",
     "Status",

@@ -33,9 +33,10 @@ from fsm_voice.delivery import (
     Ledger,
     QueueOverflowError,
 )
-from fsm_voice.errors import ErrorSource, Severity, VoiceError
+from fsm_voice.errors import ErrorSource, FsmVoiceError, Severity, VoiceError
 
-__all__ = ["Deliver", "DuplicateEventIdError", "Outbox", "QueueOverflowError", "validate_event"]
+__all__ = ["Deliver", "DuplicateEventIdError", "InvalidEventError", "Outbox", "QueueOverflowError",
+           "validate_event"]
 
 log = logging.getLogger("fsm_voice.outbox")
 
@@ -43,15 +44,21 @@ Deliver = Callable[[Mapping[str, Any]], None]
 """Send one client event on the open connection; raises when the channel is not open."""
 
 
+class InvalidEventError(FsmVoiceError, TypeError):
+    """A client event that is not a JSON-serialisable mapping with a string ``type`` (also a
+    TypeError, as it was)."""
+
+
 def validate_event(event: object) -> Mapping[str, Any]:
-    """``event`` if it is a JSON-serialisable mapping with a string ``type``; else TypeError."""
+    """``event`` if it is a JSON-serialisable mapping with a string ``type``; else
+    :class:`InvalidEventError`."""
     if not isinstance(event, Mapping) or not isinstance(event.get("type"), str):
-        raise TypeError("a client event is a mapping with a string 'type', e.g. "
+        raise InvalidEventError("a client event is a mapping with a string 'type', e.g. "
                         "{'type': 'response.create'}")
     try:
         json.dumps(event, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"client event {event['type']!r} is not JSON-serialisable: {exc}"
+        raise InvalidEventError(f"client event {event['type']!r} is not JSON-serialisable: {exc}"
                         ) from exc
     return event
 

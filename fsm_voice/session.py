@@ -33,23 +33,28 @@ from fsm_voice.dispatcher import (
     TraceEntry,
 )
 from fsm_voice.effects import Timer
-from fsm_voice.errors import VoiceError
+from fsm_voice.errors import ConfigError, FsmVoiceError, VoiceError
 from fsm_voice.fastpath import FastLifecycle
 from fsm_voice.machine import ACTIVE_STATES, EVENTS, SEVERITIES, STATUSES
 from fsm_voice.machine import LifecycleMachine as _Reference
 from fsm_voice.machine.engine import LifecycleMachine
 from fsm_voice.monitor import Monitor
-from fsm_voice.outbox import Outbox, QueueOverflowError, validate_event
+from fsm_voice.outbox import InvalidEventError, Outbox, QueueOverflowError, validate_event
 from fsm_voice.policy import QualityAlert, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics, Transport
 
 if TYPE_CHECKING:
     from fsm_voice.trace import TraceWriter
 
-__all__ = ["SERVER_EVENT_MAP", "Outcome", "QueueOverflowError", "StatusChange", "TraceEntry",
+__all__ = ["SERVER_EVENT_MAP", "InvalidEventError", "Outcome", "QueueOverflowError",
+           "SessionStateError", "StatusChange", "TraceEntry",
            "Traced", "VoiceSession"]
 
 log = logging.getLogger("fsm_voice.session")
+
+
+class SessionStateError(FsmVoiceError, RuntimeError):
+    """The session is not in a state for this call (not running, idle, already running)."""
 
 
 class VoiceSession:
@@ -222,7 +227,7 @@ class VoiceSession:
     # -- lifetime -----------------------------------------------------------------------------
     async def __aenter__(self) -> VoiceSession:
         if self._stack is not None:
-            raise RuntimeError("this VoiceSession is already running")
+            raise SessionStateError("this VoiceSession is already running")
         async with contextlib.AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
             self.dispatcher.attach(tg)
@@ -274,10 +279,11 @@ class VoiceSession:
     async def wait_for(self, *statuses: str, timeout: float | None = None) -> str:
         """Wait until the status is one of ``statuses``, or passes through one of them; returns
         the status reached. ``timeout`` is in seconds of the session's clock (a virtual clock in
-        tests): TimeoutError after it."""
+        tests): the built-in TimeoutError after it; :class:`ConfigError` (a ValueError) for an
+        unknown status."""
         unknown = [x for x in statuses if x not in STATUSES]
         if unknown or not statuses:
-            raise ValueError(f"wait_for needs statuses among {', '.join(STATUSES)}; "
+            raise ConfigError(f"wait_for needs statuses among {', '.join(STATUSES)}; "
                              f"got {', '.join(map(repr, unknown)) or 'none'}")
         if self.status in statuses:
             return self.status
@@ -288,12 +294,13 @@ class VoiceSession:
     def send_event(self, event: Mapping[str, Any]) -> None:
         """Send a client event; while reconnecting it is queued (bounded) and sent in order later.
 
-        Raises :class:`QueueOverflowError` when the queue is full, RuntimeError when idle/error,
-        TypeError when it is not a JSON object with a string ``type``.
+        Raises :class:`QueueOverflowError` when the queue is full, :class:`SessionStateError` (a
+        RuntimeError) when idle/error, :class:`InvalidEventError` (a TypeError) when it is not a
+        JSON object with a string ``type``.
         """
         validate_event(event)
         if self.status in ("idle", "error"):
-            raise RuntimeError(f"cannot send {event['type']!r}: session is {self.status}; "
+            raise SessionStateError(f"cannot send {event['type']!r}: session is {self.status}; "
                                "call start() first")
         up = self.machine.state_id in ACTIVE_STATES
         self.outbox.submit(event, self.transport.send_event if up else None)
@@ -303,16 +310,17 @@ class VoiceSession:
              expires_in: float | None = None) -> None:
         """Feed a raw machine event (for embedding apps and tests)."""
         if event not in EVENTS:
-            raise ValueError(f"unknown machine event {event!r}; known: {', '.join(EVENTS)}")
+            raise ConfigError(f"unknown machine event {event!r}; known: {', '.join(EVENTS)}")
         if severity is not None and severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+            raise ConfigError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
         for name, value in (("retry_after", retry_after), ("expires_in", expires_in)):
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, int | float)):
-                raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+                raise InvalidEventError(f"{name} must be a number of seconds or None, "
+                                        f"got {value!r}")
         self.dispatcher.post(Posted(event, severity=severity, code=code, error=error,
                                     retry_after=retry_after, expires_in=expires_in))
 
     def _require_running(self) -> None:
         if self._stack is None:
-            raise RuntimeError("use the session inside 'async with VoiceSession(...) as s:'")
+            raise SessionStateError("use the session inside 'async with VoiceSession(...) as s:'")

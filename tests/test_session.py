@@ -507,3 +507,34 @@ async def test_expires_at_is_converted_never_judged_and_never_raises() -> None:
 def test_expires_in_conversion(value: object, expected: float) -> None:
     got = expires_in(value, 1_700_000_000.0)
     assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+async def test_misuse_errors_derive_from_fsm_voice_error_and_keep_their_builtin_base() -> None:
+    import fsm_voice
+    from fsm_voice.errors import ConfigError, FsmVoiceError
+
+    async with VoiceSession(ScriptedTransport(["ok"]), clock=VirtualClock()) as s:
+        with pytest.raises(fsm_voice.SessionStateError) as idle:
+            s.send_event({"type": "response.create"})
+        with pytest.raises(fsm_voice.InvalidEventError) as bad:
+            s.send_event({"no": "type"})  # type: ignore[arg-type]
+        with pytest.raises(ConfigError) as status:
+            await s.wait_for("bogus")
+        with pytest.raises(ConfigError) as event:
+            s.post("bogus")
+    for exc, builtin in ((idle, RuntimeError), (bad, TypeError), (status, ValueError),
+                         (event, ValueError)):
+        assert isinstance(exc.value, FsmVoiceError) and isinstance(exc.value, builtin)
+
+
+def test_readme_lists_every_connect_stop_reason() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    reasons = set(re.findall(r'finish\("(\w+)"\)', (root / "fsm_voice/terminal.py").read_text()))
+    assert reasons >= {"responses", "quit"}
+    stopped = next(ln for ln in (root / "README.md").read_text().splitlines()
+                   if '{"stopped": ' in ln)
+    for reason in reasons | {"duration", "error", "SIGINT", "SIGTERM"}:
+        assert f'"{reason}"' in stopped, reason
