@@ -140,3 +140,20 @@ def test_unreadable_trace_is_a_usage_error(tmp_path: Path,
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+@needs_dot
+async def test_diff_with_trace_draws_both(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_replay import record
+
+    trace = tmp_path / "t.jsonl"
+    await record(trace)
+    out = tmp_path / "out"
+    assert main(["diagram", "--root", str(ROOT), "--diff", "HEAD", "--trace", str(trace),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Table changes against `HEAD`" in printed and "events taken" in printed
+    assert (out / "diff.md").is_file() and (out / "diff.svg").is_file()
+    assert (out / "t.svg").is_file()
