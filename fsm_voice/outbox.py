@@ -97,6 +97,8 @@ class Outbox:
         self.closes: list[CloseReport] = []
         """How each closed connection's events were sorted, oldest first (bounded)."""
         self._evicted: list[str] = []
+        self._unreplayable_reported: set[str] = set()
+        """Items already reported as not replayable (each is reported once per session)."""
         """Items evicted from the conversation since the last replay (reported with it)."""
         self._dropped_in_flight = 0
         self.dropped_events: collections.deque[Mapping[str, Any]] = collections.deque(
@@ -171,8 +173,12 @@ class Outbox:
             log.warning("re-establishing the session failed: %r", exc)
         self.flush(deliver)
         evicted, self._evicted = self._evicted, []
-        if report is None or (report.complete and not evicted):
+        if report is None:
             return None
+        fresh = [i for i in report.unreplayable if i not in self._unreplayable_reported]
+        self._unreplayable_reported.update(fresh)
+        if not report.cut and not evicted and not fresh:
+            return None  # complete, or only audio already reported as not replayable
         log.info("%s; %d evicted earlier", report.describe(), len(evicted))
         return VoiceError(
             severity=Severity.TRANSIENT, code="conversation_cut",
@@ -232,6 +238,7 @@ class Outbox:
         """A new session: forget the conversation and drop what an earlier session left."""
         self.conversation.clear()
         self._evicted.clear()
+        self._unreplayable_reported.clear()
         return self.drop("a new conversation was started")
 
     # -- the server ---------------------------------------------------------------------------

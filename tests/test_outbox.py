@@ -71,3 +71,27 @@ def test_an_error_ending_reports_what_was_not_delivered() -> None:
     box.submit({"type": "response.create"}, None)
     err = box.drop("the session went error")
     assert err is not None and box.dropped == 2 and len(box.dropped_events) == 1
+
+
+def test_audio_that_cannot_be_replayed_is_reported_once_not_on_every_reconnect() -> None:
+    box = Outbox(limit=10)
+    sent: list[Mapping[str, Any]] = []
+
+    def audio(iid: str) -> dict[str, Any]:
+        return {"type": "conversation.item.done", "item": {
+            "id": iid, "type": "message", "role": "user",
+            "content": [{"type": "input_audio"}]}}
+
+    box.conversation.observe(audio("a1"))
+    first = box.connection_up(sent.append, replay=True)
+    assert first is not None and first.code == "conversation_cut"
+    assert "1 not replayable" in first.message
+    for _ in range(3):  # later reconnects: nothing new was lost
+        assert box.connection_up(sent.append, replay=True) is None
+    box.conversation.observe(audio("a2"))  # a new audio-only turn: reported, once
+    again = box.connection_up(sent.append, replay=True)
+    assert again is not None and again.code == "conversation_cut"
+    assert box.connection_up(sent.append, replay=True) is None
+    box.new_conversation()
+    box.conversation.observe(audio("a1"))
+    assert box.connection_up(sent.append, replay=True) is not None
