@@ -48,6 +48,7 @@ from fsm_voice.cli import (
 )
 from fsm_voice.client import realtime_session
 from fsm_voice.dashboard import add_export_flags, run_observed
+from fsm_voice.effects import ReportError
 from fsm_voice.errors import ConfigError, VoiceError
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
@@ -578,6 +579,17 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
             if view == "json":
                 out({"error": str(e), "code": e.code, "severity": str(e.severity)})
 
+        def on_trace(rec: Any) -> None:
+            # A failed open the machine retries (503/429, Retry-After) reports nothing through
+            # on_error; the JSON view still shows it (a report effect goes through on_error).
+            entry, item, _gen = rec
+            err = getattr(item, "error", None)
+            if entry.event == "signaling_failed" and entry.outcome == "taken" and \
+                    isinstance(err, VoiceError) and \
+                    not any(isinstance(x, ReportError) for x in entry.effects):
+                out({"error": str(err), "code": err.code, "severity": str(err.severity),
+                     "retrying": True})
+
         def on_event(e: Mapping[str, Any]) -> None:
             activity.event(e)
             if (responses is not None and activity.responses >= responses
@@ -586,6 +598,8 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
 
         session.on_status(on_status)
         session.on_error(on_error)
+        if view == "json":
+            session.on_trace(on_trace)
         session.on_server_event(on_event)
 
         def typed(line: str) -> None:

@@ -281,3 +281,16 @@ async def test_a_refused_base_url_never_echoes_its_credentials_or_query(url: str
     assert proc.returncode == 2, (out, err)
     assert "<redacted>" in err and len(err.strip().splitlines()) == 1, err
     assert "QSECRET" not in out + err and "QPASSWORD" not in out + err
+
+
+async def test_connect_json_shows_retried_signaling_failures(peer: str) -> None:
+    await control(peer, "reject_offers", {"count": 1, "status": 503, "retry_after": 1})
+    await control(peer, "reject_offers", {"count": 1, "status": 429, "retry_after": 1})
+    proc = await start(*connect(peer, "--duration", "8", "--turn-detection", "none"), env=TOKEN)
+    out, err = await finish(proc)
+    assert proc.returncode == 0, (out, err)
+    lines = [json.loads(ln) for ln in out.splitlines()]
+    errors = [x for x in lines if "error" in x]
+    assert len(errors) == 2, lines
+    assert all(x["severity"] and x["code"] and x["retrying"] for x in errors), errors
+    assert "active" in [x.get("status") for x in lines]
