@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from fsm_voice.machine import LifecycleMachine
-from fsm_voice.mutants import PLANTED
+from fsm_voice.mutants import NAMED
 from fsm_voice.replay import (
     ENGINES,
     Engine,
@@ -57,7 +57,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
     try:
         header, records = read_trace(a.file)
         overrides = parse_overrides(a.policy or [])
-        machine = PLANTED[a.machine] if a.machine else LifecycleMachine
+        machine = NAMED[a.machine].machine() if a.machine else LifecycleMachine
         engines: tuple[Engine, ...] = ENGINES if a.engine == "both" else (a.engine,)
         results = [replay(header, records, engine=e, machine=machine, overrides=overrides)
                    for e in engines]
@@ -103,7 +103,7 @@ def add_parsers(sub: Any) -> None:
                    help="what-if: replay under a changed policy field (e.g. "
                    "ice.disconnected_grace=10); repeatable")
     r.add_argument("--engine", choices=("both", *ENGINES), default="both")
-    r.add_argument("--machine", choices=sorted(PLANTED), help="replay against a named mutant")
+    r.add_argument("--machine", choices=sorted(NAMED), help="replay against a named mutant")
     r.add_argument("--show-path", action="store_true",
                    help="with --policy: print the alternative path even when it agrees")
     r.set_defaults(func=cmd_replay)
