@@ -499,6 +499,18 @@ def _device_failure(kind: str, spec: str, exc: BaseException, noise: list[str]) 
     return f"cannot open audio {kind} {spec!r}: {detail}"
 
 
+def _device(kind: str, spec: str) -> tuple[str, str]:
+    """``(format, device)`` of a ``FORMAT:DEVICE`` spec this FFmpeg build can open as audio
+    ``kind`` (``input``/``output``); :class:`AudioDeviceError` otherwise."""
+    parsed = device_spec(spec)
+    if parsed is None:
+        raise AudioDeviceError(f"not a device: {spec!r} (expected FORMAT:DEVICE, e.g. "
+                               "alsa:default)")
+    fmt, name = parsed
+    _check_format(kind, spec, fmt)
+    return fmt, name
+
+
 def _check_format(kind: str, spec: str, fmt: str) -> None:
     if fmt not in av.formats_available:
         have = ", ".join(d for d in ("alsa", "pulse", "oss", "jack", "lavfi")
@@ -585,12 +597,7 @@ class DeviceInput(AudioInput):
     buffer (about 1 s); each 20 ms frame takes from it, or is silence when it runs dry."""
 
     def __init__(self, spec: str) -> None:
-        parsed = device_spec(spec)
-        if parsed is None:
-            raise AudioDeviceError(f"not a device: {spec!r} (expected FORMAT:DEVICE, e.g. "
-                                   "alsa:default)")
-        fmt, name = parsed
-        _check_format("input", spec, fmt)
+        fmt, name = _device("input", spec)
         self.spec = spec
         failure: Exception | None = None
         with _captured_stderr() as noise:
@@ -663,12 +670,7 @@ class DeviceOutput:
     (frames beyond about 1 s of backlog are dropped)."""
 
     def __init__(self, spec: str) -> None:
-        parsed = device_spec(spec)
-        if parsed is None:
-            raise AudioDeviceError(f"not a device: {spec!r} (expected FORMAT:DEVICE, e.g. "
-                                   "alsa:default)")
-        fmt, name = parsed
-        _check_format("output", spec, fmt)
+        fmt, name = _device("output", spec)
         self.spec = spec
         self.frames = 0
         self.dropped = 0
