@@ -289,8 +289,7 @@ def _demo_command(a: argparse.Namespace) -> int:
 
 
 def _serve_peer(a: argparse.Namespace) -> int:
-    from fsm_voice.peer.control import CONTROL_TOKEN_HEADER
-    from fsm_voice.peer.server import CALLS_PATH, RealtimePeer
+    from fsm_voice.peer.server import RealtimePeer, listening_line
 
     try:
         peer = RealtimePeer(a.host, a.port, reply=a.reply)
@@ -298,9 +297,7 @@ def _serve_peer(a: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
 
     def ready(url: str) -> None:
-        print(f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; "
-              f"control: {url}/control with {CONTROL_TOKEN_HEADER}: {peer.control_token})",
-              flush=True)
+        print(listening_line(peer, url), flush=True)
 
     serve_forever: Callable[[Callable[[str], None]], Awaitable[None]] = peer.serve_forever
     if a.metrics_port is not None:

@@ -629,6 +629,12 @@ class RealtimePeer(LocalService):
             self._counters["calls_ended"] += 1
 
 
+def listening_line(peer: RealtimePeer, url: str) -> str:
+    """What ``fsm-voice peer`` prints once it listens (tests read the control token from it)."""
+    return (f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; control: {url}/control"
+            f" with {CONTROL_TOKEN_HEADER}: {peer.control_token})")
+
+
 async def run_peer(host: str = "127.0.0.1", port: int = 8765, reply: Reply = "echo") -> None:
     """CLI entry (``fsm-voice peer``): print the URL, serve until cancelled (Ctrl-C), clean up.
 
@@ -636,11 +642,7 @@ async def run_peer(host: str = "127.0.0.1", port: int = 8765, reply: Reply = "ec
     """
 
     def ready(url: str) -> None:
-        print(
-            f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; control: {url}/control"
-            f" with {CONTROL_TOKEN_HEADER}: {peer.control_token})",
-            flush=True,
-        )
+        print(listening_line(peer, url), flush=True)
 
     peer = RealtimePeer(host, port, reply=reply)
     await peer.serve_forever(ready)
