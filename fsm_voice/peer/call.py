@@ -243,6 +243,7 @@ class Call:
             pc.on("connectionstatechange", self._on_connection_state)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                _private.quiet_sctp_close(pc)
                 pc.addTrack(self.player)
                 answer = await pc.createAnswer()
                 await pc.setLocalDescription(answer)

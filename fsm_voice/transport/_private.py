@@ -21,6 +21,10 @@ Capabilities (name: what it gives; fallback when lost):
   restart).
 * ``sctp_unacked``: data-channel messages not yet acknowledged by the peer;
   at-least-once re-send across a restart becomes no re-send.
+* ``sctp_quiet_close``: an SCTP retransmission that aiortc runs as a detached task after the
+  association was closed (its DTLS transport shutting down under it) ends quietly instead of
+  surfacing ``SSL.Error: protocol is shutdown`` as an unretrieved task exception; lost -> such
+  a close can log that error (nothing else changes).
 * ``turn_abort``: list and abort a connection's TURN allocations;
   a close over a dead TURN server takes aioice's ~60 s again (bounded by the close timeout).
 * ``host_addresses``: choose the host candidates aioice gathers (loopback for a local peer);
@@ -64,6 +68,7 @@ __all__ = [
     "install_host_address_hook",
     "mute_datagrams",
     "probe_path",
+    "quiet_sctp_close",
     "selected_pair",
     "stun",
     "turn_allocations",
@@ -131,6 +136,10 @@ ATTRIBUTES: Final[dict[str, tuple[tuple[str, str, str], ...]]] = {
         ("aiortc.rtcsctptransport.RTCSctpTransport", "_sent_queue", "instance"),
         ("aiortc.rtcsctptransport.RTCSctpTransport", "_outbound_queue", "instance"),
         ("aiortc.rtcsctptransport.RTCSctpTransport", "_data_channel_queue", "instance"),
+    ),
+    "sctp_quiet_close": (
+        ("aiortc.rtcsctptransport.RTCSctpTransport", "_transmit", "class"),
+        ("aiortc.rtcsctptransport.RTCSctpTransport", "_association_state", "instance"),
     ),
     "turn_abort": (
         ("aiortc.rtcicetransport.RTCIceTransport", "_connection", "instance"),
@@ -261,6 +270,10 @@ CAPABILITIES: Final[dict[str, Capability]] = {
         Capability(
             "sctp_unacked",
             "client events in flight when a connection dies are NOT re-sent (no at-least-once)",
+        ),
+        Capability(
+            "sctp_quiet_close",
+            "a retransmission racing a close can log 'SSL.Error: protocol is shutdown'",
         ),
         Capability(
             "turn_abort",
@@ -438,6 +451,46 @@ def unacknowledged_messages(pc: RTCPeerConnection, dc: RTCDataChannel) -> list[b
     except Exception as exc:
         cap.lose(exc)
         return []
+
+
+# ------------------------------------------------------------------------ sctp_quiet_close
+
+
+def quiet_sctp_close(pc: RTCPeerConnection) -> bool:
+    """Make the SCTP association of ``pc`` end its retransmissions quietly once it is closed.
+
+    aiortc 1.16 retransmits from detached tasks (``asyncio.ensure_future(self._transmit())`` on
+    a T3 expiry, data-channel flushes). ``pc.close()`` closes the association, then shuts its
+    DTLS transport down while such a task may still be sending: ``ssl.send`` then raises
+    ``SSL.Error`` in a task nobody awaits (an "exception never retrieved" in an application, a
+    failed test under anyio). This sets an instance-level ``_transmit`` that runs aiortc's own
+    and drops ``SSL.Error``/``ConnectionError`` only when the association is already CLOSED or
+    its DTLS transport is no longer connected; any other failure is raised as before. Call
+    once ``pc.sctp`` exists. True when installed.
+    """
+    cap = CAPABILITIES["sctp_quiet_close"]
+    sctp = pc.sctp
+    if sctp is None or not cap.available():
+        return False
+    try:
+        from OpenSSL import SSL
+
+        original = sctp._transmit
+        closed = RTCSctpTransport.State.CLOSED
+
+        async def transmit() -> None:
+            try:
+                await original()
+            except (SSL.Error, ConnectionError) as exc:
+                if sctp._association_state != closed and sctp.transport.state == "connected":
+                    raise
+                log.debug("retransmission after the SCTP association closed dropped: %r", exc)
+
+        sctp._transmit = transmit  # type: ignore[method-assign]
+        return True
+    except Exception as exc:
+        cap.lose(exc)
+        return False
 
 
 # ------------------------------------------------------------------------------- turn_abort

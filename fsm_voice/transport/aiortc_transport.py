@@ -330,6 +330,7 @@ class AiortcTransport:
         dc = pc.createDataChannel(DATA_CHANNEL_LABEL)
         conn.dc = dc
         self._wire_channel(conn, dc)
+        _private.quiet_sctp_close(pc)
 
         offer = await pc.createOffer()
         with self._candidate_scope():
