@@ -327,6 +327,7 @@ async def test_speech_gives_transcripts_reply_audio_and_usage(peer: RealtimePeer
         usage = [await c.wait_for("session.usage.updated") for _ in range(3)]
         seconds = [u["usage"]["seconds"] for u in usage]
         assert seconds == sorted(seconds) and seconds[0] < seconds[-1]
+        assert all(0 < u["context_window"]["usage_ratio"] < 0.01 for u in usage)
         async with asyncio.timeout(6):
             while c.voiced_frames_in < 20:  # the echoed utterance came back as audio
                 await asyncio.sleep(0.05)
@@ -377,6 +378,37 @@ async def test_commands_are_acked_and_bad_ones_get_errors(
     (record,) = peer.live_sessions
     assert record.appended == ["Greet the user."]
     _no_forbidden(client)
+
+
+@pytest.mark.anyio
+async def test_data_channel_permissions_limit_commands(peer: RealtimePeer) -> None:
+    c = LiveClient()
+    permissions = {"data_channel": {"allowed_client_events": ["session.close"]}}
+    try:
+        await c.create(peer, {"model": MODEL, "client": permissions})
+        started = await c.wait_for("session.started")
+        assert started["session"]["client"]["data_channel"]["allowed_client_events"] == [
+            "session.close"]
+        info = await c.wait_for("info")
+        assert info["code"] == "data_channel_permissions" and info["message"]
+        c.send({"type": "session.input_audio.mute", "event_id": "m"})
+        error = (await c.wait_for("error"))["error"]
+        assert (error["code"], error["client_event_id"]) == ("event_not_allowed", "m")
+        c.send({"type": "session.close"})
+        assert (await c.wait_for("session.closed"))["reason"] == "close_requested"
+    finally:
+        await c.close()
+
+
+@pytest.mark.anyio
+async def test_send_event_delivers_any_event(peer: RealtimePeer, client: LiveClient) -> None:
+    status, result = await _control(peer, "/control/send_event",
+                                    {"event": {"type": "session.future.thing", "x": 1}})
+    assert status == 200 and result["sent"] == 1
+    event = await client.wait_for("session.future.thing")
+    assert event["x"] == 1 and event["event_id"].startswith("event_")
+    status, _ = await _control(peer, "/control/send_event", {"event": {"x": 1}})
+    assert status == 400
 
 
 @pytest.mark.anyio

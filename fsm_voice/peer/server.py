@@ -36,7 +36,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
@@ -354,6 +354,13 @@ class RealtimePeer(LocalService):
         return sum(
             c.send_error(message, type=type, code=code, param=param) for c in self._targets(call_id)
         )
+
+    def send_event(self, event: Mapping[str, Any], call_id: str | None = None) -> int:
+        """Send any server event (a fresh ``event_id`` is stamped on it) to every live call (or
+        one), e.g. an event type the client does not know. Returns how many got it."""
+        if not isinstance(event, Mapping) or not isinstance(event.get("type"), str):
+            raise ValueError("event must be an object with a string 'type'")
+        return sum(c.send(event) for c in self._targets(call_id))
 
     def go_silent(self, call_id: str | None = None) -> int:
         """Stop all outgoing UDP of the call(s): media, data channel, ICE responses, consent
