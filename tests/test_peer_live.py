@@ -247,6 +247,23 @@ async def test_create_refusals(peer: RealtimePeer) -> None:
 
 
 @pytest.mark.anyio
+async def test_live_takes_api_keys_not_client_secrets() -> None:
+    async with RealtimePeer(require_ephemeral=True) as peer:
+        sdp = await _offer_sdp()
+        body = {"session": {"model": MODEL}, "transport": {"type": "webrtc", "sdp": sdp}}
+        minted = peer.client_secrets.mint(api_key="sk-test").value
+        for token in (minted, "not-an-api-key"):
+            status, _, text = await _post_json(peer, body, token=token)
+            assert status == 401 and json.loads(text)["error"]["code"] == "invalid_api_key"
+        c = LiveClient()  # the project key creates sessions even though calls need ek_ keys
+        try:
+            await c.create(peer, token="sk-test")
+            await c.wait_for("session.started")
+        finally:
+            await c.close()
+
+
+@pytest.mark.anyio
 async def test_create_answers_201_json_and_starts(peer: RealtimePeer) -> None:
     c = LiveClient()
     try:

@@ -490,7 +490,10 @@ class RealtimePeer(LocalService):
             headers=headers,
         )
 
-    def _authorized(self, request: web.Request) -> web.Response | None:
+    def _authorized(self, request: web.Request, *, live: bool = False) -> web.Response | None:
+        """None when the bearer key may use the endpoint, else the 401. Live endpoints take
+        API keys only (the Live API has no ephemeral keys): a minted ``ek_`` key is refused, and
+        with ``require_ephemeral`` the key must be one that may mint."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -501,7 +504,12 @@ class RealtimePeer(LocalService):
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 None,
             )
-        if self.require_ephemeral:
+        if live and (self.client_secrets.lookup(token) is not None or (
+                self.require_ephemeral and not self.client_secrets.accepts_api_key(token))):
+            return self._error(
+                401, "Incorrect API key provided: the Live API takes project API keys, not "
+                "client secrets.", "invalid_api_key")
+        if self.require_ephemeral and not live:
             status = self.client_secrets.status(token)
             if status != "valid":
                 # Expired and unknown keys get the same answer (no key-state oracle).
@@ -721,7 +729,7 @@ class RealtimePeer(LocalService):
         rejected = self._injected_rejection()
         if rejected is not None:
             return rejected
-        refused = self._authorized(request)
+        refused = self._authorized(request, live=True)
         if refused is not None:
             return refused
         if self._config_rejections:
@@ -788,7 +796,7 @@ class RealtimePeer(LocalService):
     async def _handle_live_attach(self, request: web.Request) -> web.StreamResponse:
         """``WS /v1/live/sessions/{id}/attach``: the sideband of a running session, for the key
         that created it (anyone else: 404). No replay, no first event."""
-        refused = self._authorized(request)
+        refused = self._authorized(request, live=True)
         if refused is not None:
             return refused
         session_id = request.match_info["session_id"]
