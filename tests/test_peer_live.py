@@ -26,7 +26,7 @@ from fsm_voice.peer.live import CLOSE_REASONS, parse_create
 from fsm_voice.peer.server import listening_line
 from fsm_voice.peer.vad import rms_dbfs
 from fsm_voice.transport.loopback import loopback
-from tests.test_peer import ToneBurstTrack
+from tests.test_peer import RATE, ToneBurstTrack, _burst_pcm
 
 MODEL = "gpt-live-1"
 # Event types a Live session must never carry (Realtime's VAD / playback / response lifecycle).
@@ -349,6 +349,26 @@ async def test_speech_gives_transcripts_reply_audio_and_usage(peer: RealtimePeer
             while c.voiced_frames_in < 20:  # the echoed utterance came back as audio
                 await asyncio.sleep(0.05)
         _no_forbidden(c)
+    finally:
+        await c.close()
+
+
+@pytest.mark.anyio
+async def test_muted_input_is_not_heard(peer: RealtimePeer) -> None:
+    c = LiveClient(burst=True)
+    c.track._pcm = bytes(2 * RATE * 2) + _burst_pcm(1.2)  # 2 s of silence first
+    try:
+        await c.create(peer)
+        await c.wait_for("session.started")
+        c.send({"type": "session.input_audio.mute"})
+        await c.wait_for("session.input_audio.muted")
+        (call,) = peer.calls.values()
+        heard_before_mute = call.vad.position_ms  # silence only: the burst starts at 2 s
+        async with asyncio.timeout(10):
+            while call.audio_frames_in < 4.0 / 0.02:  # the burst and 0.8 s after it arrived
+                await asyncio.sleep(0.05)
+        assert "session.input_transcript.delta" not in c.types()
+        assert call.vad.position_ms == heard_before_mute < 2000  # nothing while muted
     finally:
         await c.close()
 
