@@ -20,9 +20,11 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fsm_voice.peer import RealtimePeer
-from fsm_voice.peer.live import CLOSE_REASONS, parse_create
+from fsm_voice.peer.live import CLOSE_REASONS, SESSION_KEYS, LiveRequestError, parse_create
 from fsm_voice.peer.server import listening_line
 from fsm_voice.peer.vad import rms_dbfs
 from fsm_voice.transport.loopback import loopback
@@ -201,6 +203,33 @@ def test_parse_create_is_strict() -> None:
     config, sdp = parse_create(ok)
     assert config["input"] == SEED and sdp == "v=0"
     assert parse_create(ok, models=None)[0]["model"] == MODEL
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(["gpt-live-1", "webrtc", "v=0", "client", "responses"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from([*SESSION_KEYS, "type", "sdp", "output", "voice", "format", "id", "x"]),
+        inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(session=_JSON, transport=_JSON, extra=st.booleans())
+def test_parse_create_refuses_any_bad_body_with_a_typed_error(
+    session: Any, transport: Any, extra: bool
+) -> None:
+    body: dict[str, Any] = {"session": session, "transport": transport}
+    if extra:
+        body["x"] = 1
+    try:
+        config, sdp = parse_create(body)
+    except LiveRequestError as exc:
+        assert exc.status == 400 and exc.message
+        assert exc.code in ("unknown_parameter", "missing_required_parameter", "invalid_type",
+                            "invalid_value", "array_above_max_length")
+    else:
+        assert not extra and config["model"] in ("gpt-live-1", "gpt-live-1.1") and sdp.strip()
 
 
 @pytest.mark.anyio
