@@ -804,7 +804,8 @@ class RealtimePeer(LocalService):
         if (not isinstance(call, LiveCall) or call.closing
                 or self._owners.get(session_id) != self._owner(bearer_token(request) or "")):
             return self._error(404, "Session not found.", "session_not_found")
-        ws = web.WebSocketResponse(max_msg_size=MAX_SIDEBAND_MESSAGE)
+        ws = web.WebSocketResponse(max_msg_size=MAX_SIDEBAND_MESSAGE, timeout=2.0,
+                                   heartbeat=30.0)
         if not ws.can_prepare(request).ok:
             return self._error(400, "Expected a WebSocket upgrade.", "invalid_request")
         await ws.prepare(request)
