@@ -43,6 +43,12 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 60.0) -> tup
     """Wait for the exit (a bound against hanging, not a speed claim); stdout, stderr."""
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(
+            f"no exit within {timeout:.0f} s; stdout {out.decode()!r}, stderr {err.decode()!r}"
+        ) from None
     finally:
         if proc.returncode is None:
             proc.kill()
