@@ -258,7 +258,7 @@ async def test_short_blip_shown_alive_by_probes_is_not_restarted() -> None:
 
 @pytest.mark.anyio
 async def test_control_api_mutes_and_unmutes_the_peer_audio() -> None:
-    """``/control/mute_media`` stops the call's RTP (the player is no longer read) while the
+    """``/control/mute_media`` stops the call's RTP (no frame is sent) while the
     connection stays up; ``/control/unmute_media`` resumes it."""
     import aiohttp
 
@@ -282,4 +282,23 @@ async def test_control_api_mutes_and_unmutes_the_peer_audio() -> None:
                 frames = peer.list_calls()[0]["audio_frames_out"]
                 await _until(lambda: peer.list_calls()[0]["audio_frames_out"] > frames + 5)
                 assert peer.list_calls()[0]["media_muted"] is False
+            assert s.status == "active"
+
+
+@pytest.mark.anyio
+async def test_a_reply_muted_mid_way_still_ends_and_the_status_returns_to_active() -> None:
+    """A browser-style mute (``replaceTrack(null)``) while the assistant speaks: the server's
+    output buffer still plays out, so ``output_audio_buffer.stopped`` still comes and the
+    status goes ``speaking`` -> ``active`` during the mute (it stayed ``speaking`` before)."""
+    async with RealtimePeer(reply="tone", tone_seconds=1.0) as peer:
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=10)
+            s.send_event({"type": "response.create"})
+            await s.wait_for("speaking", timeout=10)
+            assert peer.mute_media() == 1
+            await s.wait_for("active", timeout=10)
+            assert peer.list_calls()[0]["media_muted"] is True
+            assert peer.unmute_media() == 1
             assert s.status == "active"

@@ -143,6 +143,23 @@ class PcmPlayerTrack(MediaStreamTrack):
         return b"".join(parts)
 
     async def recv(self) -> av.AudioFrame:
+        pcm = await self._tick()
+        frame = av.AudioFrame(format="s16", layout="mono", samples=SAMPLES_PER_FRAME)
+        frame.planes[0].update(pcm)
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = TIME_BASE
+        frame.pts = self._pts - SAMPLES_PER_FRAME
+        self.frames_sent += 1
+        return frame
+
+    async def play_out_unsent(self) -> None:
+        """Consume the queued clips in real time without sending them, until cancelled (a
+        muted sender: the server's output still plays out, so each clip still ends)."""
+        while True:
+            await self._tick()
+
+    async def _tick(self) -> bytes:
+        """Wait until the next 20 ms frame is due; its PCM (the queue advances)."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -156,11 +173,5 @@ class PcmPlayerTrack(MediaStreamTrack):
                 self._start = now - self._pts / SAMPLE_RATE
         if self.readyState != "live":
             raise MediaStreamError
-        frame = av.AudioFrame(format="s16", layout="mono", samples=SAMPLES_PER_FRAME)
-        frame.planes[0].update(self._next_pcm())
-        frame.sample_rate = SAMPLE_RATE
-        frame.time_base = TIME_BASE
-        frame.pts = self._pts
         self._pts += SAMPLES_PER_FRAME
-        self.frames_sent += 1
-        return frame
+        return self._next_pcm()

@@ -141,6 +141,7 @@ class Call:
         self._muted: _private.Muted = []
         self.media_muted = False
         """Outbound audio track replaced by nothing (:meth:`mute_media`)."""
+        self._muted_playout: asyncio.Task[None] | None = None
         # input audio
         self._prefix: collections.deque[bytes] = collections.deque()
         self._prefix_ms = 0.0
@@ -333,13 +334,26 @@ class Call:
             return False
         sender.replaceTrack(None)
         self.media_muted = True
+        if self._muted_playout is None and not self.closed:
+            # the reply still plays out (unsent), so its end is still announced
+            self._muted_playout = asyncio.get_running_loop().create_task(
+                self._play_out_unsent(), name=f"{self.id}:muted-playout")
+            self._tasks.add(self._muted_playout)
+            self._muted_playout.add_done_callback(self._task_done)
         return True
+
+    async def _play_out_unsent(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            await self.player.play_out_unsent()
 
     def unmute_media(self) -> bool:
         """Undo :meth:`mute_media` (the player track sends again)."""
         sender = self._audio_sender()
         if sender is None or not self.media_muted:
             return False
+        if self._muted_playout is not None:
+            self._muted_playout.cancel()
+            self._muted_playout = None
         sender.replaceTrack(self.player)
         self.media_muted = False
         return True
