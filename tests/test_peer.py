@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import anyio
 import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -569,3 +570,24 @@ async def test_run_peer_serves_until_cancelled(capsys: pytest.CaptureFixture[str
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@pytest.mark.anyio
+async def test_an_offer_whose_request_was_aborted_leaves_no_call(peer: RealtimePeer) -> None:
+    """A client that gives up during the exchange (session stopped mid-signaling) never gets
+    the call id, so it cannot hang up: the peer drops the offer instead of keeping a call
+    until its ~30 s connect timeout."""
+    peer.delay_answers(0.5)
+    sdp = await _offer_sdp()
+    headers = {"Content-Type": "application/sdp", "Authorization": "Bearer sk-test"}
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(TimeoutError):
+            async with http.post(peer.calls_url, data=sdp, headers=headers,
+                                 timeout=aiohttp.ClientTimeout(total=0.1)):
+                pass
+    with anyio.fail_after(5):
+        while peer.stats()["offers_abandoned"] < 1:
+            await anyio.sleep(0.02)
+    stats = peer.stats()
+    assert stats["calls_created"] == 0 and stats["calls_active"] == 0
+    assert stats["offers_answered"] == 0

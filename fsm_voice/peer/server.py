@@ -310,6 +310,7 @@ class RealtimePeer(LocalService):
             "offers_answered": self._counters["offers_answered"],
             "offers_refused": self._counters["offers_refused"],
             "offers_rejected_injected": self._counters["offers_rejected_injected"],
+            "offers_abandoned": self._counters["offers_abandoned"],
             "calls_created": self._counters["calls_created"],
             "calls_active": len(self._calls),
             "calls_ended": self._counters["calls_ended"],
@@ -644,6 +645,9 @@ class RealtimePeer(LocalService):
             )
         if self.answer_delay > 0:
             await asyncio.sleep(self.answer_delay)
+        if _gone(request):
+            self._counters["offers_abandoned"] += 1
+            return self._error(499, "The client closed the request.", "request_aborted")
         if self._stopping:
             return self._error(503, "The local peer is shutting down.", "server_shutting_down")
         call = make()
@@ -661,6 +665,10 @@ class RealtimePeer(LocalService):
             raise
         if call.closed:
             return self._error(503, "The call ended before it was answered.", "call_ended")
+        if _gone(request):  # nobody will ever get this answer: end the call now, not in ~30 s
+            self._counters["offers_abandoned"] += 1
+            await call.close("request_aborted")
+            return self._error(499, "The client closed the request.", "request_aborted")
         self._counters["offers_answered"] += 1
         return call, answer
 
@@ -886,3 +894,9 @@ async def run_peer(host: str = "127.0.0.1", port: int = 8765, reply: Reply = "ec
 
     peer = RealtimePeer(host, port, reply=reply)
     await peer.serve_forever(ready)
+
+
+def _gone(request: web.Request) -> bool:
+    """The client closed the connection of ``request`` (an answer could not reach it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
