@@ -123,6 +123,14 @@ def test_live_error_with_null_code_keeps_the_client_event_id() -> None:
         "evt_update", "session.delegation.type", "invalid_request_error")
 
 
+def test_live_error_confirms_the_client_event_in_the_ledgers_shape() -> None:
+    ev = {"type": "error", "error": {"code": None, "client_event_id": "c7"}}
+    assert LiveProtocol().conversation_events(ev) == (
+        ev, {"type": "error", "error": {"event_id": "c7"}})
+    ack = {"type": "session.input_audio.muted", "client_event_id": "c8"}
+    assert LiveProtocol().conversation_events(ack) == (ack,)
+
+
 @pytest.mark.parametrize(("body", "code", "severity"), [
     ({"type": "server_error", "code": None}, "unknown_error", "recoverable"),
     ({"type": "authentication_error", "code": "invalid_api_key"}, "invalid_api_key", "fatal"),
