@@ -707,10 +707,10 @@ class SessionProxy:
             # someone else's call is as unknown as a missing one
             raise _refuse(404, "bad_request", "Call not found.", code="call_not_found",
                           client_id=client_id)
-        status = await self._post_hangup(s)
         s.end_reason = "client_hangup"
         s.end_audited = True  # this request's row is the end's row
-        s.ended.set()
+        s.ended.set()  # frees the slot now; no cap can fire on it any more
+        status = await self._post_hangup(s)
         if status is None or status >= 500:
             return _Outcome(web.json_response({}, status=200), "session_ended", client_id,
                             detail="hangup_failed", authenticated=True, session_id=s.session_id)
@@ -873,7 +873,6 @@ class SessionProxy:
         else:
             out_status = 502
             message = f"The upstream failed ({code}, HTTP {status})."
-        broker.last_mint_error = code
         return _refuse(out_status, "upstream_error", message, type=etype, code=code,
                        param=param, client_id=client_id, headers=extra)
 
