@@ -431,6 +431,25 @@ async def test_stopping_the_broker_ends_its_sessions_audited(
         assert [(r["session_id"], r["detail"]) for r in enforced] == [(call_id, "broker_stopping")]
 
 
+async def test_a_session_whose_audit_row_fails_is_ended_and_never_handed_out(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    audit = AuditLog(tmp_path / "a.sqlite3")
+    await audit.open()
+    async with make_broker(peer.base_url, audit) as broker, app_client() as client:
+        await audit.close()  # the audit log fails from now on
+        status, _, text = await post_realtime(http, broker, await client.offer())
+        assert status == 500 and json.loads(text)["error"]["code"] == "audit_failed"
+        assert "v=0" not in text  # no answer left the broker
+        assert broker.proxy is not None
+        tasks = [s.task for s in broker.proxy.sessions.values() if s.task is not None]
+        assert len(tasks) <= 1
+        await asyncio.gather(*tasks)
+        [call] = peer.list_calls()
+        assert call["close_reason"] == "hangup"  # ended upstream at once
+        assert await broker.limits.sessions("app-1") == 0
+
+
 @needs_redis
 async def test_redis_backed_concurrency_cap_holds_across_two_brokers(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path, redis_server: RedisServer
