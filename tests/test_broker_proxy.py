@@ -101,7 +101,9 @@ def make_broker(
 @pytest.fixture
 async def peer() -> AsyncIterator[RealtimePeer]:
     # the upstream accepts only the broker's real key: a create that works proves it was used
-    async with RealtimePeer(reply="tone", tokens=lambda t: t == API_KEY) as p:
+    async with RealtimePeer(
+        reply="tone", tokens=lambda t: t == API_KEY, live_usage_interval=0.25
+    ) as p:
         yield p
 
 
@@ -666,8 +668,10 @@ async def test_live_idle_cap_closes_a_silent_session(
         assert live_record(peer, session_id).closed_by == "sideband"
         [enforced] = await rows(broker, "session_enforced")
         assert enforced["detail"] == "idle_timeout"
-        # usage updates kept coming while it was idle: they are not activity
-        assert any(e["type"] == "session.usage.updated" for e in client.events)
+        # usage updates kept coming (every 0.25 s) while it was idle: they are not activity
+        before = client.events[: client.events.index(closed)]
+        assert sum(e["type"] == "session.usage.updated" for e in before) >= 2
+        assert not any(e["type"].endswith("transcript.delta") for e in before)
 
 
 @needs_live_peer
