@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
 from fsm_voice.broker import (
     AuditLog,
@@ -41,6 +41,7 @@ from fsm_voice.peer import RealtimePeer
 from fsm_voice.transport.loopback import loopback
 
 from .broker_servers import RedisServer, redis_missing
+from .test_peer import ToneBurstTrack
 
 pytestmark = pytest.mark.anyio
 
@@ -127,9 +128,9 @@ class AppClient:
     """An app: a real aiortc peer connection (silent microphone, ``oai-events`` channel) that
     creates its session through the broker."""
 
-    def __init__(self) -> None:
+    def __init__(self, track: MediaStreamTrack | None = None) -> None:
         self.pc: RTCPeerConnection | None = None
-        self.track = AudioStreamTrack()
+        self.track = track or AudioStreamTrack()
         self.events: list[dict[str, Any]] = []
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.channel: Any = None
@@ -170,8 +171,8 @@ class AppClient:
 
 
 @contextlib.asynccontextmanager
-async def app_client() -> AsyncIterator[AppClient]:
-    client = AppClient()
+async def app_client(track: MediaStreamTrack | None = None) -> AsyncIterator[AppClient]:
+    client = AppClient(track)
     try:
         yield client
     finally:
@@ -675,6 +676,29 @@ async def test_live_idle_cap_closes_a_silent_session(
 
 
 @needs_live_peer
+async def test_live_transcript_activity_restarts_the_idle_timer(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    idle = 4.0
+    async with make_broker(
+        peer.base_url, tmp_path / "a.sqlite3", max_duration=600, idle_timeout=idle
+    ) as broker, app_client(ToneBurstTrack(burst=True)) as client:
+        session_id = await live_session(http, broker, client)
+        assert broker.proxy is not None
+        s = broker.proxy.sessions[session_id]
+        closed = await client.wait_for("session.closed", timeout=30.0)
+        assert closed["reason"] == "close_requested"
+        await session_ended(broker, session_id)
+        before = client.events[: client.events.index(closed)]
+        assert any(e["type"] == "session.input_transcript.delta" for e in before)
+        assert any(e["type"] == "session.output_transcript.delta" for e in before)
+        # the deltas the sideband saw moved the idle deadline: closed idle s after the last one
+        assert s.last_activity > s.created
+        assert s.enforced == "idle_timeout" and s.enforced_at is not None
+        assert s.enforced_at >= s.last_activity + idle
+
+
+@needs_live_peer
 async def test_live_concurrency_cap_and_upstream_close_frees_the_slot(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -692,6 +716,26 @@ async def test_live_concurrency_cap_and_upstream_close_frees_the_slot(
         [end] = await rows(broker, "session_ended")
         assert end["detail"] == "remote_hangup"
         await live_session(http, broker, third)
+
+
+@needs_live_peer
+async def test_stopping_the_broker_closes_its_live_sessions_through_the_sideband(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    audit = AuditLog(tmp_path / "a.sqlite3")
+    async with audit, app_client() as client:
+        async with make_broker(peer.base_url, audit) as broker:
+            session_id = await live_session(http, broker, client)
+            await client.wait_for("session.started")
+        closed = await client.wait_for("session.closed")
+        assert closed["reason"] == "close_requested"
+        assert live_record(peer, session_id).closed_by == "sideband"
+        enforced = await audit.rows("outcome = ?", ("session_enforced",))
+        assert [(r["session_id"], r["detail"]) for r in enforced] == [
+            (session_id, "broker_stopping")
+        ]
+        [end] = await audit.rows("outcome = ?", ("session_ended",))
+        assert end["detail"] == "close_requested"
 
 
 @needs_live_peer

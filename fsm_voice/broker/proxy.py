@@ -341,6 +341,7 @@ class ProxiedSession:
     ws: aiohttp.ClientWebSocketResponse | None = None
     task: asyncio.Task[None] | None = None
     close_by: float | None = None
+    enforced_at: float | None = None
 
 
 class _SessionGone(Exception):
@@ -1005,7 +1006,8 @@ class SessionProxy:
             return
         s.enforced = cap
         loop = asyncio.get_running_loop()
-        s.close_by = loop.time() + self.config.close_grace
+        s.enforced_at = loop.time()
+        s.close_by = s.enforced_at + self.config.close_grace
         log.info("broker proxy: %s of client %s reached %s: closing", s.session_id,
                  s.client_id, cap)
         if s.kind == "live":
