@@ -739,6 +739,22 @@ async def test_stopping_the_broker_closes_its_live_sessions_through_the_sideband
 
 
 @needs_live_peer
+async def test_a_live_session_dropped_upstream_without_session_closed_frees_its_slot(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    async with make_broker(peer.base_url, tmp_path / "a.sqlite3", max_sessions=1) as broker, \
+            app_client() as client:
+        session_id = await live_session(http, broker, client)
+        await client.wait_for("session.started")
+        assert await peer.close_call(session_id) == 1  # abrupt: no session.closed to the app
+        await session_ended(broker, session_id)
+        assert await broker.limits.sessions("app-1") == 0
+        [end] = await rows(broker, "session_ended")
+        assert end["detail"] == "connection_lost"  # the sideband got session.closed
+        assert not await rows(broker, "session_enforced")
+
+
+@needs_live_peer
 async def test_live_config_rejection_is_a_typed_error(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
