@@ -755,6 +755,26 @@ async def test_a_live_session_dropped_upstream_without_session_closed_frees_its_
 
 
 @needs_live_peer
+async def test_a_live_session_whose_audit_row_fails_is_closed_at_once(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    audit = AuditLog(tmp_path / "a.sqlite3")
+    await audit.open()
+    # a long duration cap: only the audit failure can end this session quickly
+    async with make_broker(peer.base_url, audit, max_duration=600) as broker, \
+            app_client() as client:
+        await audit.close()
+        body = {"transport": {"type": "webrtc", "sdp": await client.offer()}}
+        status, _, err = await post_live(http, broker, body)
+        assert status == 500 and err["error"]["code"] == "audit_failed"
+        assert broker.proxy is not None
+        await asyncio.gather(*(s.task for s in broker.proxy.sessions.values() if s.task))
+        [record] = peer.live_sessions
+        assert (record.closed_reason, record.closed_by) == ("close_requested", "sideband")
+        assert await broker.limits.sessions("app-1") == 0
+
+
+@needs_live_peer
 async def test_live_config_rejection_is_a_typed_error(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:

@@ -342,6 +342,8 @@ class ProxiedSession:
     task: asyncio.Task[None] | None = None
     close_by: float | None = None
     enforced_at: float | None = None
+    wake: asyncio.Event = attrs.field(factory=asyncio.Event)
+    """Set when the session is ended from outside its supervisor (stop, audit failure)."""
 
 
 class _SessionGone(Exception):
@@ -939,6 +941,8 @@ class SessionProxy:
             s.end_reason = "sideband_lost"
             await _sleep_until(loop, s.deadline)
             return
+        if s.enforced is not None:  # ended before the sideband was there (e.g. audit failure)
+            await self._send_close(s)
         idle = s.limits.idle_timeout
         while True:
             now = loop.time()
@@ -956,9 +960,8 @@ class SessionProxy:
                 if wait <= 0:
                     s.end_reason = "close_unconfirmed"
                     return
-            try:
-                msg = await asyncio.wait_for(s.ws.receive(), wait)
-            except TimeoutError:
+            msg = await _receive(s.ws, s.wake, wait)
+            if msg is None:  # timed out, or woken by an enforcement from outside
                 continue
             if msg.type == aiohttp.WSMsgType.TEXT:
                 event = _event(msg.data)
@@ -1008,6 +1011,7 @@ class SessionProxy:
         loop = asyncio.get_running_loop()
         s.enforced_at = loop.time()
         s.close_by = s.enforced_at + self.config.close_grace
+        s.wake.set()
         log.info("broker proxy: %s of client %s reached %s: closing", s.session_id,
                  s.client_id, cap)
         if s.kind == "live":
@@ -1078,6 +1082,30 @@ def _retry_after(value: str | None) -> float | None:
         return float(value)
     except ValueError:
         return None
+
+
+async def _receive(
+    ws: aiohttp.ClientWebSocketResponse, wake: asyncio.Event, timeout: float
+) -> aiohttp.WSMessage | None:
+    """The next sideband message, or None after ``timeout`` s or once ``wake`` is set (it is
+    cleared then)."""
+    if wake.is_set():
+        wake.clear()
+        return None
+    recv = asyncio.ensure_future(ws.receive())
+    woken = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({recv, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        pending = [t for t in (recv, woken) if not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    if recv.done() and not recv.cancelled():
+        return recv.result()
+    if woken.done() and not woken.cancelled():
+        wake.clear()
+    return None
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
