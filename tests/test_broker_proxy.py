@@ -38,6 +38,7 @@ from fsm_voice.broker.proxy import (
 )
 from fsm_voice.errors import ConfigError
 from fsm_voice.peer import RealtimePeer
+from fsm_voice.peer.live import LiveCall
 from fsm_voice.transport.loopback import loopback
 
 from .broker_servers import RedisServer, redis_missing
@@ -545,18 +546,6 @@ def broker_cli_parser() -> Any:
 # ------------------------------------------------------------------------------ Live
 
 
-def live_peer_missing() -> str | None:
-    from fsm_voice.peer import server
-
-    if not hasattr(RealtimePeer, "live_sessions") and "live" not in server.__doc__.lower():
-        return "the local peer does not serve the Live API yet (branch live-peer)"
-    return None
-
-
-needs_live_peer = pytest.mark.skipif(live_peer_missing() is not None,
-                                     reason=str(live_peer_missing()))
-
-
 async def live_session(
     http: aiohttp.ClientSession, broker: TokenBroker, client: AppClient, client_id: str = "app-1",
     session: dict[str, Any] | None = None,
@@ -577,7 +566,6 @@ def live_record(peer: RealtimePeer, session_id: str) -> Any:
     return record
 
 
-@needs_live_peer
 async def test_live_create_through_the_proxy_with_the_servers_config_and_client_input(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -609,7 +597,6 @@ async def test_live_create_through_the_proxy_with_the_servers_config_and_client_
         assert not await rows(broker, "session_enforced")
 
 
-@needs_live_peer
 async def test_live_client_cannot_pick_the_model_or_raise_limits(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -633,7 +620,6 @@ async def test_live_client_cannot_pick_the_model_or_raise_limits(
         assert await broker.limits.sessions("app-1") == 0
 
 
-@needs_live_peer
 async def test_live_duration_cap_closes_via_the_sideband_and_the_client_sees_it(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -654,7 +640,6 @@ async def test_live_duration_cap_closes_via_the_sideband_and_the_client_sees_it(
         assert await broker.limits.sessions("app-1") == 0
 
 
-@needs_live_peer
 async def test_live_idle_cap_closes_a_silent_session(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -675,7 +660,6 @@ async def test_live_idle_cap_closes_a_silent_session(
         assert not any(e["type"].endswith("transcript.delta") for e in before)
 
 
-@needs_live_peer
 async def test_live_transcript_activity_restarts_the_idle_timer(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -698,7 +682,6 @@ async def test_live_transcript_activity_restarts_the_idle_timer(
         assert s.enforced_at >= s.last_activity + idle
 
 
-@needs_live_peer
 async def test_live_concurrency_cap_and_upstream_close_frees_the_slot(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -718,7 +701,6 @@ async def test_live_concurrency_cap_and_upstream_close_frees_the_slot(
         await live_session(http, broker, third)
 
 
-@needs_live_peer
 async def test_stopping_the_broker_closes_its_live_sessions_through_the_sideband(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -738,7 +720,6 @@ async def test_stopping_the_broker_closes_its_live_sessions_through_the_sideband
         assert end["detail"] == "close_requested"
 
 
-@needs_live_peer
 async def test_a_live_session_dropped_upstream_without_session_closed_frees_its_slot(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -754,7 +735,6 @@ async def test_a_live_session_dropped_upstream_without_session_closed_frees_its_
         assert not await rows(broker, "session_enforced")
 
 
-@needs_live_peer
 async def test_a_live_session_whose_audit_row_fails_is_closed_at_once(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:
@@ -774,7 +754,28 @@ async def test_a_live_session_whose_audit_row_fails_is_closed_at_once(
         assert await broker.limits.sessions("app-1") == 0
 
 
-@needs_live_peer
+async def test_a_dropped_sideband_is_reattached_and_the_cap_still_holds(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    async with make_broker(peer.base_url, tmp_path / "a.sqlite3", max_duration=2.0) as broker, \
+            app_client() as client:
+        session_id = await live_session(http, broker, client)
+        assert broker.proxy is not None
+        s = broker.proxy.sessions[session_id]
+        await s.attached.wait()
+        call = peer.calls[session_id]
+        assert isinstance(call, LiveCall)
+        for sideband in list(call.sidebands):  # the upstream drops the broker's sideband
+            sideband.end()
+        closed = await client.wait_for("session.closed", timeout=15.0)
+        assert closed["reason"] == "close_requested"
+        await session_ended(broker, session_id)
+        assert s.attachments == 2
+        assert live_record(peer, session_id).closed_by == "sideband"
+        [enforced] = await rows(broker, "session_enforced")
+        assert enforced["detail"] == "max_duration"
+
+
 async def test_live_config_rejection_is_a_typed_error(
     http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
 ) -> None:

@@ -343,6 +343,9 @@ class ProxiedSession:
     close_by: float | None = None
     enforced_at: float | None = None
     wake: asyncio.Event = attrs.field(factory=asyncio.Event)
+    attached: asyncio.Event = attrs.field(factory=asyncio.Event)
+    """Set while the Live sideband is attached."""
+    attachments: int = 0
     """Set when the session is ended from outside its supervisor (stop, audit failure)."""
 
 
@@ -896,11 +899,15 @@ class SessionProxy:
                 raise _SessionGone from None
             raise
 
-    async def _attach_retrying(self, s: ProxiedSession) -> aiohttp.ClientWebSocketResponse | None:
-        """The sideband, with 3 attempts; None when it cannot be had (``s.end_reason`` says
-        whether the session is gone)."""
+    async def _attach_until(self, s: ProxiedSession) -> aiohttp.ClientWebSocketResponse | None:
+        """The sideband, retried with backoff (0.2 s doubling to 5 s) until it works, the
+        session is gone (``end_reason`` ``session_gone``) or the cap plus ``close_grace`` has
+        passed without one (``sideband_lost``): None in the last two cases."""
+        loop = asyncio.get_running_loop()
         delay = 0.2
-        for attempt in range(3):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return await self._attach(s)
             except _SessionGone:
@@ -908,11 +915,14 @@ class SessionProxy:
                 return None
             except Exception as exc:  # unreachable, refused, timed out, broker stopping
                 log.warning("broker proxy: attach to %s failed (%s), attempt %d",
-                            s.session_id, type(exc).__name__, attempt + 1)
-            if attempt < 2:
-                await asyncio.sleep(delay)  # back off between attempts (not a synchronisation)
-                delay *= 3
-        return None
+                            s.session_id, type(exc).__name__, attempt)
+            limit = s.close_by if s.close_by is not None else s.deadline + self.config.close_grace
+            now = loop.time()
+            if now >= limit:
+                s.end_reason = "sideband_lost"
+                return None
+            await asyncio.sleep(min(delay, limit - now))  # backoff, not a synchronisation
+            delay = min(delay * 2, 5.0)
 
     async def _run_live(self, s: ProxiedSession) -> None:
         try:
@@ -933,18 +943,16 @@ class SessionProxy:
 
     async def _live_loop(self, s: ProxiedSession) -> None:
         loop = asyncio.get_running_loop()
-        s.ws = await self._attach_retrying(s)
-        if s.ws is None:
-            if s.end_reason == "session_gone":
-                return
-            # no sideband: nothing to enforce with; the slot stays taken until the cap
-            s.end_reason = "sideband_lost"
-            await _sleep_until(loop, s.deadline)
-            return
-        if s.enforced is not None:  # ended before the sideband was there (e.g. audit failure)
-            await self._send_close(s)
         idle = s.limits.idle_timeout
         while True:
+            if s.ws is None:
+                s.ws = await self._attach_until(s)
+                if s.ws is None:
+                    return
+                s.attachments += 1
+                s.attached.set()
+                if s.enforced is not None:  # decided while detached (audit failure, a drop)
+                    await self._send_close(s)
             now = loop.time()
             if s.enforced is None:
                 cap, due = "max_duration", s.deadline
@@ -976,17 +984,13 @@ class SessionProxy:
             if msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG,
                             aiohttp.WSMsgType.BINARY):
                 continue
-            # the sideband closed without session.closed: is the session still there?
+            # the sideband closed without session.closed: re-attach (a 404 says it is gone)
+            ws, s.ws = s.ws, None
+            s.attached.clear()
+            log.warning("broker proxy: sideband of %s closed (%s): re-attaching", s.session_id,
+                        msg.type.name)
             with contextlib.suppress(Exception):
-                await s.ws.close()
-            s.ws = await self._attach_retrying(s)
-            if s.ws is None:
-                if s.end_reason != "session_gone":
-                    s.end_reason = "sideband_lost"
-                    await _sleep_until(loop, s.deadline)
-                return
-            if s.enforced is not None:  # the close may have been lost with the old socket
-                await self._send_close(s)
+                await ws.close()
 
     async def _send_close(self, s: ProxiedSession) -> bool:
         ws = s.ws
@@ -1119,7 +1123,3 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
-    delay = when - loop.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
