@@ -33,9 +33,11 @@ Per client (:class:`SessionLimits`): ``max_sessions`` live at once (leases in th
   same event). Idle means no ``session.input_transcript.delta`` /
   ``session.output_transcript.delta`` on the sideband for ``idle_timeout`` seconds since the
   later of the creation and the last delta (``session.usage.updated`` is not activity: it keeps
-  ticking while the session is open). The slot is freed on ``session.closed`` (any reason),
-  when the sideband says the session is gone (404 on re-attach), or ``close_grace`` seconds
-  after an unanswered ``session.close``.
+  ticking while the session is open). A dropped sideband is re-attached (backoff 0.2 s doubling
+  to 5 s) until the cap plus ``close_grace``; a close decided meanwhile is sent on re-attach.
+  The slot is freed on ``session.closed`` (any reason), when the upstream says the session is
+  gone (404 on attach), ``close_grace`` seconds after an unanswered ``session.close``, or at the
+  cap plus ``close_grace`` when no sideband could be had (``sideband_lost``).
 * Realtime: at ``max_duration`` the broker calls ``POST /v1/realtime/calls/{id}/hangup``.
   ``idle_timeout`` is NOT enforced for Realtime: the broker sees no event of a Realtime call
   (the Realtime sideband is not used). A call the client ends without hanging up through the
