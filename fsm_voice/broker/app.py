@@ -90,6 +90,7 @@ from fsm_voice.tokens import EphemeralKey, OpenAIClientSecrets, check_api_base
 
 from .audit import AuditEntry, AuditLog, AuditStore
 from .forwarded import FORWARDED_HEADERS, ForwardedHeader, Network, client_address, parse_networks
+from .proxy import ProxyConfig, SessionProxy
 from .ratelimit import (
     FairSlots,
     LimitStore,
@@ -332,6 +333,8 @@ class BrokerConfig:
         default=1, validator=_int_in("limits_retry_after", 1, 3600)
     )
     """``Retry-After`` seconds of the 503 sent while the rate-limit store is unreachable."""
+    proxy: ProxyConfig | None = attrs.field(default=None)
+    """Session proxy mode (:mod:`fsm_voice.broker.proxy`): None (default) serves tokens only."""
 
     @property
     def upstream_slots_per_client(self) -> int:
@@ -377,6 +380,7 @@ class _Outcome:
     detail: str | None = None
     key: EphemeralKey | None = None
     authenticated: bool = False
+    session_id: str | None = None
 
 
 @attrs.define
@@ -490,6 +494,8 @@ class TokenBroker(LocalService):
         self.counters: dict[str, int] = {}
         self.observers: list[Callable[[AuditEntry], object]] = []
         """Called with each token request's audit entry (metrics export); must not block."""
+        self.proxy = SessionProxy(self, config.proxy) if config.proxy is not None else None
+        """The session proxy (None unless ``config.proxy``)."""
 
     def __repr__(self) -> str:
         state = self.base_url if self._bound_port is not None else "stopped"
@@ -507,6 +513,8 @@ class TokenBroker(LocalService):
         )
         app.router.add_route("*", TOKEN_PATH, self._token_endpoint)
         app.router.add_get(HEALTH_PATH, self._health)
+        if self.proxy is not None:
+            self.proxy.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -584,7 +592,11 @@ class TokenBroker(LocalService):
                     "broker: %d token request(s) stopped without their audit row",
                     len(self._inflight),
                 )
-            await self._close_resources()
+            try:
+                if self.proxy is not None:  # end the supervised sessions, rows first
+                    await self.proxy.aclose()
+            finally:
+                await self._close_resources()
 
 
     # -- rows of dropped keys ----------------------------------------------------------------
@@ -849,19 +861,7 @@ class TokenBroker(LocalService):
                 headers={"Allow": "POST"},
                 authenticated=False,
             )
-        client_id = request[_STATE].client_id = await self._authenticate(request)
-        wait = await self._limit(request, "client", client_id, self.config.rate, client_id)
-        if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            raise _refuse(
-                429,
-                "rate_limited",
-                f"Rate limit reached for client {client_id!r}: try again in {seconds}s.",
-                type="requests",
-                code="rate_limit_exceeded",
-                client_id=client_id,
-                headers={"Retry-After": str(seconds)},
-            )
+        client_id = request[_STATE].client_id = await self._admit(request)
         try:
             async with asyncio.timeout(self.config.body_timeout):
                 body = await self._read_json(request, client_id)
@@ -877,6 +877,24 @@ class TokenBroker(LocalService):
             raise refusal from None
         seconds = self._expires_after(body, client_id)
         return await self._mint(client_id, seconds)
+
+    async def _admit(self, request: web.Request) -> str:
+        """The client id of valid credentials within the client's token bucket (401/429
+        refusals otherwise): the token endpoint's admission, shared with the session proxy."""
+        client_id = request[_STATE].client_id = await self._authenticate(request)
+        wait = await self._limit(request, "client", client_id, self.config.rate, client_id)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            raise _refuse(
+                429,
+                "rate_limited",
+                f"Rate limit reached for client {client_id!r}: try again in {seconds}s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                client_id=client_id,
+                headers={"Retry-After": str(seconds)},
+            )
+        return client_id
 
     async def _limit(
         self,

@@ -73,6 +73,9 @@ OUTCOMES: Final = frozenset(
         "overloaded",
         "internal_error",
         "limits_unavailable",
+        "session_created",
+        "session_enforced",
+        "session_ended",
     }
 )
 GENESIS: Final = "0" * 64

@@ -41,6 +41,7 @@ from .app import (
 )
 from .audit import AuditStore, VerifyResult, verify_sqlite
 from .forwarded import FORWARDED_HEADERS
+from .proxy import LIVE_SESSIONS_PATH, REALTIME_CALLS_PATH, ClientProxy, ProxyConfig, SessionLimits
 from .ratelimit import LimitStore, RatePolicy
 
 __all__ = ["add_parsers", "build_broker", "cmd_audit_setup", "cmd_audit_verify", "cmd_broker"]
@@ -156,6 +157,39 @@ def add_parsers(subparsers: Any) -> None:
         help="seconds a client may take to send a request head (and an idle connection may "
         "stay open), then its body (default 20)",
     )
+    x = b.add_argument_group(
+        "session proxy",
+        "apps POST their SDP offer to the broker (/v1/live/sessions, /v1/realtime/calls), which "
+        "creates the session upstream with the server-side config and caps it; the Realtime "
+        "session is the one above (--model/--voice/--instructions/--session-config)",
+    )
+    x.add_argument("--proxy", action="store_true", help="serve the session proxy endpoints")
+    x.add_argument(
+        "--proxy-config",
+        metavar="FILE",
+        help='JSON {"default": ENTRY, "clients": {"<id>": ENTRY}}, ENTRY keys live_session, '
+        "realtime_session, max_sessions, max_duration_s, idle_timeout_s (the flags below are "
+        "the defaults a file's entries override)",
+    )
+    x.add_argument("--live-model", help="Live session model (default gpt-live-1)")
+    x.add_argument("--live-instructions", help="Live session instructions")
+    x.add_argument("--live-voice", help="Live session output voice")
+    x.add_argument(
+        "--max-sessions", type=int, help="sessions one client may have open at once (default 2)"
+    )
+    x.add_argument(
+        "--max-session-duration",
+        type=float,
+        metavar="SECONDS",
+        help="the broker ends a session this long after creating it (default 1800)",
+    )
+    x.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="the broker ends a Live session without transcript activity this long (default: "
+        "none; not enforced for Realtime)",
+    )
     b.add_argument(
         "--hash-secret",
         action="store_true",
@@ -237,6 +271,36 @@ def _session_config(args: argparse.Namespace) -> dict[str, Any]:
     return session
 
 
+_PROXY_FLAGS = (
+    "proxy_config", "live_model", "live_instructions", "live_voice", "max_sessions",
+    "max_session_duration", "idle_timeout",
+)
+
+
+def _proxy_config(args: argparse.Namespace, realtime: dict[str, Any]) -> ProxyConfig | None:
+    """The session proxy the flags describe (None without ``--proxy``)."""
+    given = [f for f in _PROXY_FLAGS if getattr(args, f, None) is not None]
+    if not getattr(args, "proxy", False):
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} configures the session proxy: pass --proxy too")
+        return None
+    live: dict[str, Any] = {"model": args.live_model or "gpt-live-1"}
+    if args.live_instructions:
+        live["instructions"] = args.live_instructions
+    if args.live_voice:
+        live["audio"] = {"output": {"voice": args.live_voice}}
+    limits = SessionLimits(
+        max_sessions=2 if args.max_sessions is None else args.max_sessions,
+        max_duration=1800.0 if args.max_session_duration is None else args.max_session_duration,
+        idle_timeout=args.idle_timeout,
+    )
+    default = ClientProxy(live_session=live, realtime_session=realtime, limits=limits)
+    if args.proxy_config:
+        return ProxyConfig.from_file(args.proxy_config, default)
+    return ProxyConfig(default=default)
+
+
 def _clients(args: argparse.Namespace) -> ClientRegistry:
     digests: dict[str, str] = {}
     if args.clients:
@@ -301,9 +365,11 @@ def build_broker(args: argparse.Namespace, environ: Mapping[str, str] | None = N
             )
         if everyone:
             log.warning("broker: every address is a trusted proxy (--allow-any-proxy)")
+    session_config = _session_config(args)
     config = BrokerConfig(
         upstream_base=args.upstream,
-        session_config=_session_config(args),
+        session_config=session_config,
+        proxy=_proxy_config(args, session_config),
         default_expires_after=args.default_expires,
         max_expires_after=args.max_expires,
         rate=RatePolicy(capacity=args.rate_capacity, refill_per_second=args.rate_refill),
@@ -348,8 +414,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     def ready(url: str) -> None:
+        proxied = (
+            f"; proxy POST {url}{LIVE_SESSIONS_PATH}, {url}{REALTIME_CALLS_PATH}"
+            if broker.proxy is not None
+            else ""
+        )
         print(
-            f"fsm-voice broker listening on {url} (POST {url}{TOKEN_PATH}; "
+            f"fsm-voice broker listening on {url} (POST {url}{TOKEN_PATH}{proxied}; "
             f"{len(broker.clients)} client(s); upstream {broker.config.upstream_base}; "
             f"audit {broker.audit.path}; limits {broker.limits.description})",
             flush=True,
