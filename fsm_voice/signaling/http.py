@@ -210,6 +210,13 @@ class HttpSignaling(OwnedHttpClient):
     async def _post(
         self, offer_sdp: str
     ) -> tuple[int, bytes | None, dict[str, str], str | None]:
+        return await self._send(offer_sdp.encode(), "application/sdp")
+
+    async def _send(
+        self, data: bytes, content_type: str
+    ) -> tuple[int, bytes | None, dict[str, str], str | None]:
+        """POST ``data`` to :attr:`url` with a fresh key: (status, body or None when too large,
+        headers, Location). Raises a classified :class:`VoiceError` when no answer came."""
         try:
             key = await self._key()
         except VoiceError:
@@ -222,12 +229,12 @@ class HttpSignaling(OwnedHttpClient):
                 f"token provider failed: {err.message}",
                 ErrorSource.SIGNALING,
             ) from exc
-        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
+        headers = {"Content-Type": content_type, "Authorization": f"Bearer {key}"}
         client = self._client()
         try:
             async with client.post(
                 self.url,
-                data=offer_sdp.encode(),
+                data=data,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 allow_redirects=False,
