@@ -1,0 +1,415 @@
+"""The OpenAI Live client end to end: LiveConfig, LiveSignaling, the graceful close, the audio
+activity gates and ``connect``/``demo --protocol live``, against the local peer (real aiortc,
+real HTTP, real audio: espeak-ng speech and the peer's replies)."""
+
+from __future__ import annotations
+
+import array
+import json
+import subprocess
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from aiohttp import web
+
+from fsm_voice.errors import ConfigError, Severity, VoiceError
+from fsm_voice.live import LiveConfig, live_session
+from fsm_voice.peer.server import RealtimePeer
+from fsm_voice.policy import IcePolicy, MonitorPolicy, RetryPolicy, SessionPolicy
+from fsm_voice.ports import TransportSignal
+from fsm_voice.session import VoiceSession
+from fsm_voice.signaling.live import LiveSignaling
+from fsm_voice.transport import NullSink, SilenceSource, UtteranceSource
+from fsm_voice.transport.activity import ActivityPolicy, EnergyGate, frame_level, frame_seconds
+from fsm_voice.transport.aiortc_transport import AiortcTransport, Finalisation, GracefulClose
+from fsm_voice.transport.audio import FRAME_SAMPLES, SAMPLE_RATE, WavInput
+from tests.test_cli import finish, start
+from tests.test_terminal import SENTENCE, _need, sound_span
+
+pytestmark = pytest.mark.anyio
+
+FAST = SessionPolicy(
+    retry=RetryPolicy(base_delay=0.2, factor=2.0, max_attempts=3, jitter=0.0, stable_after=0.5),
+    ice=IcePolicy(disconnected_grace=1.0, connect_timeout=8.0, restart_timeout=8.0),
+    monitor=MonitorPolicy(metrics_interval=0.5, health_interval=5.0),
+)
+BOUND = 60.0  # a bound against hanging on a loaded 2-core machine, not a speed claim
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sentence by espeak-ng, with 1 s of silence before and 2 s after (sox)."""
+    work = tmp_path_factory.mktemp("live-speech")
+    raw, padded = work / "raw.wav", work / "speech.wav"
+    subprocess.run([_need("espeak-ng"), "-g", "15", "-w", str(raw), SENTENCE], check=True)
+    subprocess.run([_need("sox"), str(raw), str(padded), "pad", "1.0", "2.0"], check=True)
+    return padded
+
+
+def frames_of(path: Path) -> list[av.AudioFrame]:
+    pcm = WavInput(path)._pcm
+    out = []
+    for i in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+        f = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        f.planes[0].update(array.array("h", pcm[i:i + FRAME_SAMPLES]).tobytes())
+        f.sample_rate = SAMPLE_RATE
+        out.append(f)
+    return out
+
+
+def session_for(peer: RealtimePeer, *, speak: bool = False, source: Any = None,
+                config: LiveConfig | None = None, **kw: Any) -> VoiceSession:
+    if source is None:
+        source = (lambda: UtteranceSource(lead_silence=0.3, speech_seconds=1.0,
+                                          trail_silence=3.0, repeat=True)) if speak \
+            else SilenceSource
+    return live_session(peer.base_url, "sk-live-test", config=config, policy=FAST,
+                        audio_source=source, audio_sink=NullSink, **kw)
+
+
+def finalisation(s: VoiceSession) -> Finalisation | None:
+    assert isinstance(s.transport, AiortcTransport)
+    return s.transport.last_finalisation
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_live_config_to_session_and_strict_values() -> None:
+    assert LiveConfig().to_session() == {"model": "gpt-live-1"}
+    assert LiveConfig(model="gpt-live-1.1", instructions="Be brief.", voice="cedar",
+                      store=True).to_session() == {
+        "model": "gpt-live-1.1", "instructions": "Be brief.",
+        "audio": {"output": {"voice": "cedar"}}, "store": True}
+    for bad in ({"model": ""}, {"model": 1}, {"voice": ""}, {"voice": 3}, {"store": "yes"},
+                {"instructions": 5}):
+        with pytest.raises(ConfigError) as info:
+            LiveConfig(**bad)
+        assert f"LiveConfig.{next(iter(bad))}" in str(info.value)
+
+
+def test_bad_signaling_and_transport_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"config\.model"):
+        LiveSignaling("http://127.0.0.1:9", "sk-x", {"instructions": "no model"})
+    with pytest.raises(ConfigError, match=r"config\.input"):
+        LiveSignaling("http://127.0.0.1:9", "sk-x", {"model": "gpt-live-1", "input": []})
+    with pytest.raises(ConfigError, match="base_url"):
+        LiveSignaling("ftp://x", "sk-x", LiveConfig())
+    with pytest.raises(ConfigError, match=r"GracefulClose\.timeout"):
+        GracefulClose(timeout=0)
+    with pytest.raises(ConfigError, match=r"ActivityPolicy\.threshold_dbfs"):
+        ActivityPolicy(threshold_dbfs=3)
+    with pytest.raises(ConfigError, match=r"ActivityPolicy\.hangover"):
+        ActivityPolicy(hangover=-1)
+
+
+# ----------------------------------------------------------------------------- audio gates
+
+
+def test_gate_follows_real_speech_with_hangover(speech: Path) -> None:
+    """espeak-ng's sentence (word gaps of 150 ms) opens the gate once near its onset and closes
+    it one hangover after its end, both as sox measures them."""
+    policy = ActivityPolicy()
+    gate = EnergyGate(policy, TransportSignal.SPEECH_STARTED, TransportSignal.SPEECH_STOPPED)
+    changes = []
+    for f in frames_of(speech):
+        signal = gate.feed(frame_level(f), frame_seconds(f))
+        if signal is not None:
+            changes.append((signal, gate.position))
+    onset, end = sound_span(speech)
+    assert [c for c, _ in changes] == [TransportSignal.SPEECH_STARTED,
+                                       TransportSignal.SPEECH_STOPPED], changes
+    assert abs(changes[0][1] - (onset + policy.attack)) < 0.1, (changes, onset)
+    assert abs(changes[1][1] - (end + policy.hangover)) < 0.1, (changes, end)
+
+
+def test_silence_and_a_click_do_not_open_the_gate() -> None:
+    gate = EnergyGate(ActivityPolicy(), TransportSignal.AUDIO_STARTED,
+                      TransportSignal.AUDIO_STOPPED)
+    silent = av.AudioFrame(format="s16", layout="stereo", samples=FRAME_SAMPLES)
+    silent.planes[0].update(bytes(4 * FRAME_SAMPLES))
+    silent.sample_rate = SAMPLE_RATE
+    click = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES // 4)  # 5 ms
+    click.planes[0].update(array.array("h", [20000, -20000] * (FRAME_SAMPLES // 8)).tobytes())
+    click.sample_rate = SAMPLE_RATE
+    assert frame_level(silent) == -120.0 and frame_level(click) > -10
+    assert [gate.feed(frame_level(f), frame_seconds(f))
+            for f in (silent, click, silent, silent)] == [None] * 4
+    assert not gate.open
+
+
+# ------------------------------------------------------------------ signaling error shapes
+
+
+class Upstream:
+    """A real HTTP server answering POST /v1/live/sessions with a scripted body."""
+
+    def __init__(self) -> None:
+        self.status = 201
+        self.body: str = ""
+        self.headers: dict[str, str] = {}
+        self.received: list[Mapping[str, Any]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.json())
+        return web.Response(status=self.status, text=self.body, headers=self.headers,
+                            content_type="application/json")
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
+    srv = Upstream()
+    app = web.Application()
+    app.router.add_post("/v1/live/sessions", srv.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield srv, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ("not json", "is not JSON"),
+    ('{"session": {}, "transport": {"type": "webrtc", "sdp": "v=0"}}', "no session.id"),
+    ('{"session": {"id": "live_1"}}', "no transport object"),
+    ('{"session": {"id": "live_1"}, "transport": {"type": "sip", "sdp": "v=0"}}',
+     "not 'webrtc'"),
+    ('{"session": {"id": "live_1"}, "transport": {"type": "webrtc", "sdp": "hello"}}',
+     "is not SDP"),
+])
+async def test_malformed_answer_is_a_typed_recoverable_error(
+        upstream: tuple[Upstream, str], body: str, why: str) -> None:
+    srv, base = upstream
+    srv.body = body
+    seeded = [{"type": "message", "role": "user", "content": [{"type": "input_text",
+                                                                "text": "hi"}]}]
+    async with LiveSignaling(base, "sk-x", LiveConfig(instructions="x"),
+                             input_provider=lambda: seeded) as sig:
+        with pytest.raises(VoiceError) as info:
+            await sig.exchange(OFFER)
+    assert info.value.code == "invalid_answer" and why in info.value.message
+    assert info.value.severity is Severity.RECOVERABLE
+    assert srv.received == [{"session": {"model": "gpt-live-1", "instructions": "x",
+                                         "input": seeded},
+                             "transport": {"type": "webrtc", "sdp": OFFER}}]
+
+
+@pytest.mark.parametrize(("status", "body", "code", "severity", "retry_after"), [
+    (400, '{"error": {"type": "invalid_request_error", "code": "unknown_parameter", '
+          '"message": "Unknown parameter: session.voice", "param": "session.voice"}}',
+     "unknown_parameter", Severity.FATAL, None),
+    (400, "{}", "invalid_config", Severity.FATAL, None),
+    (401, '{"error": {"type": "invalid_request_error", "code": "invalid_api_key", '
+          '"message": "bad key"}}', "invalid_api_key", Severity.FATAL, None),
+    (429, '{"error": {"type": "requests", "code": "rate_limit_exceeded", "message": "slow"}}',
+     "rate_limit_exceeded", Severity.RECOVERABLE, 2.0),
+    (503, "", "http_service_unavailable", Severity.RECOVERABLE, 2.0),
+])
+async def test_refusals_are_classified(upstream: tuple[Upstream, str], status: int, body: str,
+                                       code: str, severity: Severity,
+                                       retry_after: float | None) -> None:
+    srv, base = upstream
+    srv.status, srv.body, srv.headers = status, body, {"Retry-After": "2"}
+    async with LiveSignaling(base, "sk-x", LiveConfig()) as sig:
+        with pytest.raises(VoiceError) as info:
+            await sig.exchange(OFFER)
+    err = info.value
+    assert (err.code, err.severity, err.retry_after, err.http_status) == (
+        code, severity, retry_after, status)
+
+
+async def test_a_bad_input_provider_is_a_typed_fatal_error(
+        upstream: tuple[Upstream, str]) -> None:
+    srv, base = upstream
+    async with LiveSignaling(base, "sk-x", LiveConfig(),
+                             input_provider=lambda: "not a list") as sig:  # type: ignore[arg-type,return-value]
+        with pytest.raises(VoiceError) as info:
+            await sig.exchange(OFFER)
+    assert (info.value.code, info.value.severity) == ("invalid_input", Severity.FATAL)
+    assert srv.received == []  # nothing was sent
+
+
+# ------------------------------------------------------------------ against the local peer
+
+GATES = ActivityPolicy(hangover=0.3)
+"""Shorter than the peer's 500 ms end-of-turn silence: the user's turn ends before its reply."""
+
+
+def texts(messages: object) -> str:
+    return json.dumps(messages)
+
+
+async def test_session_up_listening_speaking_from_audio_and_close_confirmed(
+        speech: Path) -> None:
+    """espeak-ng speech in, the peer's tone reply out: statuses from the two audio gates only
+    (the peer sends no VAD events in Live), then a stop finalised by session.closed."""
+    async with RealtimePeer(reply="tone") as peer:
+        s = session_for(peer, source=WavInput(speech).track, activity=GATES)
+        seen: list[str] = []
+        events: list[Mapping[str, Any]] = []
+        s.on_status(lambda c: seen.append(c.status))
+        s.on_server_event(events.append)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=BOUND)
+            await s.wait_for("listening", timeout=BOUND)
+            await s.wait_for("speaking", timeout=BOUND)
+            await s.wait_for("active", timeout=BOUND)
+            await s.stop()
+        (record,) = peer.live_sessions
+    types = {e["type"] for e in events}
+    assert "session.started" in types and "session.output_transcript.delta" in types, types
+    assert not any(t.startswith(("input_audio_buffer.", "output_audio_buffer.")) for t in types)
+    i = seen.index("listening")
+    assert seen[:2] == ["connecting", "active"] and seen[i:i + 4] == [
+        "listening", "active", "speaking", "active"], seen
+    assert seen[-1] == "idle"
+    final = finalisation(s)
+    assert final is not None and final.confirmed and final.requested, final
+    assert (final.reason, final.session_id) == ("close_requested", record.id)
+    assert final.usage_seconds is not None and final.usage_seconds > 0
+    assert final.usage_seconds == record.usage_seconds
+    assert (record.closed_reason, record.closed_by) == ("close_requested", "client")
+    assert record.model == "gpt-live-1" and not record.input  # a start seeds nothing
+
+
+async def test_close_unconfirmed_when_session_closed_never_comes() -> None:
+    async with RealtimePeer() as peer:
+        s = session_for(peer, finalise_timeout=1.0)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=BOUND)
+            assert peer.go_silent() == 1  # nothing more comes back, session.closed neither
+            await s.stop()
+    final = finalisation(s)
+    assert final is not None and not final.confirmed and final.reason is None, final
+    assert final.requested and "no session.closed within 1 s" in final.detail, final
+
+
+async def test_rejected_config_is_a_typed_fatal_error() -> None:
+    async with RealtimePeer() as peer:
+        peer.reject_config("unknown_parameter", "Unknown parameter: 'session.tone'.",
+                           param="session.tone")
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("error", timeout=BOUND)
+            assert not s.armed_timers  # no retry can come
+        err = s.errors[-1]
+        assert (err.code, err.severity, err.http_status, err.param) == (
+            "unknown_parameter", Severity.FATAL, 400, "session.tone")
+        assert peer.live_sessions == []
+
+
+async def _converse(s: VoiceSession) -> None:
+    await s.start()
+    await s.wait_for("active", timeout=BOUND)
+    await s.wait_for("speaking", timeout=BOUND)
+    await s.wait_for("active", timeout=BOUND)
+
+
+@pytest.mark.parametrize("reason", ["connection_lost", "expired"])
+async def test_lost_or_expired_session_continues_in_a_new_seeded_session(
+        speech: Path, reason: str) -> None:
+    async with RealtimePeer(reply="tone") as peer:
+        s = session_for(peer, source=WavInput(speech).track, activity=GATES)
+        said: list[str] = []
+        s.on_server_event(lambda e: said.append(e["delta"])
+                          if e.get("type") == "session.output_transcript.delta" else None)
+        async with s:
+            await _converse(s)
+            assert await peer.live_close(reason) == 1
+            await s.wait_for("reconnecting", timeout=BOUND)
+            await s.wait_for("active", timeout=BOUND)
+            first, second = peer.live_sessions
+            reported = [e for e in s.errors if e.code == reason]
+        assert (first.closed_reason, first.closed_by) == (reason, "fault")
+        assert second.id != first.id
+        assert second.input, "the new session got no conversation"
+        assert "".join(said).strip() in texts(second.input), (said, second.input)
+        assert reported and reported[-1].severity is Severity.RECOVERABLE
+        first_final = s.transport.finalisations[0]  # type: ignore[attr-defined]
+        assert first_final.confirmed and first_final.reason == reason
+        assert not first_final.requested  # the server ended it: no session.close was sent
+
+
+@pytest.mark.parametrize(("reason", "status"), [("content", "error"),
+                                                 ("remote_hangup", "idle")])
+async def test_content_ends_in_error_remote_hangup_in_idle_without_retry(
+        reason: str, status: str) -> None:
+    async with RealtimePeer() as peer:
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=BOUND)
+            assert await peer.live_close(reason) == 1
+            await s.wait_for(status, timeout=BOUND)
+            assert not s.armed_timers  # nothing will reopen it
+            assert len(peer.live_sessions) == 1
+        err = s.errors[-1]
+        assert (err.code, err.severity) == (reason, Severity.FATAL)
+
+
+# ------------------------------------------------------------------------------- the CLI
+
+
+async def test_connect_protocol_live_json_and_exit_codes() -> None:
+    async with RealtimePeer(reply="tone") as peer:
+        proc = await start("connect", "--protocol", "live", "--base-url", peer.base_url,
+                           "--json", "--duration", "4", env={"FSM_VOICE_TOKEN": "sk-cli-live"})
+        out, err = await finish(proc, timeout=BOUND)
+        assert proc.returncode == 0, (out, err)
+        lines = [json.loads(ln) for ln in out.splitlines()]
+        statuses = [x["status"] for x in lines[:-2]]
+        assert statuses[:2] == ["connecting", "active"] and statuses[-1] == "idle", lines
+        assert "listening" in statuses and "speaking" in statuses, statuses
+        final, stopped = lines[-2:]
+        (record,) = peer.live_sessions
+        assert final == {"finalised": True, "reason": "close_requested",
+                         "usage_seconds": record.usage_seconds}
+        assert stopped == {"stopped": "duration", "status": "idle"}
+
+        peer.reject_config("invalid_value", "Invalid value for 'session.model'.")
+        proc = await start("connect", "--protocol", "live", "--base-url", peer.base_url,
+                           "--json", "--duration", "30", env={"FSM_VOICE_TOKEN": "sk-cli-live"})
+        out, err = await finish(proc, timeout=BOUND)
+        assert proc.returncode == 1, (out, err)
+        assert err.strip().splitlines()[-1] == (
+            "fsm-voice connect: the session ended in error: [fatal] invalid_value "
+            "(signaling, HTTP 400): Invalid value for 'session.model'."), err
+
+
+@pytest.mark.parametrize("flag", [["--turn-detection", "none"], ["--audio-format", "pcm16"],
+                                  ["--transcribe", "none"], ["--text-input", "stdin"]])
+async def test_connect_live_refuses_realtime_only_flags(flag: list[str]) -> None:
+    proc = await start("connect", "--protocol", "live", "--base-url", "http://127.0.0.1:9",
+                       *flag, env={"FSM_VOICE_TOKEN": "sk-x"})
+    out, err = await finish(proc)
+    assert proc.returncode == 2, (out, err)
+    named = " ".join(flag) if flag[0] == "--text-input" else flag[0]
+    assert err.strip() == (f"fsm-voice connect: {named}: "
+                           "Realtime-only, not with --protocol live"), err
+
+
+async def test_demo_protocol_live_recovers_into_a_seeded_session() -> None:
+    proc = await start("demo", "--protocol", "live", "--duration", "12")
+    out, err = await finish(proc, timeout=BOUND * 2)
+    assert proc.returncode == 0, (out, err)
+    assert "demo passed" in out
+    assert "session 2 received input" in out and "connection_lost" in out, out
+    assert "finalised (session.closed)" in out and "close_requested, usage" in out, out
