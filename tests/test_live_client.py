@@ -7,10 +7,12 @@ from __future__ import annotations
 import array
 import json
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import av
 import pytest
 from aiohttp import web
@@ -116,8 +118,9 @@ def test_bad_signaling_and_transport_options_are_config_errors() -> None:
 
 def test_gate_follows_real_speech_with_hangover(speech: Path) -> None:
     """espeak-ng's sentence (word gaps of 150 ms) opens the gate once near its onset and closes
-    it one hangover after its end, both as sox measures them."""
+    it one hangover after its end, both as sox measures them (the README's defaults)."""
     policy = ActivityPolicy()
+    assert (policy.threshold_dbfs, policy.attack, policy.hangover) == (-45.0, 0.06, 0.6)
     gate = EnergyGate(policy, TransportSignal.SPEECH_STARTED, TransportSignal.SPEECH_STOPPED)
     changes = []
     for f in frames_of(speech):
@@ -216,6 +219,7 @@ async def test_malformed_answer_is_a_typed_recoverable_error(
     (400, "{}", "invalid_config", Severity.FATAL, None),
     (401, '{"error": {"type": "invalid_request_error", "code": "invalid_api_key", '
           '"message": "bad key"}}', "invalid_api_key", Severity.FATAL, None),
+    (403, "", "http_forbidden", Severity.FATAL, None),
     (429, '{"error": {"type": "requests", "code": "rate_limit_exceeded", "message": "slow"}}',
      "rate_limit_exceeded", Severity.RECOVERABLE, 2.0),
     (503, "", "http_service_unavailable", Severity.RECOVERABLE, 2.0),
@@ -413,3 +417,23 @@ async def test_demo_protocol_live_recovers_into_a_seeded_session() -> None:
     assert "demo passed" in out
     assert "session 2 received input" in out and "connection_lost" in out, out
     assert "finalised (session.closed)" in out and "close_requested, usage" in out, out
+
+
+async def test_readme_live_example_runs(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    begin = text.index("```python\n", text.index("## OpenAI Live")) + len("```python\n")
+    code = text[begin:text.index("```", begin)]
+    async with RealtimePeer() as peer:
+        script = tmp_path / "live_example.py"
+        script.write_text(code.replace("http://127.0.0.1:8765", peer.base_url)
+                          .replace("anyio.sleep(5)", "anyio.sleep(1)"))
+        with anyio.fail_after(BOUND):
+            result = await anyio.run_process([sys.executable, str(script)], cwd=tmp_path,
+                                             check=False)
+        (record,) = peer.live_sessions
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert "connecting -> active" in out and "-> idle" in out, out
+    assert out.strip().splitlines()[-1] == (
+        f"finalised: True close_requested {record.usage_seconds}"), out
+    assert record.instructions == "Be brief."
