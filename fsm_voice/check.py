@@ -44,8 +44,11 @@ from fsm_voice.fastpath import FastLifecycle
 from fsm_voice.machine import LifecycleMachine
 from fsm_voice.machine.logic import LifecycleLogic, Snapshot
 from fsm_voice.machine.table import (
+    CLOSE_REASONS,
     CONNECTING,
     CRASH,
+    ENDING_CLOSES,
+    RETRIED_CLOSES,
     RETRY_AFTER_EVENTS,
     SEVERITIES,
     STATE,
@@ -74,6 +77,8 @@ RETRY_AFTER_CLASSES: Final[dict[str, float | None]] = {
 EXPIRES_IN_CLASSES: Final[dict[str, float]] = {
     "valid": 1800.0, "soon": 10.0, "invalid": 0.0}
 CODE_CLASSES: Final = {"other": "test_code", "session_expired": "session_expired"}
+#: ``session_closed`` codes: the five reasons and one the table does not know.
+CLOSE_CODES: Final = (*CLOSE_REASONS, "unknown")
 SPEECH: Final = ("active", "listening", "speaking")
 
 
@@ -124,6 +129,8 @@ def letters_for(
                 for ra in retry_afters]
     if event == "session_info":
         return [Letter(event, expires_in=x) for x in expires_ins]
+    if event == "session_closed":
+        return [Letter(event, code=c) for c in CLOSE_CODES]
     return [Letter(event)]
 
 
@@ -250,10 +257,13 @@ INVARIANTS: Final[dict[str, str]] = {
     "INV-ICE-4": "in `active`/`listening`/`speaking` the state is the speech status implied by "
                  "the speech/audio events seen on the connection",
     "INV-DAMP-2": "outside an episode, a failure of a working connection (transport, grace, "
-                  "recoverable server error without `retry_after`, `session_expired`) restarts "
-                  "the transport at once",
+                  "recoverable server error without `retry_after`, `session_expired`, "
+                  "`session_closed` `expired` / `connection_lost`) restarts the transport at "
+                  "once",
     "INV-REPORT-1": "entering `error` reports exactly one fatal error: the event's code for a "
-                    "fatal event, else `retry_after_too_long` or `retries_exhausted`",
+                    "fatal event, `content` / `unknown_close_reason` for a `session_closed`, "
+                    "else `retry_after_too_long` or `retries_exhausted`; a fatal report leads "
+                    "to `error`, or to `idle` for a session the server ended on purpose",
     "INV-DAMP-1": "a transport restart that is not a rollover happens only in a stable session "
                   "(`session_stable` not armed); inside an episode a failure backs off",
     "INV-SERVER-1": "an ignorable server error changes nothing and emits nothing; a transient "
@@ -267,6 +277,13 @@ INVARIANTS: Final[dict[str, str]] = {
                       "unusable `expires_in` arms nothing and is reported",
     "INV-ROLLOVER-2": "a rollover restarts exactly when `rollover_due` has fired on this "
                       "connection and the session is (back) in `active`",
+    "INV-CLOSE-1": "`session_closed` `close_requested` / `remote_hangup` leads to `idle`, "
+                   "closes the transport and reports the reason once, fatal",
+    "INV-CLOSE-2": "`session_closed` `content`, or a reason the table does not know, leads to "
+                   "`error` and opens nothing (no retry)",
+    "INV-CLOSE-3": "`session_closed` `expired` / `connection_lost` never keeps the connection "
+                   "and never ends in `idle`: it restarts (a new session), backs off or gives "
+                   "up, and is reported as itself (recoverable) unless it gives up",
     "INV-CRASH-1": "a raising callback in any configuration ends in `error`: event undone, "
                    "every timer cancelled, transport closed, `machine_error` reported",
     "LIVE-1": "a peer that fails every connection drives the session to `error` "
@@ -409,7 +426,9 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
     if src == dst and not opens and not closes and timer is not None and any(
             isinstance(e, ArmTimer | CancelTimer) and e.timer is timer for e in effects):
         p.append(("INV-TIMER-6", f"{letter} re-armed {timer} without leaving {src}"))
-    if any(r.severity == "fatal" for r in reports) and dst != "error":
+    ending = ev == "session_closed" and letter.code in ENDING_CLOSES
+    if any(r.severity == "fatal" for r in reports) and dst != "error" and not (
+            ending and dst == "idle"):
         p.append(("INV-REPORT-1", f"fatal report on {src} -> {dst}"))
     if (letter.retry_after is not None and closes and dst != "error"
             and letter.code != "session_expired" and not any(
@@ -423,6 +442,8 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
         ra_long = retry.retry_after_too_long(letter.retry_after)
         want = ((letter.code or "fatal") if letter.severity == "fatal" else
                 "retry_after_too_long" if ra_long else "retries_exhausted")
+        if ev == "session_closed" and letter.code not in RETRIED_CLOSES:
+            want = letter.code if letter.code in CLOSE_REASONS else "unknown_close_reason"
         if [(r.code, r.severity) for r in reports] != [(want, "fatal")]:
             p.append(("INV-REPORT-1", f"{letter}: {src} -> error reported "
                       f"{[(r.code, r.severity) for r in reports]}, expected {want}"))
@@ -455,12 +476,15 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
                       f"({'due' if due else 'not due'})"))
     elif restart and Timer.STABLE in before.armed:
         p.append(("INV-DAMP-1", f"{letter} restarted the transport inside an episode"))
-    failure = ev in ("transport_failed", "ice_grace_expired") or (
+    retried_close = ev == "session_closed" and letter.code in RETRIED_CLOSES
+    failure = ev in ("transport_failed", "ice_grace_expired") or retried_close or (
         ev == "server_error" and letter.severity not in ("fatal", "ignorable") and (
             letter.code == "session_expired" or (letter.severity == "recoverable"
                                                  and letter.retry_after is None)))
     if src in WORKING and failure and Timer.STABLE not in before.armed and not restart:
         p.append(("INV-DAMP-2", f"{letter} in a stable {src} did not restart at once"))
+    if ev == "session_closed":
+        p.extend(_close_problems(src, dst, letter, effects))
     if ev == "rollover_due" and src in ("listening", "speaking", "ice_grace") and (
             closes or opens):
         p.append(("INV-ROLLOVER-2", f"rollover in {src} replaced the connection"))
@@ -485,6 +509,28 @@ def _edge_problems(before: Config, letter: Letter, new: Config, effects: tuple[E
             p.append(("INV-SERVER-2", f"{letter} in {src} reported {reports}"))
         if expired and letter.severity != "ignorable" and not closes:
             p.append(("INV-SERVER-3", f"{letter} in {src} kept the connection"))
+    return p
+
+
+def _close_problems(src: str, dst: str, letter: Letter,
+                    effects: tuple[Effect, ...]) -> list[tuple[str, str]]:
+    """INV-CLOSE-1..3: what a ``session_closed`` with ``letter.code`` did from ``src``."""
+    p: list[tuple[str, str]] = []
+    code = letter.code
+    closes = any(isinstance(e, CloseTransport) for e in effects)
+    opens = [e for e in effects if isinstance(e, OpenTransport)]
+    reports = [(e.code, e.severity) for e in effects if isinstance(e, ReportError)]
+    if code in ENDING_CLOSES:
+        if dst != "idle" or not closes or opens or reports != [(code, "fatal")]:
+            p.append(("INV-CLOSE-1", f"{letter} in {src}: -> {dst}, {effects}"))
+    elif code in RETRIED_CLOSES:
+        mine = [(code, "recoverable")]
+        if not closes or dst == "idle" or (dst != "error" and reports != mine) or any(
+                o.reason is not OpenReason.RESTART for o in opens) or (
+                dst not in ("restarting", "backoff", "error")):
+            p.append(("INV-CLOSE-3", f"{letter} in {src}: -> {dst}, {effects}"))
+    elif dst != "error" or opens or not closes:
+        p.append(("INV-CLOSE-2", f"{letter} in {src}: -> {dst}, {effects}"))
     return p
 
 
@@ -555,6 +601,7 @@ PEER_LETTERS: Final = (
     Letter("server_error", "recoverable", "test_code"),
     Letter("connect_timeout"), Letter("restart_timeout"), Letter("backoff_expired"),
     Letter("ice_grace_expired"),
+    Letter("session_closed", code="connection_lost"), Letter("session_closed", code="expired"),
 )
 """What a backend that fails every connection before it is stable can do: bring each connection
 up (each half once), fail it in any way, let timers fire; never stop, recover or go stable."""
@@ -787,6 +834,7 @@ LTL_PROPERTIES: Final[dict[str, str]] = {
     "idle_has_no_timer": "[] ((st == ST_idle || st == ST_error) -> (!anyarmed && !topen))",
     "stable_ends_episode": "[] (ev_stable -> (attempts == 0 && !quick_used && !episode))",
     "peer_fails_reaches_error": "<> (st == ST_error)",
+    "final_close_opens_nothing": "[] (ev_final -> ((!ev_opened U ev_start) || [] !ev_opened))",
 }
 FAIRNESS_NEEDED: Final[frozenset[str]] = frozenset()
 """Properties verified with weak fairness (``pan -f``); none: with one process, fairness is an
@@ -823,6 +871,10 @@ RULES: Final[dict[str, tuple[str, ...]]] = {
     "SPEC-TIMER-1": ("INV-TIMER-1", "INV-TIMER-2", "INV-TIMER-3", "INV-TIMER-5",
                      "INV-TIMER-6", "idle_has_no_timer"),
     "SPEC-CRASH-1": ("INV-CRASH-1",),
+    "SPEC-CLOSE-1": ("INV-CLOSE-1", "INV-REPORT-1", "final_close_opens_nothing"),
+    "SPEC-CLOSE-2": ("INV-CLOSE-2", "INV-REPORT-1", "final_close_opens_nothing"),
+    "SPEC-CLOSE-3": ("INV-CLOSE-3", "INV-DAMP-1", "INV-DAMP-2", "LIVE-1",
+                     "peer_fails_reaches_error"),
     **{k: (k,) for k in INVARIANTS},
 }
 """Each rule of ``specs/connection.md`` -> the explorer invariants / LTL properties that check
@@ -952,7 +1004,8 @@ def to_promela(
               "bool seen_channel = 0;", "bool quick = 0;", "bool due = 0;"]
     if flags:
         lines += [f"bool {f} = 0;" for f in
-                  ("ev_fatal", "ev_opened", "ev_start", "ev_stop", "ev_stable", "ev_timer")]
+                  ("ev_fatal", "ev_final", "ev_opened", "ev_start", "ev_stop", "ev_stable",
+                   "ev_timer")]
     lines += ["", "active proctype lifecycle() {", "    do"]
     by_key: dict[tuple[str, str], list[Row]] = collections.defaultdict(list)
     for r in table:
@@ -1018,7 +1071,9 @@ def _pml_body(r: Row, letter: Letter, retry: RetryPolicy, rollover: RolloverPoli
     if flags:
         opened = any(e.kind == "open" for e in r.effects)
         own_timer = src.timer is not None and letter.event == src.timer.value
-        body += [f"ev_fatal = {int(letter.severity == 'fatal')}", f"ev_opened = {int(opened)}",
+        final = letter.event == "session_closed" and letter.code not in RETRIED_CLOSES
+        body += [f"ev_fatal = {int(letter.severity == 'fatal')}", f"ev_final = {int(final)}",
+                 f"ev_opened = {int(opened)}",
                  f"ev_start = {int(letter.event == 'start')}",
                  f"ev_stop = {int(letter.event == 'stop')}",
                  f"ev_stable = {int(letter.event == 'session_stable')}",

@@ -70,6 +70,18 @@ def _without_effect(kind: str) -> Callable[[Row], Row]:
     return lambda r: attrs.evolve(r, effects=tuple(e for e in r.effects if e.kind != kind))
 
 
+def _also(code: str, like: str) -> tuple[Row, ...]:
+    """The table where ``session_closed`` ``code`` is handled like ``like``: a copy of each
+    ``like`` row, guarded on ``code``, inserted before it (so it wins)."""
+    out: list[Row] = []
+    for r in TABLE:
+        if Pred("code", like) in r.guard:
+            out.append(attrs.evolve(r, guard=tuple(
+                Pred("code", code) if p == Pred("code", like) else p for p in r.guard)))
+        out.append(r)
+    return tuple(out)
+
+
 def _named() -> dict[str, Mutant]:
     m: dict[str, Callable[[], tuple[Row, ...]]] = {
         # -- the five of issue 8 ------------------------------------------------------------
@@ -139,6 +151,16 @@ def _named() -> dict[str, Mutant]:
                 for e in r.effects))),
         "up-on-one-half": lambda: _map(
             _label("session_up"), lambda r: attrs.evolve(r, guard=())),
+        # -- Live session.closed -------------------------------------------------------------
+        "content-retries": lambda: _also("content", "connection_lost"),
+        "hangup-reconnects": lambda: _also("remote_hangup", "connection_lost"),
+        "closed-undamped": lambda: tuple(
+            r for r in TABLE if not (r.event == "session_closed" and Pred("flag", "episode")
+                                     in r.guard and r.source not in ("connecting",
+                                                                     "restarting",
+                                                                     "reconnecting"))),
+        "closed-keeps-transport": lambda: _map(
+            _label("session_ended"), _without_effect("close")),
     }
     descriptions = {
         "no-reset-when-stable": "the episode's attempt counter is not reset when it ends",
@@ -161,6 +183,10 @@ def _named() -> dict[str, Mutant]:
         "start-keeps-conversation": "start does not discard the earlier conversation",
         "replay-after-start": "the first connection of a session replays a conversation",
         "up-on-one-half": "the session is up on transport_connected or channel_open alone",
+        "content-retries": "a session the safety filter closed (content) is started again",
+        "hangup-reconnects": "a remote_hangup is treated as a lost connection and retried",
+        "closed-undamped": "expired / connection_lost restart at once even inside an episode",
+        "closed-keeps-transport": "a session the server ended leaves the transport open",
     }
     return {k: Mutant(k, descriptions[k], f()) for k, f in m.items()}
 

@@ -14,7 +14,8 @@ import attrs
 
 
 class TransportSignal(enum.StrEnum):
-    """What a transport reports about its connection (translated into machine events)."""
+    """What a transport reports about its connection; each value is the machine event it is
+    posted as."""
 
     CONNECTED = "transport_connected"
     """Media path up (``RTCPeerConnection.connectionState == 'connected'``)."""
@@ -26,6 +27,14 @@ class TransportSignal(enum.StrEnum):
     """Packets flow again after ``ICE_DISCONNECTED``."""
     FAILED = "transport_failed"
     """ICE failed, connection failed, or the connection closed without being asked to."""
+    SPEECH_STARTED = "speech_started"
+    """The user started speaking (a backend without VAD events: the microphone's energy)."""
+    SPEECH_STOPPED = "speech_stopped"
+    """The user stopped speaking (after the detector's hangover)."""
+    AUDIO_STARTED = "audio_started"
+    """The assistant's audio started playing (the received track's energy)."""
+    AUDIO_STOPPED = "audio_stopped"
+    """The assistant's audio stopped (after the detector's hangover)."""
 
 
 @attrs.frozen

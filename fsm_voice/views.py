@@ -37,6 +37,7 @@ STATUS_COLORS: Final = {
 SPEECH: Final = ("active", "listening", "speaking")
 ATTEMPTS: Final = ("connecting", "restarting", "reconnecting")
 FAILURE_EVENTS: Final = frozenset({"transport_failed", "signaling_failed", "server_error",
+                                   "session_closed",
                                    "connect_timeout", "restart_timeout", "ice_grace_expired"})
 SPEECH_EVENTS: Final = frozenset({"speech_started", "speech_stopped", "audio_started",
                                   "audio_stopped"})

@@ -35,6 +35,7 @@ bool seen_channel = 0;
 bool quick = 0;
 bool due = 0;
 bool ev_fatal = 0;
+bool ev_final = 0;
 bool ev_opened = 0;
 bool ev_start = 0;
 bool ev_stop = 0;
@@ -63,6 +64,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 1;
          ev_stop = 0;
@@ -89,6 +91,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 1;
          ev_stop = 0;
@@ -106,6 +109,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -117,6 +121,7 @@ active proctype lifecycle() {
          seen_media = 1;
          media_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -134,6 +139,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -145,6 +151,7 @@ active proctype lifecycle() {
          seen_media = 1;
          media_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -162,6 +169,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -173,6 +181,7 @@ active proctype lifecycle() {
          seen_media = 1;
          media_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -190,6 +199,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -201,6 +211,7 @@ active proctype lifecycle() {
          seen_channel = 1;
          channel_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -218,6 +229,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -229,6 +241,7 @@ active proctype lifecycle() {
          seen_channel = 1;
          channel_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -246,6 +259,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -257,6 +271,7 @@ active proctype lifecycle() {
          seen_channel = 1;
          channel_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -279,6 +294,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -302,6 +318,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -324,6 +341,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -347,6 +365,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -376,6 +395,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -398,6 +418,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -421,6 +442,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -450,6 +472,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -472,6 +495,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -495,6 +519,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -524,6 +549,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -548,6 +574,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -573,6 +600,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -604,6 +632,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -626,6 +655,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -649,6 +679,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -671,6 +702,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -694,6 +726,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -707,6 +740,7 @@ active proctype lifecycle() {
          assert(!armed_ice_grace_expired);
          armed_ice_grace_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -720,6 +754,7 @@ active proctype lifecycle() {
          assert(!armed_ice_grace_expired);
          armed_ice_grace_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -733,6 +768,7 @@ active proctype lifecycle() {
          assert(!armed_ice_grace_expired);
          armed_ice_grace_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -765,6 +801,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -787,6 +824,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -810,6 +848,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -842,6 +881,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -864,6 +904,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -887,6 +928,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -919,6 +961,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -941,6 +984,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -964,6 +1008,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -985,6 +1030,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1007,6 +1053,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1028,6 +1075,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1050,6 +1098,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1071,6 +1120,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1093,6 +1143,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1118,6 +1169,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -1141,6 +1193,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1165,6 +1218,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1195,6 +1249,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;

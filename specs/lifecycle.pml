@@ -35,6 +35,7 @@ bool seen_channel = 0;
 bool quick = 0;
 bool due = 0;
 bool ev_fatal = 0;
+bool ev_final = 0;
 bool ev_opened = 0;
 bool ev_start = 0;
 bool ev_stop = 0;
@@ -63,6 +64,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 1;
          ev_stop = 0;
@@ -89,6 +91,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 1;
          ev_stop = 0;
@@ -99,6 +102,7 @@ active proctype lifecycle() {
          /* stop | - -> idle */
          tries = 0; quick = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -125,6 +129,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -150,6 +155,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -175,6 +181,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -200,6 +207,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -227,6 +235,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -253,6 +262,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -273,6 +283,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -299,6 +310,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -317,6 +329,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 1;
@@ -334,6 +347,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -345,6 +359,7 @@ active proctype lifecycle() {
          seen_media = 1;
          media_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -362,6 +377,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -373,6 +389,7 @@ active proctype lifecycle() {
          seen_media = 1;
          media_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -390,6 +407,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -401,6 +419,7 @@ active proctype lifecycle() {
          seen_media = 1;
          media_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -418,6 +437,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -429,6 +449,7 @@ active proctype lifecycle() {
          seen_channel = 1;
          channel_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -446,6 +467,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -457,6 +479,7 @@ active proctype lifecycle() {
          seen_channel = 1;
          channel_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -474,6 +497,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -485,6 +509,7 @@ active proctype lifecycle() {
          seen_channel = 1;
          channel_up = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -507,6 +532,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -530,6 +556,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -552,6 +579,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -575,6 +603,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -604,6 +633,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -626,6 +656,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -649,6 +680,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -678,6 +710,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -700,6 +733,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -723,6 +757,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -752,6 +787,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -776,6 +812,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -801,6 +838,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -832,6 +870,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -854,6 +893,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -877,6 +917,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -899,6 +940,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -922,6 +964,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -954,6 +997,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -976,6 +1020,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -999,6 +1044,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1031,6 +1077,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -1053,6 +1100,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1076,6 +1124,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1108,6 +1157,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -1130,6 +1180,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1153,6 +1204,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1176,6 +1228,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1199,6 +1252,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1222,6 +1276,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1245,6 +1300,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 1;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1268,6 +1324,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 1;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1291,6 +1348,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 1;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1300,6 +1358,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_connecting ->
          /* server_error[transient, code=test_code] | report_nonfatal -> connecting */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1309,6 +1368,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_active ->
          /* server_error[transient, code=test_code] | report_nonfatal -> active */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1318,6 +1378,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_listening ->
          /* server_error[transient, code=test_code] | report_nonfatal -> listening */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1327,6 +1388,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_speaking ->
          /* server_error[transient, code=test_code] | report_nonfatal -> speaking */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1336,6 +1398,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace ->
          /* server_error[transient, code=test_code] | report_nonfatal -> ice_grace */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1345,6 +1408,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_restarting ->
          /* server_error[transient, code=test_code] | report_nonfatal -> restarting */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1354,6 +1418,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_reconnecting ->
          /* server_error[transient, code=test_code] | report_nonfatal -> reconnecting */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1377,6 +1442,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1399,6 +1465,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1422,6 +1489,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1451,6 +1519,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -1474,6 +1543,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1496,6 +1566,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1519,6 +1590,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1548,6 +1620,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -1571,6 +1644,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1593,6 +1667,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1616,6 +1691,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1645,6 +1721,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -1670,6 +1747,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1694,6 +1772,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1719,6 +1798,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1750,6 +1830,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -1771,6 +1852,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1792,6 +1874,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1813,6 +1896,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1834,6 +1918,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1855,6 +1940,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1876,6 +1962,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1899,6 +1986,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1922,6 +2010,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1944,6 +2033,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1966,6 +2056,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -1988,6 +2079,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2012,6 +2104,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2034,6 +2127,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 1;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2056,6 +2150,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 1;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2078,6 +2173,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 1;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2102,6 +2198,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 1;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2115,6 +2212,7 @@ active proctype lifecycle() {
          armed_rollover_due = 1;
          rollover = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2128,6 +2226,7 @@ active proctype lifecycle() {
          armed_rollover_due = 1;
          rollover = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2137,6 +2236,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_listening && (rollover == 2) ->
          /* session_info[expires_in=1800] | keep_pending -> listening */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2150,6 +2250,7 @@ active proctype lifecycle() {
          armed_rollover_due = 1;
          rollover = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2159,6 +2260,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_speaking && (rollover == 2) ->
          /* session_info[expires_in=1800] | keep_pending -> speaking */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2172,6 +2274,7 @@ active proctype lifecycle() {
          armed_rollover_due = 1;
          rollover = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2181,6 +2284,7 @@ active proctype lifecycle() {
     :: d_step { st == ST_ice_grace && (rollover == 2) ->
          /* session_info[expires_in=1800] | keep_pending -> ice_grace */
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2194,6 +2298,7 @@ active proctype lifecycle() {
          armed_rollover_due = 1;
          rollover = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2207,6 +2312,7 @@ active proctype lifecycle() {
          armed_rollover_due = 1;
          rollover = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2220,6 +2326,7 @@ active proctype lifecycle() {
          armed_rollover_due = 1;
          rollover = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2232,6 +2339,7 @@ active proctype lifecycle() {
          due = 1;
          rollover = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2263,6 +2371,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -2275,6 +2384,7 @@ active proctype lifecycle() {
          due = 1;
          rollover = 2;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2287,6 +2397,7 @@ active proctype lifecycle() {
          due = 1;
          rollover = 2;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2299,6 +2410,7 @@ active proctype lifecycle() {
          due = 1;
          rollover = 2;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2311,6 +2423,7 @@ active proctype lifecycle() {
          due = 1;
          rollover = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2323,6 +2436,7 @@ active proctype lifecycle() {
          due = 1;
          rollover = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2344,6 +2458,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2366,6 +2481,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2387,6 +2503,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2409,11 +2526,358 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
          ev_stable = 0;
          ev_timer = 1;
+       }
+    :: d_step { st == ST_connecting ->
+         /* session_closed[code=close_requested] | session_ended -> idle */
+         assert(armed_connect_timeout);
+         armed_connect_timeout = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_idle;
+         attempts = 0;
+         quick_used = 0;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_active ->
+         /* session_closed[code=close_requested] | session_ended -> idle */
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_idle;
+         attempts = 0;
+         quick_used = 0;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_listening ->
+         /* session_closed[code=close_requested] | session_ended -> idle */
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_idle;
+         attempts = 0;
+         quick_used = 0;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_speaking ->
+         /* session_closed[code=close_requested] | session_ended -> idle */
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_idle;
+         attempts = 0;
+         quick_used = 0;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_ice_grace ->
+         /* session_closed[code=close_requested] | session_ended -> idle */
+         assert(armed_ice_grace_expired);
+         armed_ice_grace_expired = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_idle;
+         attempts = 0;
+         quick_used = 0;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_restarting ->
+         /* session_closed[code=close_requested] | session_ended -> idle */
+         assert(armed_restart_timeout);
+         armed_restart_timeout = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_idle;
+         attempts = 0;
+         quick_used = 0;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_reconnecting ->
+         /* session_closed[code=close_requested] | session_ended -> idle */
+         assert(armed_connect_timeout);
+         armed_connect_timeout = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_idle;
+         attempts = 0;
+         quick_used = 0;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_connecting ->
+         /* session_closed[code=content] | closed_for_content -> error */
+         assert(armed_connect_timeout);
+         armed_connect_timeout = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_error;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_active ->
+         /* session_closed[code=content] | closed_for_content -> error */
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_error;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_listening ->
+         /* session_closed[code=content] | closed_for_content -> error */
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_error;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_speaking ->
+         /* session_closed[code=content] | closed_for_content -> error */
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_error;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_ice_grace ->
+         /* session_closed[code=content] | closed_for_content -> error */
+         assert(armed_ice_grace_expired);
+         armed_ice_grace_expired = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (episode == 1) -> assert(armed_session_stable); armed_session_stable = 0 :: else -> skip fi;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_error;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_restarting ->
+         /* session_closed[code=content] | closed_for_content -> error */
+         assert(armed_restart_timeout);
+         armed_restart_timeout = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_error;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
+       }
+    :: d_step { st == ST_reconnecting ->
+         /* session_closed[code=content] | closed_for_content -> error */
+         assert(armed_connect_timeout);
+         armed_connect_timeout = 0;
+         topen = 0;
+         speech = 0;
+         seen_media = 0;
+         seen_channel = 0;
+         due = 0;
+         if :: (rollover == 1) -> assert(armed_rollover_due); armed_rollover_due = 0 :: else -> skip fi;
+         st = ST_error;
+         media_up = 0;
+         channel_up = 0;
+         episode = 0;
+         rollover = 0;
+         resume = 0;
+         ev_fatal = 0;
+         ev_final = 1;
+         ev_opened = 0;
+         ev_start = 0;
+         ev_stop = 0;
+         ev_stable = 0;
+         ev_timer = 0;
        }
     :: d_step { st == ST_active ->
          /* ice_disconnected | remember_active -> ice_grace */
@@ -2422,6 +2886,7 @@ active proctype lifecycle() {
          assert(!armed_ice_grace_expired);
          armed_ice_grace_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2435,6 +2900,7 @@ active proctype lifecycle() {
          assert(!armed_ice_grace_expired);
          armed_ice_grace_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2448,6 +2914,7 @@ active proctype lifecycle() {
          assert(!armed_ice_grace_expired);
          armed_ice_grace_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2460,6 +2927,7 @@ active proctype lifecycle() {
          st = ST_listening;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2470,6 +2938,7 @@ active proctype lifecycle() {
          /* speech_started | - -> listening */
          speech = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2482,6 +2951,7 @@ active proctype lifecycle() {
          st = ST_listening;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2493,6 +2963,7 @@ active proctype lifecycle() {
          speech = 1;
          resume = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2503,6 +2974,7 @@ active proctype lifecycle() {
          /* speech_stopped | - -> active */
          if :: speech == 1 -> speech = 0 :: else -> skip fi;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2534,6 +3006,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -2546,6 +3019,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2556,6 +3030,7 @@ active proctype lifecycle() {
          /* speech_stopped | - -> speaking */
          if :: speech == 1 -> speech = 0 :: else -> skip fi;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2567,6 +3042,7 @@ active proctype lifecycle() {
          if :: speech == 1 -> speech = 0 :: else -> skip fi;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2577,6 +3053,7 @@ active proctype lifecycle() {
          /* speech_stopped | - -> ice_grace */
          if :: speech == 1 -> speech = 0 :: else -> skip fi;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2589,6 +3066,7 @@ active proctype lifecycle() {
          st = ST_speaking;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2601,6 +3079,7 @@ active proctype lifecycle() {
          st = ST_speaking;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2611,6 +3090,7 @@ active proctype lifecycle() {
          /* audio_started | - -> speaking */
          speech = 2;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2622,6 +3102,7 @@ active proctype lifecycle() {
          speech = 2;
          resume = 2;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2632,6 +3113,7 @@ active proctype lifecycle() {
          /* audio_stopped | - -> active */
          if :: speech == 2 -> speech = 0 :: else -> skip fi;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2642,6 +3124,7 @@ active proctype lifecycle() {
          /* audio_stopped | - -> listening */
          if :: speech == 2 -> speech = 0 :: else -> skip fi;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2673,6 +3156,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -2685,6 +3169,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2696,6 +3181,7 @@ active proctype lifecycle() {
          if :: speech == 2 -> speech = 0 :: else -> skip fi;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2706,6 +3192,7 @@ active proctype lifecycle() {
          /* audio_stopped | - -> ice_grace */
          if :: speech == 2 -> speech = 0 :: else -> skip fi;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2720,6 +3207,7 @@ active proctype lifecycle() {
          quick_used = 0;
          episode = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2734,6 +3222,7 @@ active proctype lifecycle() {
          quick_used = 0;
          episode = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2748,6 +3237,7 @@ active proctype lifecycle() {
          quick_used = 0;
          episode = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2762,6 +3252,7 @@ active proctype lifecycle() {
          quick_used = 0;
          episode = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2775,6 +3266,7 @@ active proctype lifecycle() {
          st = ST_listening;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2788,6 +3280,7 @@ active proctype lifecycle() {
          st = ST_speaking;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2820,6 +3313,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -2833,6 +3327,7 @@ active proctype lifecycle() {
          st = ST_active;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2856,6 +3351,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2880,6 +3376,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2910,6 +3407,7 @@ active proctype lifecycle() {
          assert(!armed_restart_timeout);
          armed_restart_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -2931,6 +3429,7 @@ active proctype lifecycle() {
          assert(!armed_backoff_expired);
          armed_backoff_expired = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2953,6 +3452,7 @@ active proctype lifecycle() {
          rollover = 0;
          resume = 0;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 0;
          ev_start = 0;
          ev_stop = 0;
@@ -2978,6 +3478,7 @@ active proctype lifecycle() {
          assert(!armed_connect_timeout);
          armed_connect_timeout = 1;
          ev_fatal = 0;
+         ev_final = 0;
          ev_opened = 1;
          ev_start = 0;
          ev_stop = 0;
@@ -2993,3 +3494,4 @@ ltl reconnecting_ends { (<>[] reconnecting -> []<> ev_timer) -> [] (reconnecting
 ltl stop_reaches_idle { [] (ev_stop -> (st == ST_idle && !anyarmed && !topen)) }
 ltl idle_has_no_timer { [] ((st == ST_idle || st == ST_error) -> (!anyarmed && !topen)) }
 ltl stable_ends_episode { [] (ev_stable -> (attempts == 0 && !quick_used && !episode)) }
+ltl final_close_opens_nothing { [] (ev_final -> ((!ev_opened U ev_start) || [] !ev_opened)) }

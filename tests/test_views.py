@@ -75,7 +75,8 @@ def test_overview_collapses_stop_and_failures() -> None:
     assert all(r.event == "stop" for r in p.edges[("cluster_session", "idle")])
     assert len(p.edges[("cluster_session", "idle")]) == 8
     failure_targets = {dst for (src, dst) in p.edges if src == JUNCTION}
-    assert failure_targets == {"restarting", "backoff", "reconnecting", "error"}
+    # idle: a Live session_closed the server ended on purpose (close_requested, remote_hangup)
+    assert failure_targets == {"restarting", "backoff", "reconnecting", "error", "idle"}
     assert not any(r.event in {"transport_failed", "server_error"}
                    for (src, _), rows in p.edges.items() if src != JUNCTION for r in rows)
 

@@ -120,6 +120,15 @@ CONNECTING: Final = ("connecting", "restarting", "reconnecting")
 #: Error severities carried by ``signaling_failed`` / ``server_error`` (``severity=``).
 SEVERITIES: Final = ("transient", "recoverable", "fatal", "ignorable")
 
+#: The reasons a Live ``session.closed`` carries (``session_closed``'s ``code=``, verbatim from
+#: the server; anything else, "unknown" included, takes the unknown-reason rows).
+CLOSE_REASONS: Final = ("close_requested", "expired", "content", "remote_hangup",
+                        "connection_lost")
+#: Close reasons after which the conversation goes on in a new session (seeded with history).
+RETRIED_CLOSES: Final = ("expired", "connection_lost")
+#: Close reasons that end the session on purpose: back to ``idle``, the reason reported.
+ENDING_CLOSES: Final = ("close_requested", "remote_hangup")
+
 
 @attrs.frozen
 class Pred:
@@ -300,6 +309,25 @@ def _session_info(source: str) -> Iterator[Row]:
               label="ignore_expires_in")
 
 
+def _session_closed(source: str) -> Iterator[Row]:
+    """The server ended the (Live) session with ``code=<reason>`` (SPEC-CLOSE-1..3)."""
+    ev = "session_closed"
+    for reason in RETRIED_CLOSES:  # a failure: a new session, damped and bounded
+        pre, report = (Pred("code", reason),), (_report("", "recoverable"),)
+        if source in WORKING:
+            yield from _damped(source, ev, pre, report)
+        else:
+            yield from _fail(source, ev, pre, report)
+    close = _close(source)
+    for reason in ENDING_CLOSES:
+        yield Row(source, ev, "idle", (Pred("code", reason),), _CLOSED,
+                  (*close, _report(reason, "fatal")), label="session_ended")
+    yield Row(source, ev, "error", (Pred("code", "content"),), _CLOSED,
+              (*close, _report("content", "fatal")), label="closed_for_content")
+    yield Row(source, ev, "error", (), _CLOSED,
+              (*close, _report("unknown_close_reason", "fatal")), label="unknown_close_reason")
+
+
 def _build() -> tuple[Row, ...]:
     rows: list[Row] = []
     add = rows.append
@@ -343,6 +371,7 @@ def _build() -> tuple[Row, ...]:
                     label="drop_rollover"))
             timeout = "restart_timeout" if s == "restarting" else "connect_timeout"
             rows.extend(_fail(s, timeout))
+            rows.extend(_session_closed(s))
         elif s in WORKING:
             if s != "ice_grace":
                 add(Row(s, "ice_disconnected", "ice_grace", (), (SET("resume", speech[s]),),
@@ -418,6 +447,7 @@ def _build() -> tuple[Row, ...]:
             add(Row(s, "session_stable", s, (),
                     (SET("attempts", 0), SET("quick_used", False), SET("episode", False)),
                     internal=True, label="episode_ends"))
+            rows.extend(_session_closed(s))
         elif s == "backoff":
             add(Row(s, "backoff_expired", "reconnecting", (), (Update("attempts", "inc"),),
                     (Eff("open", OpenReason.RECONNECT, counted=True),), label="retry_now"))
