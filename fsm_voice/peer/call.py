@@ -79,7 +79,14 @@ class _ActiveResponse:
 
 
 class Call:
-    """State and behaviour of one call. Created by :class:`fsm_voice.peer.server.RealtimePeer`."""
+    """State and behaviour of one call. Created by :class:`fsm_voice.peer.server.RealtimePeer`.
+
+    This class speaks the Realtime protocol on its data channel; the Live protocol's
+    :class:`fsm_voice.peer.live.LiveCall` reuses the media, VAD and fault machinery and overrides
+    the hooks ``_greet``, ``_expire``, ``_parse``, ``_dispatch``, ``_deliver`` and ``on_audio``.
+    """
+
+    protocol = "realtime"
 
     def __init__(
         self,
@@ -94,8 +101,9 @@ class Call:
         tone_seconds: float = 1.0,
         candidate_addresses: Sequence[str] = LOOPBACK,
         max_session_seconds: float = 3600.0,
+        call_id: str | None = None,
     ) -> None:
-        self.id = p.new_call_id()
+        self.id = call_id or p.new_call_id()
         self.candidate_addresses = tuple(candidate_addresses)
         self.max_session_seconds = max_session_seconds
         self.model = model
@@ -185,6 +193,7 @@ class Call:
     def info(self) -> p.JsonObject:
         return {
             "call_id": self.id,
+            "protocol": self.protocol,
             "state": self.state,
             "model": self.model,
             "session_id": self.session["id"],
@@ -256,6 +265,10 @@ class Call:
     async def _session_limit(self) -> None:
         """Like the real service: at the time limit, ``session_expired`` and the call ends."""
         await asyncio.sleep(self.max_session_seconds)
+        self._expire()
+
+    def _expire(self) -> None:
+        """The session reached its time limit (Realtime: ``session_expired``, then the end)."""
         minutes = self.max_session_seconds / 60
         self.send_error(f"Your session hit the maximum duration of {minutes:g} minutes.",
                         code="session_expired")
@@ -343,11 +356,14 @@ class Call:
 
     def send(self, event: Mapping[str, Any]) -> bool:
         """Send one server event (stamped with a fresh ``event_id``); False if it was dropped."""
+        return self._deliver(p.stamp(event))
+
+    def _deliver(self, stamped: p.JsonObject) -> bool:
+        """Send one stamped event on the data channel; False if it was dropped."""
         ch = self.channel
         if ch is None or ch.readyState != "open" or self.closed:
             self.events_dropped += 1
             return False
-        stamped = p.stamp(event)
         try:
             ch.send(json.dumps(stamped))
         except Exception:  # channel closing underneath us
@@ -385,16 +401,24 @@ class Call:
             channel.on("open", self._on_channel_open)
 
     def _on_channel_open(self) -> None:
-        self.send({"type": "session.created", "session": self.session})
+        self._greet()
         if self.drop_after is not None:
             self._spawn(self._drop_later(self.drop_after), "drop")
+
+    def _greet(self) -> None:
+        """The first event on the open data channel."""
+        self.send({"type": "session.created", "session": self.session})
 
     async def _drop_later(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         await self.close("dropped_by_control")
 
+    def _parse(self, raw: str | bytes) -> tuple[p.JsonObject | None, p.JsonObject | None]:
+        """Decode one client message: ``(event, None)`` or ``(None, error_event)``."""
+        return p.parse_client_event(raw)
+
     def _on_message(self, raw: str | bytes) -> None:
-        event, error = p.parse_client_event(raw)
+        event, error = self._parse(raw)
         etype = event["type"] if event is not None else "<invalid>"
         raw_id = event.get("event_id") if event is not None else None
         self.received_events.append(
@@ -623,7 +647,6 @@ class Call:
 
     def on_audio(self, pcm: bytes) -> None:
         """Feed inbound s16 mono 48k PCM (normally one 20 ms frame)."""
-        duration = pcm_ms(pcm)
         if self._turn_detection is None:
             self._manual += pcm
             excess = len(self._manual) - int(MAX_MANUAL_BUFFER_MS * 96)
@@ -631,20 +654,7 @@ class Call:
                 del self._manual[:excess]
             return
         padding = self._td_int("prefix_padding_ms", 300)
-        decision = self.vad.process(rms_dbfs(pcm), duration)
-        if self.vad.speaking or decision is VadEvent.SPEECH_STOPPED:
-            if decision is VadEvent.SPEECH_STARTED:
-                self._speech = bytearray(b"".join(self._prefix))
-                self._prefix.clear()
-                self._prefix_ms = 0.0
-            if len(self._speech) < MAX_UTTERANCE_MS * 96:
-                self._speech += pcm
-        else:
-            self._prefix.append(pcm)
-            self._prefix_ms += duration
-            keep = padding + self.vad.start_ms
-            while self._prefix and self._prefix_ms - pcm_ms(self._prefix[0]) >= keep:
-                self._prefix_ms -= pcm_ms(self._prefix.popleft())
+        decision, utterance = self._track_speech(pcm)
         if decision is VadEvent.SPEECH_STARTED:
             self._speech_item_id = p.new_id("item", 12)
             self.send(
@@ -666,15 +676,39 @@ class Call:
                     "item_id": item_id,
                 }
             )
-            trailing_ms = self.vad.position_ms - self.vad.last_voiced_end_ms
-            keep_bytes = max(0, len(self._speech) - int(trailing_ms * 96))
-            utterance = bytes(self._speech[:keep_bytes])
-            self._speech = bytearray()
             self._speech_item_id = None
             self._commit_audio(item_id, utterance)
             td = self._turn_detection or {}
             if td.get("create_response", True) and self._active is None:
                 self._start_response()
+
+    def _track_speech(self, pcm: bytes) -> tuple[VadEvent | None, bytes]:
+        """Run the VAD on one frame, keeping the current utterance's audio (with its prefix
+        padding). Returns the VAD decision and, on SPEECH_STOPPED, the utterance without its
+        trailing silence (else ``b""``)."""
+        duration = pcm_ms(pcm)
+        padding = self._td_int("prefix_padding_ms", 300)
+        decision = self.vad.process(rms_dbfs(pcm), duration)
+        if self.vad.speaking or decision is VadEvent.SPEECH_STOPPED:
+            if decision is VadEvent.SPEECH_STARTED:
+                self._speech = bytearray(b"".join(self._prefix))
+                self._prefix.clear()
+                self._prefix_ms = 0.0
+            if len(self._speech) < MAX_UTTERANCE_MS * 96:
+                self._speech += pcm
+        else:
+            self._prefix.append(pcm)
+            self._prefix_ms += duration
+            keep = padding + self.vad.start_ms
+            while self._prefix and self._prefix_ms - pcm_ms(self._prefix[0]) >= keep:
+                self._prefix_ms -= pcm_ms(self._prefix.popleft())
+        if decision is not VadEvent.SPEECH_STOPPED:
+            return decision, b""
+        trailing_ms = self.vad.position_ms - self.vad.last_voiced_end_ms
+        keep_bytes = max(0, len(self._speech) - int(trailing_ms * 96))
+        utterance = bytes(self._speech[:keep_bytes])
+        self._speech = bytearray()
+        return decision, utterance
 
     def _commit_audio(self, item_id: str, pcm: bytes) -> None:
         self._last_user_audio = pcm

@@ -20,7 +20,12 @@ path                       method  body (JSON) -> result
 /control/delay_answers     POST    ``{seconds}``
 /control/drop_calls_after  POST    ``{seconds|null}``: close each new call that long after it opens
 /control/expires_at        POST    ``{expires_at|null}``: new calls report this session.expires_at
-/control/reset             POST    clears pending offer rejections and answer delay
+/control/reset             POST    clears pending offer/config rejections and answer delay
+/control/live_sessions     GET     -> ``{"sessions": [LiveSessionRecord as a dict...]}``
+/control/live_close        POST    ``{reason, session_id?}`` -> ``{"closed": n}``: session.closed
+                                   {reason} (one of the five), then the Live call ends
+/control/reject_config     POST    ``{code, message?, param?, count?, status?}``: the next Live
+                                   create(s) get 400 with this code
 =========================  ======  ==============================================================
 
 A request is refused (403) unless it comes from a loopback address, carries no ``Origin``
@@ -279,6 +284,32 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
             raise _bad(str(exc)) from exc
         return _json({"expires_at": peer.expires_at})
 
+    async def live_sessions(request: web.Request) -> web.StreamResponse:
+        return _json({"sessions": [r.to_dict() for r in peer.live_sessions]})
+
+    async def live_close(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            closed = await peer.live_close(_opt_str(body, "reason") or "",
+                                           _opt_str(body, "session_id"))
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"closed": closed})
+
+    async def reject_config(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            peer.reject_config(
+                _opt_str(body, "code") or "",
+                _opt_str(body, "message"),
+                param=_opt_str(body, "param"),
+                count=int(_number(body, "count", 1)),
+                status=int(_number(body, "status", 400)),
+            )
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"pending_config_rejections": peer.stats()["pending_config_rejections"]})
+
     async def reset(request: web.Request) -> web.StreamResponse:
         peer.reset_faults()
         return _json({"ok": True})
@@ -287,6 +318,7 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
     app.router.add_get("/control/stats", guarded(stats))
     app.router.add_get("/control/calls/{call_id}/conversation", guarded(conversation))
     app.router.add_get("/control/calls/{call_id}/events", guarded(received))
+    app.router.add_get("/control/live_sessions", guarded(live_sessions))
     for path, handler in (
         ("send_error", send_error),
         ("go_silent", go_silent),
@@ -299,5 +331,7 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
         ("drop_calls_after", drop_calls_after),
         ("expires_at", expires_at),
         ("reset", reset),
+        ("live_close", live_close),
+        ("reject_config", reject_config),
     ):
         app.router.add_post(f"/control/{path}", guarded(handler))

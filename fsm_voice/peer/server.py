@@ -12,6 +12,14 @@ faults (see :mod:`fsm_voice.peer.control`; it needs :attr:`RealtimePeer.control_
 keys (see :mod:`fsm_voice.peer.secrets`); with ``require_ephemeral=True`` the calls endpoint
 accepts only those keys, while unexpired.
 
+The same peer speaks OpenAI's Live API (see :mod:`fsm_voice.peer.live`): ``POST
+/v1/live/sessions`` takes ``{"session": {...}, "transport": {"type": "webrtc", "sdp"}}`` (strict
+schema) and answers ``201 {"session": {"id": "live_..."}, "transport": {"type": "webrtc",
+"sdp"}}``; the call is a :class:`~fsm_voice.peer.live.LiveCall` (``session.started``,
+transcripts, usage, ``session.close``). ``WS /v1/live/sessions/<id>/attach`` is the sideband, for
+the key that created the session. :attr:`RealtimePeer.live_sessions` records what each session
+received.
+
 Every peer connection is created inside :func:`fsm_voice.transport.loopback.loopback` with an
 explicit empty ICE server list, so no packet leaves 127.0.0.1 and no public STUN server is used.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import hashlib
 import ipaddress
 import json
@@ -30,13 +39,25 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from fsm_voice._lifetime import LocalService, read_limited
 
 from . import protocol as p
 from .call import Call, Reply, reply_tone
 from .control import CONTROL_TOKEN_HEADER, add_control_routes
+from .live import (
+    CLOSE_REASONS,
+    LIVE_MODELS,
+    LIVE_SESSIONS_PATH,
+    LiveCall,
+    LiveRequestError,
+    LiveSessionRecord,
+    Sideband,
+    error_event,
+    new_session_id,
+    parse_create,
+)
 from .secrets import ClientSecretStore, add_client_secret_routes, bearer_token
 
 log = logging.getLogger(__name__)
@@ -44,6 +65,8 @@ log = logging.getLogger(__name__)
 CALLS_PATH = "/v1/realtime/calls"
 DEFAULT_MAX_BODY = 64 * 1024
 MAX_PENDING_REJECTIONS = 1000
+MAX_LIVE_RECORDS = 1000
+MAX_SIDEBAND_MESSAGE = 64 * 1024
 _STATUS_ERROR_TYPE = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -97,15 +120,17 @@ def validate_offer(sdp: str) -> str | None:
 
 
 class _Rejection:
-    __slots__ = ("code", "message", "retry_after", "status")
+    __slots__ = ("code", "message", "param", "retry_after", "status")
 
     def __init__(
-        self, status: int, retry_after: float | None, code: str | None, message: str | None
+        self, status: int, retry_after: float | None, code: str | None, message: str | None,
+        param: str | None = None,
     ) -> None:
         self.status = status
         self.retry_after = retry_after
         self.code = code
         self.message = message
+        self.param = param
 
 
 class RealtimePeer(LocalService):
@@ -126,6 +151,10 @@ class RealtimePeer(LocalService):
     ``control_token``: the secret the control API requires (default: a random one; send
     :attr:`control_headers`). ``header_timeout``: seconds a client may take to send a request
     head, then its body (slow-loris bound).
+    ``live_usage_interval``: seconds between a Live session's ``session.usage.updated`` events.
+    ``live_models``: models a Live create may name (None: any non-empty string).
+    ``live_close_linger``: at most this long after ``session.closed`` the peer waits for the
+    client to close the connection before it closes the call itself.
     """
 
     def __init__(
@@ -150,6 +179,9 @@ class RealtimePeer(LocalService):
         max_session_seconds: float = 3600.0,
         control_token: str | None = None,
         header_timeout: float = 20.0,
+        live_usage_interval: float = 1.0,
+        live_models: Collection[str] | None = LIVE_MODELS,
+        live_close_linger: float = 1.0,
     ) -> None:
         if not 0.05 <= tone_seconds <= 60:
             raise ValueError(f"tone_seconds must be in [0.05, 60], got {tone_seconds!r}")
@@ -163,6 +195,13 @@ class RealtimePeer(LocalService):
             raise ValueError("max_body_bytes, max_calls and connect_timeout must be positive")
         if not (math.isfinite(header_timeout) and header_timeout > 0):
             raise ValueError(f"header_timeout must be positive, got {header_timeout!r}")
+        for name, value in (("live_usage_interval", live_usage_interval),
+                            ("live_close_linger", live_close_linger)):
+            if not (math.isfinite(value) and 0 < value <= 3600):
+                raise ValueError(f"{name} must be in (0, 3600], got {value!r}")
+        self.live_usage_interval = float(live_usage_interval)
+        self.live_close_linger = float(live_close_linger)
+        self.live_models = None if live_models is None else frozenset(live_models)
         if control_token is not None and (not isinstance(control_token, str) or
                                           len(control_token) < 16):
             raise ValueError("control_token must be a string of at least 16 characters")
@@ -201,6 +240,9 @@ class RealtimePeer(LocalService):
         self._counters: collections.Counter[str] = collections.Counter()
         self._events_received: collections.Counter[str] = collections.Counter()
         self._owners: dict[str, str] = {}  # call id -> who made it (see _owner)
+        self._live_records: collections.deque[LiveSessionRecord] = collections.deque(
+            maxlen=MAX_LIVE_RECORDS)
+        self._config_rejections: collections.deque[_Rejection] = collections.deque()
 
     def __repr__(self) -> str:  # never the control token
         state = self.base_url if self._bound_port is not None else "stopped"
@@ -231,6 +273,8 @@ class RealtimePeer(LocalService):
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post(CALLS_PATH, self._handle_offer)
         app.router.add_post(CALLS_PATH + "/{call_id}/hangup", self._handle_hangup)
+        app.router.add_post(LIVE_SESSIONS_PATH, self._handle_live_create)
+        app.router.add_get(LIVE_SESSIONS_PATH + "/{session_id}/attach", self._handle_live_attach)
         add_control_routes(app, self)
         add_client_secret_routes(app, self.client_secrets)
         await self._serve_app(app)
@@ -274,7 +318,20 @@ class RealtimePeer(LocalService):
             "answer_delay": self.answer_delay,
             "client_secrets_minted": self.client_secrets.minted,
             "client_secrets_refused": self.client_secrets.refused,
+            "live_sessions_created": self._counters["live_sessions_created"],
+            "live_sessions_active": sum(isinstance(c, LiveCall) for c in self._calls.values()),
+            "sidebands_attached": self._counters["sidebands_attached"],
+            "pending_config_rejections": len(self._config_rejections),
         }
+
+    @property
+    def live_sessions(self) -> list[LiveSessionRecord]:
+        """Every Live session created (oldest first, the last 1000): what it received and how
+        it ended. The records are live objects: a session's end updates its record."""
+        return list(self._live_records)
+
+    def live_session(self, session_id: str) -> LiveSessionRecord | None:
+        return next((r for r in self._live_records if r.id == session_id), None)
 
     # ----------------------------------------------------------------- faults
 
@@ -376,7 +433,33 @@ class RealtimePeer(LocalService):
         """Expire every minted client secret now. Returns how many were still valid."""
         return self.client_secrets.expire_all()
 
+    async def live_close(self, reason: str, session_id: str | None = None) -> int:
+        """End the Live session(s) as the server would: ``session.closed{reason}`` on the data
+        channel and the sidebands, then the call ends. ``reason`` is one of the five documented
+        ones. Returns how many sessions it closed."""
+        if reason not in CLOSE_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(CLOSE_REASONS)}; got {reason!r}")
+        targets = [c for c in self._targets(session_id) if isinstance(c, LiveCall)]
+        done = await asyncio.gather(*(c.end_session(reason, closed_by="fault") for c in targets))
+        return sum(done)
+
+    def reject_config(
+        self, code: str, message: str | None = None, *, param: str | None = None, count: int = 1,
+        status: int = 400,
+    ) -> None:
+        """Answer the next ``count`` Live creates with ``status`` (400) and this error ``code``
+        (as if the session configuration were refused)."""
+        if not isinstance(code, str) or not code:
+            raise ValueError("code must be a non-empty string")
+        if count < 0 or count > MAX_PENDING_REJECTIONS - len(self._config_rejections):
+            raise ValueError(f"count must be in [0, {MAX_PENDING_REJECTIONS}] in all")
+        if not 400 <= status <= 499:
+            raise ValueError(f"status must be a 4xx code, got {status}")
+        for _ in range(count):
+            self._config_rejections.append(_Rejection(status, None, code, message, param))
+
     def reset_faults(self) -> None:
+        self._config_rejections.clear()
         self._rejections.clear()
         self.answer_delay = 0.0
         self.drop_after = None
@@ -501,25 +584,76 @@ class RealtimePeer(LocalService):
             )
         return sdp, session
 
+    def _injected_rejection(self) -> web.Response | None:
+        """The next pending ``reject_offers`` answer, if any."""
+        if not self._rejections:
+            return None
+        rej = self._rejections.popleft()
+        self._counters["offers_rejected_injected"] += 1
+        headers = {}
+        if rej.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(rej.retry_after))
+        default_msg = (
+            "The server is overloaded or not ready yet."
+            if rej.status >= 500
+            else "Request rejected by the local peer (injected fault)."
+        )
+        return self._error(
+            rej.status,
+            rej.message or default_msg,
+            rej.code or ("server_overloaded" if rej.status >= 500 else None),
+            headers=headers,
+        )
+
+    def _call_options(self) -> dict[str, Any]:
+        """Keyword arguments every call of this peer gets."""
+        return {
+            "reply": self.reply,
+            "vad_threshold_dbfs": self.vad_threshold_dbfs,
+            "voice": self.voice,
+            "on_event_received": self._count_event,
+            "on_closed": self._call_closed,
+            "connect_timeout": self.connect_timeout,
+            "tone_seconds": self.tone_seconds,
+            "candidate_addresses": self.candidate_addresses,
+            "max_session_seconds": self.max_session_seconds,
+        }
+
+    async def _answer(
+        self, request: web.Request, sdp: str, make: Callable[[], Call]
+    ) -> tuple[Call, str] | web.Response:
+        """Admit a new call (limits, injected delay), make it and answer ``sdp``."""
+        if len(self._calls) >= self.max_calls:
+            return self._error(
+                429, "Too many concurrent calls on the local peer.", "rate_limit_exceeded"
+            )
+        if self.answer_delay > 0:
+            await asyncio.sleep(self.answer_delay)
+        if self._stopping:
+            return self._error(503, "The local peer is shutting down.", "server_shutting_down")
+        call = make()
+        call.drop_after = self.drop_after
+        self._calls[call.id] = call
+        self._owners[call.id] = self._owner(bearer_token(request) or "")
+        self._counters["calls_created"] += 1
+        try:
+            answer = await call.accept_offer(sdp)
+        except ValueError as exc:
+            await call.close("bad_offer")
+            return self._error(400, f"Invalid SDP offer: {exc}", "invalid_offer", param="sdp")
+        except BaseException:
+            await call.close("error")
+            raise
+        if call.closed:
+            return self._error(503, "The call ended before it was answered.", "call_ended")
+        self._counters["offers_answered"] += 1
+        return call, answer
+
     async def _handle_offer(self, request: web.Request) -> web.StreamResponse:
         self._counters["offers_received"] += 1
-        if self._rejections:
-            rej = self._rejections.popleft()
-            self._counters["offers_rejected_injected"] += 1
-            headers = {}
-            if rej.retry_after is not None:
-                headers["Retry-After"] = str(math.ceil(rej.retry_after))
-            default_msg = (
-                "The server is overloaded or not ready yet."
-                if rej.status >= 500
-                else "Request rejected by the local peer (injected fault)."
-            )
-            return self._error(
-                rej.status,
-                rej.message or default_msg,
-                rej.code or ("server_overloaded" if rej.status >= 500 else None),
-                headers=headers,
-            )
+        rejected = self._injected_rejection()
+        if rejected is not None:
+            return rejected
         refused = self._authorized(request)
         if refused is not None:
             return refused
@@ -543,14 +677,6 @@ class RealtimePeer(LocalService):
                 "invalid_value",
                 param="session.type",
             )
-        if len(self._calls) >= self.max_calls:
-            return self._error(
-                429, "Too many concurrent calls on the local peer.", "rate_limit_exceeded"
-            )
-        if self.answer_delay > 0:
-            await asyncio.sleep(self.answer_delay)
-        if self._stopping:
-            return self._error(503, "The local peer is shutting down.", "server_shutting_down")
         minted = self.client_secrets.lookup(bearer_token(request) or "")
         model = (
             request.query.get("model")
@@ -558,45 +684,141 @@ class RealtimePeer(LocalService):
             or (minted.session.get("model") if minted is not None else None)
             or self.model
         )
-        call = Call(
-            model=str(model),
-            reply=self.reply,
-            vad_threshold_dbfs=self.vad_threshold_dbfs,
-            voice=self.voice,
-            on_event_received=self._count_event,
-            on_closed=self._call_closed,
-            connect_timeout=self.connect_timeout,
-            tone_seconds=self.tone_seconds,
-            candidate_addresses=self.candidate_addresses,
-            max_session_seconds=self.max_session_seconds,
-        )
-        if minted is not None:  # the client secret's session configuration applies first
-            call.session = p.merge_session(call.session, minted.session)
-        if session_cfg is not None:
-            call.session = p.merge_session(call.session, session_cfg)
-        call.drop_after = self.drop_after
-        if self.expires_at is not None:
-            call.session["expires_at"] = self.expires_at
-        self._calls[call.id] = call
-        self._owners[call.id] = self._owner(bearer_token(request) or "")
-        self._counters["calls_created"] += 1
-        try:
-            answer = await call.accept_offer(sdp)
-        except ValueError as exc:
-            await call.close("bad_offer")
-            return self._error(400, f"Invalid SDP offer: {exc}", "invalid_offer", param="sdp")
-        except BaseException:
-            await call.close("error")
-            raise
-        if call.closed:
-            return self._error(503, "The call ended before it was answered.", "call_ended")
-        self._counters["offers_answered"] += 1
+
+        def make() -> Call:
+            call = Call(model=str(model), **self._call_options())
+            if minted is not None:  # the client secret's session configuration applies first
+                call.session = p.merge_session(call.session, minted.session)
+            if session_cfg is not None:
+                call.session = p.merge_session(call.session, session_cfg)
+            if self.expires_at is not None:
+                call.session["expires_at"] = self.expires_at
+            return call
+
+        answered = await self._answer(request, sdp, make)
+        if isinstance(answered, web.Response):
+            return answered
+        call, answer = answered
         return web.Response(
             status=201,
             text=answer,
             content_type="application/sdp",
             headers={"Location": f"{CALLS_PATH}/{call.id}"},
         )
+
+    # ----------------------------------------------------------------- Live
+
+    async def _handle_live_create(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/live/sessions``: strict JSON ``{session, transport}`` -> 201 JSON."""
+        self._counters["offers_received"] += 1
+        rejected = self._injected_rejection()
+        if rejected is not None:
+            return rejected
+        refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        if self._config_rejections:
+            rej = self._config_rejections.popleft()
+            self._counters["offers_rejected_injected"] += 1
+            return self._error(
+                rej.status, rej.message or "The session configuration was rejected "
+                "(injected fault).", rej.code, param=rej.param)
+        if request.content_type != "application/json":
+            return self._error(
+                415, f"Unsupported content type {request.content_type!r}: send the session "
+                "as 'application/json'.", "unsupported_content_type")
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                raw = await read_limited(request, self.max_body_bytes)
+        except TimeoutError:
+            response = self._error(408, "The request body did not arrive in time.", "timeout")
+            response.force_close()
+            return response
+        if raw is None:
+            return self._error(
+                413, f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                "request_too_large")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            return self._error(400, f"We could not parse the JSON body of your request. "
+                               f"({type(exc).__name__})", "invalid_json")
+        try:
+            config, sdp = parse_create(body, self.live_models)
+        except LiveRequestError as exc:
+            return self._error(exc.status, exc.message, exc.code, param=exc.param)
+        problem = validate_offer(sdp)
+        if problem is not None:
+            return self._error(400, f"Invalid SDP offer: {problem}.", "invalid_offer",
+                               param="transport.sdp")
+        resolved_voice = (config.get("audio") or {}).get("output", {}).get("voice")
+        record = LiveSessionRecord(
+            id=new_session_id(),
+            model=config["model"],
+            instructions=config.get("instructions"),
+            input=copy.deepcopy(config.get("input")),
+            voice=resolved_voice if isinstance(resolved_voice, str) else (
+                str(resolved_voice["id"]) if isinstance(resolved_voice, dict) else "marin"),
+            created_at=time.time(),
+        )
+
+        def make() -> Call:
+            return LiveCall(record=record, config=config,
+                            usage_interval=self.live_usage_interval,
+                            close_linger=self.live_close_linger,
+                            expires_at=self.expires_at, **self._call_options())
+
+        answered = await self._answer(request, sdp, make)
+        if isinstance(answered, web.Response):
+            return answered
+        call, answer = answered
+        self._live_records.append(record)
+        self._counters["live_sessions_created"] += 1
+        return web.json_response(
+            {"session": {"id": call.id}, "transport": {"type": "webrtc", "sdp": answer}},
+            status=201)
+
+    async def _handle_live_attach(self, request: web.Request) -> web.StreamResponse:
+        """``WS /v1/live/sessions/{id}/attach``: the sideband of a running session, for the key
+        that created it (anyone else: 404). No replay, no first event."""
+        refused = self._authorized(request)
+        if refused is not None:
+            return refused
+        session_id = request.match_info["session_id"]
+        call = self._calls.get(session_id)
+        if (not isinstance(call, LiveCall) or call.closing
+                or self._owners.get(session_id) != self._owner(bearer_token(request) or "")):
+            return self._error(404, "Session not found.", "session_not_found")
+        ws = web.WebSocketResponse(max_msg_size=MAX_SIDEBAND_MESSAGE)
+        if not ws.can_prepare(request).ok:
+            return self._error(400, "Expected a WebSocket upgrade.", "invalid_request")
+        await ws.prepare(request)
+        sideband = Sideband(ws)
+        call.sidebands.add(sideband)
+        self._counters["sidebands_attached"] += 1
+        pump = asyncio.get_running_loop().create_task(sideband.pump(), name="sideband-pump")
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    call.on_sideband_message(msg.data, sideband)
+                elif msg.type is WSMsgType.BINARY:
+                    sideband.put(p.stamp(error_event(
+                        "Binary messages are not accepted; send JSON text.",
+                        code="invalid_type")))
+        finally:
+            call.sidebands.discard(sideband)
+            sideband.end()
+            try:
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(pump)
+            except (TimeoutError, asyncio.CancelledError):
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                raise
+            finally:
+                await ws.close()
+                sideband.finished.set()
+        return ws
 
     async def _handle_hangup(self, request: web.Request) -> web.StreamResponse:
         refused = self._authorized(request)
@@ -605,7 +827,8 @@ class RealtimePeer(LocalService):
         call_id = request.match_info["call_id"]
         call = self._calls.get(call_id)
         owner = self._owners.get(call_id)
-        if call is None or owner != self._owner(bearer_token(request) or ""):
+        if call is None or isinstance(call, LiveCall) or (
+                owner != self._owner(bearer_token(request) or "")):
             # Someone else's call is as unknown as a missing one (no existence oracle).
             return self._error(404, "Call not found.", "call_not_found")
         await call.close("hangup")
@@ -631,8 +854,9 @@ class RealtimePeer(LocalService):
 
 def listening_line(peer: RealtimePeer, url: str) -> str:
     """What ``fsm-voice peer`` prints once it listens (tests read the control token from it)."""
-    return (f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}; control: {url}/control"
-            f" with {CONTROL_TOKEN_HEADER}: {peer.control_token})")
+    return (f"fsm-voice peer listening on {url} (POST {url}{CALLS_PATH}, POST {url}"
+            f"{LIVE_SESSIONS_PATH}; control: {url}/control with {CONTROL_TOKEN_HEADER}: "
+            f"{peer.control_token})")
 
 
 async def run_peer(host: str = "127.0.0.1", port: int = 8765, reply: Reply = "echo") -> None:
