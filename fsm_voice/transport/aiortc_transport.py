@@ -777,7 +777,9 @@ class AiortcTransport:
         detail = ""
         dc = conn.dc
         if conn.closed_event is None:
-            if dc is None or dc.readyState != "open" or conn.failed:
+            if conn.failed:
+                detail = "the connection had failed: session.close not sent"
+            elif dc is None or dc.readyState != "open":
                 detail = "the data channel was not open: session.close not sent"
             else:
                 event_id = f"evt_close_{secrets.token_hex(8)}"
