@@ -292,7 +292,8 @@ async def test_session_up_listening_speaking_from_audio_and_close_confirmed(
     assert record.model == "gpt-live-1" and not record.input  # a start seeds nothing
 
 
-async def test_close_unconfirmed_when_session_closed_never_comes() -> None:
+async def test_close_unconfirmed_when_session_closed_never_comes(
+        caplog: pytest.LogCaptureFixture) -> None:
     async with RealtimePeer() as peer:
         s = session_for(peer, finalise_timeout=1.0)
         async with s:
@@ -303,6 +304,24 @@ async def test_close_unconfirmed_when_session_closed_never_comes() -> None:
     final = finalisation(s)
     assert final is not None and not final.confirmed and final.reason is None, final
     assert final.requested and "no session.closed within 1 s" in final.detail, final
+    assert any("finalisation unconfirmed" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
+async def test_a_call_cut_without_session_closed_is_unconfirmed_and_restarts() -> None:
+    async with RealtimePeer() as peer:
+        s = session_for(peer)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=BOUND)
+            assert await peer.close_call() == 1  # abrupt: no session.closed first
+            await s.wait_for("reconnecting", timeout=BOUND)
+            await s.wait_for("active", timeout=BOUND)
+            assert isinstance(s.transport, AiortcTransport)
+            (cut,) = s.transport.finalisations
+        assert not cut.confirmed and not cut.requested, cut
+        assert cut.detail.endswith("session.close not sent"), cut
+        assert len(peer.live_sessions) == 2
 
 
 async def test_rejected_config_is_a_typed_fatal_error() -> None:
