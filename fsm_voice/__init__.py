@@ -27,7 +27,8 @@ if TYPE_CHECKING:
         RolloverPolicy,
         SessionPolicy,
     )
-    from fsm_voice.ports import ConnectionMetrics
+    from fsm_voice.ports import ConnectionMetrics, TransportSignal
+    from fsm_voice.protocols import LiveUsage
     from fsm_voice.realtime import RealtimeConfig
     from fsm_voice.session import (
         InvalidEventError,
@@ -79,6 +80,8 @@ _EXPORTS: dict[str, str] = {
     "IceServer": "fsm_voice.policy",
     "RealtimeConfig": "fsm_voice.realtime",
     "ConnectionMetrics": "fsm_voice.ports",
+    "TransportSignal": "fsm_voice.ports",
+    "LiveUsage": "fsm_voice.protocols",
     "EphemeralKeyProvider": "fsm_voice.tokens",
     "FsmVoiceError": "fsm_voice.errors",
     "VoiceError": "fsm_voice.errors",
@@ -113,6 +116,7 @@ __all__ = [
     "InvalidEventError",
     "KeepOpen",
     "LiveConfig",
+    "LiveUsage",
     "MonitorPolicy",
     "NullSink",
     "QualityAlert",
@@ -128,6 +132,7 @@ __all__ = [
     "Status",
     "StatusChange",
     "ToneSource",
+    "TransportSignal",
     "UtteranceSource",
     "VoiceError",
     "VoiceSession",

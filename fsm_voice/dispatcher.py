@@ -37,6 +37,7 @@ from fsm_voice.effects import (
     ConnectionUp,
     Effect,
     NewConversation,
+    OpenReason,
     OpenTransport,
     ReportError,
     Timer,
@@ -46,7 +47,6 @@ from fsm_voice.errors import (
     Severity,
     VoiceError,
     classify_exception,
-    classify_server_event,
     machine_severity,
 )
 from fsm_voice.fastpath import FastLifecycle
@@ -55,18 +55,17 @@ from fsm_voice.machine.engine import LifecycleMachine
 from fsm_voice.monitor import Monitor, Subscribers
 from fsm_voice.outbox import Outbox
 from fsm_voice.ports import Transport, TransportSignal
+from fsm_voice.protocols import (
+    SERVER_EVENT_MAP,
+    BackendProtocol,
+    RealtimeProtocol,
+    expires_in,
+)
 
 log = logging.getLogger("fsm_voice.session")
 
-#: Server event types that map one to one onto machine events (``error``, ``session.created``
-#: and ``session.updated`` carry parameters: see :meth:`Dispatcher.server_event`).
-SERVER_EVENT_MAP: dict[str, str] = {
-    "input_audio_buffer.speech_started": "speech_started",
-    "input_audio_buffer.speech_stopped": "speech_stopped",
-    "output_audio_buffer.started": "audio_started",
-    "output_audio_buffer.stopped": "audio_stopped",
-    "output_audio_buffer.cleared": "audio_stopped",
-}
+__all__ = ["SERVER_EVENT_MAP", "Dispatcher", "Posted", "StatusChange", "TraceEntry", "Traced",
+           "expires_in", "internal_error"]
 
 Outcome = Literal["taken", "refused", "stale", "observed"]
 """``taken``/``refused`` by the machine; ``stale`` dropped (closed transport, cancelled timer);
@@ -148,19 +147,6 @@ def internal_error(code: str, exc: BaseException,
     return err
 
 
-def expires_in(expires_at: object, now: float) -> float:
-    """Seconds from ``now`` (epoch) to a server's ``expires_at``, converted, not judged: the
-    machine decides what is usable. Integers too large for a float give +-inf, anything that is
-    not a number gives nan; never raises."""
-    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
-        return math.nan
-    try:
-        at = float(expires_at)
-    except OverflowError:
-        at = math.inf if expires_at > 0 else -math.inf
-    return at - now
-
-
 class _Sink:
     """What one opened transport reports through; knows its generation."""
 
@@ -195,6 +181,7 @@ class Dispatcher:
         trace_limit: int = 10_000,
         close_timeout: float = 10.0,
         wall_clock: Callable[[], float] = time.time,
+        protocol: BackendProtocol | None = None,
     ) -> None:
         if not (isinstance(close_timeout, int | float) and 0 < close_timeout < math.inf):
             raise ValueError(f"close_timeout must be a positive number of seconds, "
@@ -230,6 +217,10 @@ class Dispatcher:
         """Epoch seconds, to turn a server's ``expires_at`` into ``expires_in``."""
         self.rollovers = 0
         """Restarts the machine made to roll the session over (``rollover_due``)."""
+        self.protocol: BackendProtocol = protocol if protocol is not None else RealtimeProtocol()
+        """What the backend's server events mean and what a new connection is sent."""
+        self.open_reason: OpenReason | None = None
+        """The reason of the last ``OpenTransport`` (the connection open or being opened)."""
 
     # -- lifetime --------------------------------------------------------------------------
     def attach(self, tg: TaskGroup | None) -> None:
@@ -431,8 +422,8 @@ class Dispatcher:
         elif isinstance(effect, ReportError):
             self._report_effect(effect)
         elif isinstance(effect, ConnectionUp):
-            self._report(self.outbox.connection_up(self.transport.send_event,
-                                                   replay=effect.replay))
+            self._report(self.protocol.connection_up(self.outbox, self.transport.send_event,
+                                                     replay=effect.replay))
         elif isinstance(effect, NewConversation):
             self._report(self.outbox.new_conversation())
 
@@ -459,6 +450,7 @@ class Dispatcher:
     def _open_transport(self, effect: OpenTransport) -> None:
         assert self._tg is not None, "the session's task group is not running"
         self.generation += 1
+        self.open_reason = effect.reason
         self._transport_open = True
         scope = anyio.CancelScope()
         self._transport_scope = scope
@@ -515,8 +507,10 @@ class Dispatcher:
     # -- the server ---------------------------------------------------------------------------
     def server_event(self, event: Mapping[str, Any], generation: int) -> None:
         """One event from the server on transport ``generation``: subscribers, outbox, and the
-        machine event it maps to. Every ``error`` becomes ``server_error`` (ignorable and
-        ``session_expired`` too: the table decides); ``expires_at`` becomes ``session_info``."""
+        machine event the protocol maps it to (:mod:`fsm_voice.protocols`: every ``error``
+        becomes ``server_error``, ignorable and ``session_expired`` too; ``expires_at`` becomes
+        ``session_info``; a Live ``session.closed`` becomes ``session_closed``: the table
+        decides)."""
         if self.on_server_event:
             self.on_server_event.emit(event)
         etype = event.get("type")
@@ -524,20 +518,8 @@ class Dispatcher:
             return
         if generation == self.generation and self._transport_open:
             self.outbox.observe(event)  # items and confirmations: the current call's only
-        mapped = SERVER_EVENT_MAP.get(etype)
-        if mapped:
-            self.post(Posted(mapped, token=generation))
-        elif etype == "error":
-            err = classify_server_event(event)
-            if err.ignorable:
-                log.info("ignorable server error %s: %s", err.code, err.message)
-            self.post(Posted("server_error", severity=machine_severity(err), code=err.code,
-                             error=err, retry_after=err.retry_after, token=generation))
-        elif etype in ("session.created", "session.updated"):
-            session = event.get("session")
-            if isinstance(session, Mapping) and "expires_at" in session:
-                self.post(Posted("session_info", token=generation,
-                                 expires_in=expires_in(session["expires_at"],
-                                                       self._wall_clock())))
-        elif etype == "rate_limits.updated" and isinstance(event.get("rate_limits"), list):
-            self.monitor.rate_limits = list(event["rate_limits"])
+        mapped = self.protocol.server_event(event, self._wall_clock())
+        if mapped is not None:
+            self.post(Posted(mapped.event, severity=mapped.severity, code=mapped.code,
+                             error=mapped.error, retry_after=mapped.retry_after,
+                             expires_in=mapped.expires_in, token=generation))

@@ -56,6 +56,7 @@ from fsm_voice._text import printable
 
 __all__ = [
     "HTTP_STATUS_TABLE",
+    "LIVE_CLOSE_SEVERITY",
     "SERVER_ERROR_TABLE",
     "SERVER_ERROR_TYPE_DEFAULTS",
     "ConfigError",
@@ -66,7 +67,10 @@ __all__ = [
     "classify",
     "classify_exception",
     "classify_http",
+    "classify_live_close",
+    "classify_live_server_event",
     "classify_server_event",
+    "live_close_reason",
     "machine_severity",
     "parse_retry_after",
     "redact",
@@ -170,7 +174,8 @@ class VoiceError(FsmVoiceError):
     param: str | None = None
     """OpenAI ``error.param``: the offending parameter, if any."""
     event_id: str | None = None
-    """The client event that caused the error (OpenAI ``error.event_id``), if any."""
+    """The client event that caused the error (Realtime ``error.event_id``, Live
+    ``error.client_event_id``), if any."""
     http_status: int | None = None
 
     @property
@@ -349,6 +354,84 @@ def _classify_server_event(event: Mapping[str, Any]) -> VoiceError:
         param=_opt_str(body.get("param")),
         event_id=event_id,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI Live (GPT-Live) ``error`` and ``session.closed`` server events
+# --------------------------------------------------------------------------------------------
+
+LIVE_CLOSE_SEVERITY: Final[Mapping[str, Severity]] = MappingProxyType(
+    {
+        "close_requested": _F,  # ended on purpose (session.close, hangup, a broker's cap)
+        "remote_hangup": _F,  # the remote side left
+        "content": _F,  # a safety filter ended it: not retried
+        "expired": _R,  # duration limit: the conversation goes on in a new session
+        "connection_lost": _R,  # lost unexpectedly: a new session (never the same id)
+    }
+)
+"""Live ``session.closed`` ``reason`` -> severity of the error reported with it (the machine's
+rows decide what happens; a reason not listed is ``FATAL``)."""
+
+
+def classify_live_server_event(event: Mapping[str, Any]) -> VoiceError:
+    """Classify a Live ``error`` event: ``{"type": "error", "error": {"type", "code" (may be
+    null), "message", "param"?, "client_event_id"?}}``.
+
+    A null or missing code gives ``unknown_error`` (no guessing from the message: the Realtime
+    phrases do not apply). Severity: a known code as in :data:`SERVER_ERROR_TABLE`, else by
+    ``error.type`` (:data:`SERVER_ERROR_TYPE_DEFAULTS`), else ``TRANSIENT``: on Live an error
+    does not end the session (``session.closed`` does), so an unknown one is reported and the
+    session goes on. ``client_event_id`` is kept in ``event_id``. Never raises.
+    """
+    try:
+        body: Any = event.get("error") if isinstance(event, Mapping) else None
+        if not isinstance(body, Mapping):
+            body = {}
+        code = _opt_str(body.get("code"))
+        error_type = _opt_str(body.get("type"))
+        if code is not None and code in SERVER_ERROR_TABLE:
+            severity, ignorable = SERVER_ERROR_TABLE[code]
+        else:
+            severity = SERVER_ERROR_TYPE_DEFAULTS.get(error_type or "", _T)
+            ignorable = False
+        message = _opt_str(body.get("message")) or (
+            f"server reported an error ({error_type or 'no type'})")
+        return VoiceError(
+            severity, code or "unknown_error", message, ErrorSource.SERVER,
+            retry_after=_retry_hint(message) if severity is Severity.RECOVERABLE else None,
+            ignorable=ignorable, error_type=error_type, param=_opt_str(body.get("param")),
+            event_id=_opt_str(body.get("client_event_id")))
+    except Exception as exc:  # defensive: a Mapping whose methods misbehave
+        return VoiceError(Severity.TRANSIENT, "unknown_error",
+                          f"unreadable error event ({type(exc).__name__})", ErrorSource.SERVER)
+
+
+def live_close_reason(event: Mapping[str, Any]) -> str:
+    """The ``reason`` of a Live ``session.closed``, verbatim; ``unknown`` when it is missing
+    or not a (non-empty) string."""
+    try:
+        reason = event.get("reason")
+    except Exception:
+        return "unknown"
+    return reason if isinstance(reason, str) and reason else "unknown"
+
+
+def classify_live_close(event: Mapping[str, Any]) -> VoiceError:
+    """The error that goes with a Live ``session.closed``: code = the reason (see
+    :func:`live_close_reason`), severity by :data:`LIVE_CLOSE_SEVERITY`, the usage in the
+    message. Never raises."""
+    reason = live_close_reason(event)
+    try:
+        usage = event.get("usage")
+        seconds = usage.get("seconds") if isinstance(usage, Mapping) else None
+        client_event_id = _opt_str(event.get("client_event_id"))
+    except Exception:
+        seconds, client_event_id = None, None
+    used = (f" after {seconds:g} s" if isinstance(seconds, int | float)
+            and not isinstance(seconds, bool) else "")
+    return VoiceError(LIVE_CLOSE_SEVERITY.get(reason, _F), reason,
+                      f"the server closed the Live session ({reason}){used}", ErrorSource.SERVER,
+                      event_id=client_event_id)
 
 
 # --------------------------------------------------------------------------------------------

@@ -167,11 +167,25 @@ class Outbox:
                 for ev in events:
                     deliver(ev)
                     self.replayed += 1
-                self.replays.append(report)
-                del self.replays[:-100]
+                self._record(report)
         except Exception as exc:
             log.warning("re-establishing the session failed: %r", exc)
         self.flush(deliver)
+        return self.replay_done(report)
+
+    def _record(self, report: ReplayReport) -> None:
+        self.replays.append(report)
+        del self.replays[:-100]
+
+    def seeded(self, report: ReplayReport) -> VoiceError | None:
+        """A Live session was seeded with the conversation (``report``): recorded like a
+        replay; the error to report when it could not carry the whole conversation."""
+        self._record(report)
+        return self.replay_done(report)
+
+    def replay_done(self, report: ReplayReport | None) -> VoiceError | None:
+        """The error to report when a replay (``report``) could not carry the whole
+        conversation (items cut, evicted or not replayable as text)."""
         evicted, self._evicted = self._evicted, []
         if report is None:
             return None

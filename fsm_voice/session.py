@@ -32,7 +32,7 @@ from fsm_voice.dispatcher import (
     Traced,
     TraceEntry,
 )
-from fsm_voice.effects import Timer
+from fsm_voice.effects import OpenReason, Timer
 from fsm_voice.errors import ConfigError, FsmVoiceError, VoiceError
 from fsm_voice.fastpath import FastLifecycle
 from fsm_voice.machine import ACTIVE_STATES, EVENTS, SEVERITIES, STATUSES
@@ -42,6 +42,13 @@ from fsm_voice.monitor import Monitor
 from fsm_voice.outbox import InvalidEventError, Outbox, QueueOverflowError, validate_event
 from fsm_voice.policy import QualityAlert, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics, Transport
+from fsm_voice.protocols import (
+    BackendProtocol,
+    LiveProtocol,
+    LiveUsage,
+    ProtocolName,
+    make_protocol,
+)
 
 if TYPE_CHECKING:
     from fsm_voice.trace import TraceWriter
@@ -60,10 +67,13 @@ class SessionStateError(FsmVoiceError, RuntimeError):
 class VoiceSession:
     """One voice session: ``async with VoiceSession(transport) as s: await s.start() ...``.
 
-    ``engine="fast"`` (default) uses the compiled table (:mod:`fsm_voice.fastpath`, proven equal to
-    python-statemachine by a differential test); ``engine="statemachine"`` runs the
-    python-statemachine class itself. ``close_timeout`` bounds (in real seconds) how long one
-    transport close may take before it is abandoned; it never holds up dispatch.
+    ``protocol`` is the backend's wire protocol (:mod:`fsm_voice.protocols`): ``"realtime"``
+    (default, OpenAI Realtime) or ``"live"`` (OpenAI Live); anything else is a
+    :class:`ConfigError`. ``engine="fast"`` (default) uses the compiled table
+    (:mod:`fsm_voice.fastpath`, proven equal to python-statemachine by a differential test);
+    ``engine="statemachine"`` runs the python-statemachine class itself. ``close_timeout``
+    bounds (in real seconds) how long one transport close may take before it is abandoned; it
+    never holds up dispatch.
     """
 
     def __init__(
@@ -81,7 +91,9 @@ class VoiceSession:
         history_limit: int = 200,
         wall_clock: Callable[[], float] = time.time,
         close_timeout: float = 10.0,
+        protocol: ProtocolName = "realtime",
     ) -> None:
+        self.protocol: BackendProtocol = make_protocol(protocol)
         if not isinstance(transport, Transport):
             raise TypeError(
                 f"transport must implement fsm_voice.ports.Transport (open, close, send_event, "
@@ -111,6 +123,7 @@ class VoiceSession:
         self.dispatcher = Dispatcher(
             self.machine, transport, clock=self.clock, outbox=self.outbox, monitor=self.monitor,
             trace_limit=trace_limit, close_timeout=close_timeout, wall_clock=wall_clock,
+            protocol=self.protocol,
         )
         self.closers: list[Callable[[], Awaitable[Any]]] = []
         """Async callables run (in order, each guarded) when the session context exits, after
@@ -155,8 +168,42 @@ class VoiceSession:
 
     @property
     def rate_limits(self) -> list[Any]:
-        """The last ``rate_limits.updated`` the server sent (OpenAI Realtime shape)."""
-        return self.monitor.rate_limits
+        """The last ``rate_limits.updated`` the server sent (OpenAI Realtime shape; Live: [])."""
+        return self.protocol.rate_limits
+
+    @property
+    def usage(self) -> LiveUsage | None:
+        """Live: the latest ``session.usage.updated`` (seconds, context ``usage_ratio``) or the
+        final ``session.closed`` usage; None before the first (and always on Realtime)."""
+        return self.protocol.usage if isinstance(self.protocol, LiveProtocol) else None
+
+    @property
+    def unknown_events(self) -> collections.Counter[str]:
+        """Live: server event types the adapter does not know, counted (tolerated)."""
+        if isinstance(self.protocol, LiveProtocol):
+            return self.protocol.unknown_events
+        return collections.Counter()
+
+    def seed_input(self) -> list[dict[str, Any]]:
+        """Live: the ``session.input`` for the session being created: [] when the open in
+        progress is a ``start`` (a new conversation) or there is nothing to carry, else the
+        conversation's newest messages within the Live limits (``Conversation.live_input``),
+        recorded and, when cut, reported like a Realtime replay (``conversation_cut``).
+        Called by the Live signaling on every open; never raises."""
+        if self.dispatcher.open_reason in (None, OpenReason.START) or \
+                not self.outbox.replay_history:
+            return []
+        try:
+            messages, report = self.outbox.conversation.live_input()
+        except Exception as exc:  # a broken conversation must not stop the reconnect
+            log.warning("building the Live input failed: %r", exc)
+            return []
+        if not messages and not report.cut and not report.unreplayable:
+            return []
+        err = self.outbox.seeded(report)
+        if err is not None:
+            self.monitor.report(err)
+        return messages
 
     @property
     def session_config(self) -> dict[str, Any] | None:
