@@ -517,7 +517,8 @@ class Dispatcher:
         if not isinstance(etype, str):
             return
         if generation == self.generation and self._transport_open:
-            self.outbox.observe(event)  # items and confirmations: the current call's only
+            for observed in self.protocol.conversation_events(event):
+                self.outbox.observe(observed)  # items and confirmations: the current call's only
         mapped = self.protocol.server_event(event, self._wall_clock())
         if mapped is not None:
             self.post(Posted(mapped.event, severity=mapped.severity, code=mapped.code,

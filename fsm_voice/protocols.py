@@ -114,6 +114,11 @@ class BackendProtocol(Protocol):
         raises on server input."""
         ...
 
+    def conversation_events(self, event: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+        """What the conversation (and the delivery ledger) observe for ``event``, a server
+        event of the current connection."""
+        ...
+
     def connection_up(self, outbox: Outbox, deliver: Deliver, *,
                       replay: bool) -> VoiceError | None:
         """A connection reached a working state (``ConnectionUp(replay)``): send what it needs
@@ -142,6 +147,9 @@ class RealtimeProtocol:
         if etype == "rate_limits.updated" and isinstance(event.get("rate_limits"), list):
             self.rate_limits = list(event["rate_limits"])
         return None
+
+    def conversation_events(self, event: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+        return (event,)
 
     def connection_up(self, outbox: Outbox, deliver: Deliver, *,
                       replay: bool) -> VoiceError | None:
@@ -185,6 +193,64 @@ LIVE_PASSIVE: Final = frozenset({
 })
 UNKNOWN_TYPES_KEPT: Final = 100
 """Distinct unknown event types counted by name; beyond, they count as ``<other>``."""
+TURN_TEXT_LIMIT: Final = 20_000
+"""Characters kept of one transcribed turn (a longer one keeps its beginning)."""
+
+
+class LiveTurns:
+    """Live transcript deltas -> conversation messages (Live has no items: the conversation a
+    new session is seeded with is built from ``session.input_transcript.delta`` (user) and
+    ``session.output_transcript.delta`` (assistant)).
+
+    A turn of one side goes on until the other side has spoken after it: a delta of the other
+    side that starts (``start_ms``) at or after this side's last ``end_ms``, or, without timing,
+    any delta of the other side. Overlapping speech (barge-in) therefore does not split a turn.
+    Each change of a turn is given as a ``conversation.item.done`` of the whole turn so far
+    (same id: the conversation updates it in place)."""
+
+    _ROLE: Final = {"session.input_transcript.delta": "user",
+                    "session.output_transcript.delta": "assistant"}
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._turn: dict[str, tuple[str, str, float | None]] = {}
+        """role -> (item id, text so far, end_ms of its last delta)."""
+        self._last: tuple[str, float | None] | None = None
+        """(role, start_ms) of the last delta."""
+
+    def reset(self) -> None:
+        """A new connection: its turns are new items."""
+        self._turn.clear()
+        self._last = None
+
+    def delta(self, event: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        role = self._ROLE.get(str(event.get("type")))
+        text = event.get("delta")
+        if role is None or not isinstance(text, str) or not text:
+            return None
+        start, end = _number(event.get("start_ms")), _number(event.get("end_ms"))
+        turn = self._turn.get(role)
+        if turn is not None and self._ended(role, turn[2]):
+            turn = None
+        if turn is None:
+            self._seq += 1
+            turn = (f"live_turn_{self._seq}", "", None)
+        item_id, so_far, _ = turn
+        so_far = (so_far + text)[:TURN_TEXT_LIMIT]
+        self._turn[role] = (item_id, so_far, end)
+        self._last = (role, start)
+        kind = "input_text" if role == "user" else "output_text"
+        return {"type": "conversation.item.done",
+                "item": {"id": item_id, "type": "message", "role": role,
+                         "content": [{"type": kind, "text": so_far}]}}
+
+    def _ended(self, role: str, end_ms: float | None) -> bool:
+        """Whether the other side spoke after ``role``'s turn (its last delta ended at
+        ``end_ms``)."""
+        last = self._last
+        if last is None or last[0] == role:
+            return False
+        return end_ms is None or last[1] is None or last[1] >= end_ms
 
 
 class LiveProtocol:
@@ -199,6 +265,7 @@ class LiveProtocol:
         """The latest usage snapshot (None before the first)."""
         self.unknown_events: collections.Counter[str] = collections.Counter()
         """Event types this adapter does not know, by type (bounded)."""
+        self.turns = LiveTurns()
 
     def server_event(self, event: Mapping[str, Any], now: float) -> MachineEvent | None:
         etype = event.get("type")
@@ -220,6 +287,12 @@ class LiveProtocol:
         elif etype not in LIVE_PASSIVE:
             self._unknown(etype)
         return None
+
+    def conversation_events(self, event: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+        """The event itself (acknowledgements) and, for a transcript delta, its turn as a
+        conversation item (:class:`LiveTurns`)."""
+        item = self.turns.delta(event)
+        return (event,) if item is None else (event, item)
 
     def _usage(self, usage: object, window: object) -> None:
         seconds = _number(usage.get("seconds")) if isinstance(usage, Mapping) else None
@@ -243,6 +316,7 @@ class LiveProtocol:
                       replay: bool) -> VoiceError | None:
         """No ``session.update`` (the configuration is immutable) and no replay (the history
         was seeded in the session's ``input``): only the queue."""
+        self.turns.reset()
         outbox.flush(deliver)
         return None
 
@@ -262,6 +336,7 @@ __all__ = [
     "SERVER_EVENT_MAP",
     "BackendProtocol",
     "LiveProtocol",
+    "LiveTurns",
     "LiveUsage",
     "MachineEvent",
     "RealtimeProtocol",
