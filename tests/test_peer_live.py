@@ -20,13 +20,15 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fsm_voice.peer import RealtimePeer
-from fsm_voice.peer.live import CLOSE_REASONS, parse_create
+from fsm_voice.peer.live import CLOSE_REASONS, SESSION_KEYS, LiveRequestError, parse_create
 from fsm_voice.peer.server import listening_line
 from fsm_voice.peer.vad import rms_dbfs
 from fsm_voice.transport.loopback import loopback
-from tests.test_peer import ToneBurstTrack
+from tests.test_peer import RATE, ToneBurstTrack, _burst_pcm
 
 MODEL = "gpt-live-1"
 # Event types a Live session must never carry (Realtime's VAD / playback / response lifecycle).
@@ -203,6 +205,33 @@ def test_parse_create_is_strict() -> None:
     assert parse_create(ok, models=None)[0]["model"] == MODEL
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(["gpt-live-1", "webrtc", "v=0", "client", "responses"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from([*SESSION_KEYS, "type", "sdp", "output", "voice", "format", "id", "x"]),
+        inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(session=_JSON, transport=_JSON, extra=st.booleans())
+def test_parse_create_refuses_any_bad_body_with_a_typed_error(
+    session: Any, transport: Any, extra: bool
+) -> None:
+    body: dict[str, Any] = {"session": session, "transport": transport}
+    if extra:
+        body["x"] = 1
+    try:
+        config, sdp = parse_create(body)
+    except LiveRequestError as exc:
+        assert exc.status == 400 and exc.message
+        assert exc.code in ("unknown_parameter", "missing_required_parameter", "invalid_type",
+                            "invalid_value", "array_above_max_length")
+    else:
+        assert not extra and config["model"] in ("gpt-live-1", "gpt-live-1.1") and sdp.strip()
+
+
 @pytest.mark.anyio
 async def test_create_refusals(peer: RealtimePeer) -> None:
     sdp = await _offer_sdp()
@@ -244,6 +273,23 @@ async def test_create_refusals(peer: RealtimePeer) -> None:
     status, _, text = await _post_json(peer, ok, ctype="application/sdp")
     assert status == 415 and json.loads(text)["error"]["code"] == "unsupported_content_type"
     assert peer.live_sessions == [] and peer.calls == {}
+
+
+@pytest.mark.anyio
+async def test_live_takes_api_keys_not_client_secrets() -> None:
+    async with RealtimePeer(require_ephemeral=True) as peer:
+        sdp = await _offer_sdp()
+        body = {"session": {"model": MODEL}, "transport": {"type": "webrtc", "sdp": sdp}}
+        minted = peer.client_secrets.mint(api_key="sk-test").value
+        for token in (minted, "not-an-api-key"):
+            status, _, text = await _post_json(peer, body, token=token)
+            assert status == 401 and json.loads(text)["error"]["code"] == "invalid_api_key"
+        c = LiveClient()  # the project key creates sessions even though calls need ek_ keys
+        try:
+            await c.create(peer, token="sk-test")
+            await c.wait_for("session.started")
+        finally:
+            await c.close()
 
 
 @pytest.mark.anyio
@@ -327,10 +373,31 @@ async def test_speech_gives_transcripts_reply_audio_and_usage(peer: RealtimePeer
         usage = [await c.wait_for("session.usage.updated") for _ in range(3)]
         seconds = [u["usage"]["seconds"] for u in usage]
         assert seconds == sorted(seconds) and seconds[0] < seconds[-1]
+        assert all(0 < u["context_window"]["usage_ratio"] < 0.01 for u in usage)
         async with asyncio.timeout(6):
             while c.voiced_frames_in < 20:  # the echoed utterance came back as audio
                 await asyncio.sleep(0.05)
         _no_forbidden(c)
+    finally:
+        await c.close()
+
+
+@pytest.mark.anyio
+async def test_muted_input_is_not_heard(peer: RealtimePeer) -> None:
+    c = LiveClient(burst=True)
+    c.track._pcm = bytes(2 * RATE * 2) + _burst_pcm(1.2)  # 2 s of silence first
+    try:
+        await c.create(peer)
+        await c.wait_for("session.started")
+        c.send({"type": "session.input_audio.mute"})
+        await c.wait_for("session.input_audio.muted")
+        (call,) = peer.calls.values()
+        heard_before_mute = call.vad.position_ms  # silence only: the burst starts at 2 s
+        async with asyncio.timeout(10):
+            while call.audio_frames_in < 4.0 / 0.02:  # the burst and 0.8 s after it arrived
+                await asyncio.sleep(0.05)
+        assert "session.input_transcript.delta" not in c.types()
+        assert call.vad.position_ms == heard_before_mute < 2000  # nothing while muted
     finally:
         await c.close()
 
@@ -377,6 +444,37 @@ async def test_commands_are_acked_and_bad_ones_get_errors(
     (record,) = peer.live_sessions
     assert record.appended == ["Greet the user."]
     _no_forbidden(client)
+
+
+@pytest.mark.anyio
+async def test_data_channel_permissions_limit_commands(peer: RealtimePeer) -> None:
+    c = LiveClient()
+    permissions = {"data_channel": {"allowed_client_events": ["session.close"]}}
+    try:
+        await c.create(peer, {"model": MODEL, "client": permissions})
+        started = await c.wait_for("session.started")
+        assert started["session"]["client"]["data_channel"]["allowed_client_events"] == [
+            "session.close"]
+        info = await c.wait_for("info")
+        assert info["code"] == "data_channel_permissions" and info["message"]
+        c.send({"type": "session.input_audio.mute", "event_id": "m"})
+        error = (await c.wait_for("error"))["error"]
+        assert (error["code"], error["client_event_id"]) == ("event_not_allowed", "m")
+        c.send({"type": "session.close"})
+        assert (await c.wait_for("session.closed"))["reason"] == "close_requested"
+    finally:
+        await c.close()
+
+
+@pytest.mark.anyio
+async def test_send_event_delivers_any_event(peer: RealtimePeer, client: LiveClient) -> None:
+    status, result = await _control(peer, "/control/send_event",
+                                    {"event": {"type": "session.future.thing", "x": 1}})
+    assert status == 200 and result["sent"] == 1
+    event = await client.wait_for("session.future.thing")
+    assert event["x"] == 1 and event["event_id"].startswith("event_")
+    status, _ = await _control(peer, "/control/send_event", {"event": {"x": 1}})
+    assert status == 400
 
 
 @pytest.mark.anyio
@@ -552,7 +650,7 @@ async def test_sideband_hears_the_end_of_a_dropped_client(peer: RealtimePeer) ->
             await _ws_next(ws, "session.input_audio.muted")  # attached for sure
             await c.close()  # the client goes away without session.close
             closed = await _ws_next(ws, "session.closed")
-            assert closed["reason"] in ("remote_hangup", "connection_lost")
+            assert closed["reason"] == "remote_hangup"  # pc.close() said goodbye (DTLS)
             async with asyncio.timeout(6):
                 msg = await ws.receive()
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)

@@ -10,6 +10,7 @@ path                       method  body (JSON) -> result
 /control/calls/{id}/events GET     -> ``{"call_id", "events": [{event_id, type}...]}`` received
 /control/stats             GET     -> counters (offers, calls, events received per type, faults)
 /control/send_error        POST    ``{type?, code?, message, param?, call_id?}`` -> ``{"sent": n}``
+/control/send_event        POST    ``{event: {type, ...}, call_id?}`` -> ``{"sent": n}`` (any event)
 /control/go_silent         POST    ``{call_id?}`` -> ``{"calls": n}``
 /control/resume            POST    ``{call_id?}`` -> ``{"calls": n}``
 /control/mute_media        POST    ``{call_id?}`` -> ``{"calls": n}`` (RTP stops, like a browser's
@@ -224,6 +225,17 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
         )
         return _json({"sent": sent})
 
+    async def send_event(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        event = body.get("event")
+        if not isinstance(event, dict):
+            raise _bad("'event' must be an object")
+        try:
+            sent = peer.send_event(event, _opt_str(body, "call_id"))
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return _json({"sent": sent})
+
     async def go_silent(request: web.Request) -> web.StreamResponse:
         body = await _body(request)
         return _json({"calls": peer.go_silent(_opt_str(body, "call_id"))})
@@ -321,6 +333,7 @@ def add_control_routes(app: web.Application, peer: RealtimePeer) -> None:
     app.router.add_get("/control/live_sessions", guarded(live_sessions))
     for path, handler in (
         ("send_error", send_error),
+        ("send_event", send_event),
         ("go_silent", go_silent),
         ("resume", resume),
         ("mute_media", mute_media),

@@ -53,6 +53,7 @@ CLOSE_REASONS: Final = ("close_requested", "expired", "content", "remote_hangup"
                         "connection_lost")
 MAX_INPUT_MESSAGES: Final = 128
 MAX_APPEND_WORDS: Final = 500  # stand-in for the documented 500-token limit
+CONTEXT_TOKENS: Final = 128_000
 SESSION_KEYS: Final = frozenset(
     {"model", "instructions", "audio", "input", "store", "client", "delegation"})
 LIVE_VAD: Final[Mapping[str, Any]] = {"prefix_padding_ms": 300, "silence_duration_ms": 500}
@@ -407,6 +408,7 @@ class LiveCall(Call):
         self._origin: Sideband | None = None  # who sent the command being handled
         self._audio_t0_ms: float | None = None  # timeline position of the first input frame
         self._reply_serial = 0
+        self._words_heard = 0
         allowed = self.session["client"]["data_channel"]["allowed_client_events"]
         self._allowed: frozenset[str] | None = (
             None if allowed == "all" else frozenset(a for a in allowed if isinstance(a, str)))
@@ -426,7 +428,19 @@ class LiveCall(Call):
 
     def _greet(self) -> None:
         self.send({"type": "session.started", "session": self.session})
+        dc = self.session["client"]["data_channel"]
+        if dc["allowed_client_events"] != "all" or dc["allowed_server_events"] != "all":
+            self.send({"type": "info", "code": "data_channel_permissions",
+                       "message": "This data channel is limited to the session's "
+                                  "client.data_channel permissions."})
         self._spawn(self._usage_loop(), "usage")
+
+    def context_ratio(self) -> float:
+        """A stand-in for the context window's fill: seeded input, appends and heard words, at
+        about 4 characters or 1 word per token."""
+        tokens = len(json.dumps(self.session["input"])) / 4 + sum(
+            len(a.split()) for a in self.record.appended) + self._words_heard
+        return round(min(1.0, tokens / CONTEXT_TOKENS), 6)
 
     def _expire(self) -> None:
         self._spawn(self._end("expired", closed_by="expiry"), "expire")
@@ -464,7 +478,8 @@ class LiveCall(Call):
             await asyncio.sleep(self.usage_interval)
             if not self.closing:  # after session.close only session.closed carries usage
                 self.send({"type": "session.usage.updated",
-                           "usage": {"seconds": self.usage_seconds()}})
+                           "usage": {"seconds": self.usage_seconds()},
+                           "context_window": {"usage_ratio": self.context_ratio()}})
 
     # ----------------------------------------------------------------- commands
 
@@ -612,6 +627,7 @@ class LiveCall(Call):
             words = count_words(utterance, self.vad_threshold_dbfs)
             self._last_user_audio = utterance
             self._last_user_turn = ("audio", words)
+            self._words_heard += words
             self.send({"type": "session.input_transcript.delta",
                        "delta": user_transcript(words, pcm_ms(utterance) / 1000),
                        "start_ms": int(start), "end_ms": max(int(start) + 1, int(end))})

@@ -36,7 +36,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
@@ -355,6 +355,13 @@ class RealtimePeer(LocalService):
             c.send_error(message, type=type, code=code, param=param) for c in self._targets(call_id)
         )
 
+    def send_event(self, event: Mapping[str, Any], call_id: str | None = None) -> int:
+        """Send any server event (a fresh ``event_id`` is stamped on it) to every live call (or
+        one), e.g. an event type the client does not know. Returns how many got it."""
+        if not isinstance(event, Mapping) or not isinstance(event.get("type"), str):
+            raise ValueError("event must be an object with a string 'type'")
+        return sum(c.send(event) for c in self._targets(call_id))
+
     def go_silent(self, call_id: str | None = None) -> int:
         """Stop all outgoing UDP of the call(s): media, data channel, ICE responses, consent
         checks. No signalling; the client just sees traffic stop. Returns calls affected."""
@@ -483,7 +490,10 @@ class RealtimePeer(LocalService):
             headers=headers,
         )
 
-    def _authorized(self, request: web.Request) -> web.Response | None:
+    def _authorized(self, request: web.Request, *, live: bool = False) -> web.Response | None:
+        """None when the bearer key may use the endpoint, else the 401. Live endpoints take
+        API keys only (the Live API has no ephemeral keys): a minted ``ek_`` key is refused, and
+        with ``require_ephemeral`` the key must be one that may mint."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -494,7 +504,12 @@ class RealtimePeer(LocalService):
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 None,
             )
-        if self.require_ephemeral:
+        if live and (self.client_secrets.lookup(token) is not None or (
+                self.require_ephemeral and not self.client_secrets.accepts_api_key(token))):
+            return self._error(
+                401, "Incorrect API key provided: the Live API takes project API keys, not "
+                "client secrets.", "invalid_api_key")
+        if self.require_ephemeral and not live:
             status = self.client_secrets.status(token)
             if status != "valid":
                 # Expired and unknown keys get the same answer (no key-state oracle).
@@ -714,7 +729,7 @@ class RealtimePeer(LocalService):
         rejected = self._injected_rejection()
         if rejected is not None:
             return rejected
-        refused = self._authorized(request)
+        refused = self._authorized(request, live=True)
         if refused is not None:
             return refused
         if self._config_rejections:
@@ -781,7 +796,7 @@ class RealtimePeer(LocalService):
     async def _handle_live_attach(self, request: web.Request) -> web.StreamResponse:
         """``WS /v1/live/sessions/{id}/attach``: the sideband of a running session, for the key
         that created it (anyone else: 404). No replay, no first event."""
-        refused = self._authorized(request)
+        refused = self._authorized(request, live=True)
         if refused is not None:
             return refused
         session_id = request.match_info["session_id"]
@@ -789,7 +804,8 @@ class RealtimePeer(LocalService):
         if (not isinstance(call, LiveCall) or call.closing
                 or self._owners.get(session_id) != self._owner(bearer_token(request) or "")):
             return self._error(404, "Session not found.", "session_not_found")
-        ws = web.WebSocketResponse(max_msg_size=MAX_SIDEBAND_MESSAGE)
+        ws = web.WebSocketResponse(max_msg_size=MAX_SIDEBAND_MESSAGE, timeout=2.0,
+                                   heartbeat=30.0)
         if not ws.can_prepare(request).ok:
             return self._error(400, "Expected a WebSocket upgrade.", "invalid_request")
         await ws.prepare(request)
