@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -434,7 +435,8 @@ async def test_demo_protocol_live_recovers_into_a_seeded_session() -> None:
     out, err = await finish(proc, timeout=BOUND * 2)
     assert proc.returncode == 0, (out, err)
     assert "demo passed" in out
-    assert "session 2 received input" in out and "connection_lost" in out, out
+    seeded = re.search(r"session 2 received input\s*│\s*(\d+) message", out)
+    assert seeded and int(seeded.group(1)) > 0 and "connection_lost" in out, out
     assert "finalised (session.closed)" in out and "close_requested, usage" in out, out
 
 
