@@ -25,6 +25,7 @@ from fsm_voice.policy import IcePolicy, MonitorPolicy, RetryPolicy, SessionPolic
 from fsm_voice.ports import TransportSignal
 from fsm_voice.session import VoiceSession
 from fsm_voice.signaling.live import LiveSignaling
+from fsm_voice.terminal import Transcripts
 from fsm_voice.transport import NullSink, SilenceSource, UtteranceSource
 from fsm_voice.transport.activity import ActivityPolicy, EnergyGate, frame_level, frame_seconds
 from fsm_voice.transport.aiortc_transport import AiortcTransport, Finalisation, GracefulClose
@@ -338,6 +339,7 @@ async def test_rejected_config_is_a_typed_fatal_error() -> None:
         assert (err.code, err.severity, err.http_status, err.param) == (
             "unknown_parameter", Severity.FATAL, 400, "session.tone")
         assert peer.live_sessions == []
+        assert finalisation(s) is None  # no server session: nothing to finalise
 
 
 async def _converse(s: VoiceSession) -> None:
@@ -416,6 +418,37 @@ async def test_connect_protocol_live_json_and_exit_codes() -> None:
         assert err.strip().splitlines()[-1] == (
             "fsm-voice connect: the session ended in error: [fatal] invalid_value "
             "(signaling, HTTP 400): Invalid value for 'session.model'."), err
+
+
+def test_live_transcript_lines_end_when_the_other_side_speaks_or_the_talker_stops() -> None:
+    lines = Transcripts(t0=0.0)
+
+    def delta(kind: str, text: str) -> None:
+        lines.event({"type": f"session.{kind}_transcript.delta", "delta": text,
+                     "start_ms": 0, "end_ms": 1})
+
+    delta("input", "(6 words, ")
+    delta("input", "2.6 s)")
+    delta("output", "I heard ")  # the other side: the user's line is finished
+    delta("output", "6 words.")
+    assert [(r, t) for _, r, t in lines.lines] == [("you", "(6 words, 2.6 s)")]
+    lines.flush("assistant")  # the assistant stopped (speaking -> active)
+    assert [(r, t) for _, r, t in lines.lines][1:] == [("assistant", "I heard 6 words.")]
+    assert lines.partial == {}
+
+
+async def test_connect_protocol_live_stops_after_n_assistant_turns(speech: Path) -> None:
+    async with RealtimePeer(reply="tone") as peer:
+        proc = await start("connect", "--protocol", "live", "--base-url", peer.base_url,
+                           "--input", str(speech), "--responses", "1", "--duration", "120",
+                           env={"FSM_VOICE_TOKEN": "sk-cli-live"})
+        out, err = await finish(proc, timeout=BOUND * 2)
+    assert proc.returncode == 0, (out, err)
+    lines = [json.loads(ln) for ln in out.splitlines()]
+    statuses = [x.get("status") for x in lines[:-2]]
+    assert statuses.count("speaking") == 1 and statuses[-2:] == ["active", "idle"], statuses
+    assert lines[-2]["finalised"] is True
+    assert lines[-1] == {"stopped": "responses", "status": "idle"}
 
 
 @pytest.mark.parametrize("flag", [["--turn-detection", "none"], ["--audio-format", "pcm16"],

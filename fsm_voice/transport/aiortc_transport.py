@@ -717,7 +717,8 @@ class AiortcTransport:
         # 0. end the call at the server: the graceful close handshake (Live), else the
         #    signaling hangup (bounded, never raises)
         if self._graceful is not None:
-            await self._finalise(conn, self._graceful)
+            if conn.call_id is not None:  # else no server session was created
+                await self._finalise(conn, self._graceful)
         elif conn.call_id is not None and hasattr(self._signaling, "hangup"):
             await self._signaling.hangup(conn.call_id)
         # 1. liveness / monitor task
