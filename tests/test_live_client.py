@@ -375,7 +375,8 @@ async def test_lost_or_expired_session_continues_in_a_new_seeded_session(
 
 
 @pytest.mark.parametrize(("reason", "status"), [("content", "error"),
-                                                 ("remote_hangup", "idle")])
+                                                 ("remote_hangup", "idle"),
+                                                 ("close_requested", "idle")])
 async def test_content_ends_in_error_remote_hangup_in_idle_without_retry(
         reason: str, status: str) -> None:
     async with RealtimePeer() as peer:
@@ -449,6 +450,18 @@ async def test_connect_protocol_live_stops_after_n_assistant_turns(speech: Path)
     assert statuses.count("speaking") == 1 and statuses[-2:] == ["active", "idle"], statuses
     assert lines[-2]["finalised"] is True
     assert lines[-1] == {"stopped": "responses", "status": "idle"}
+
+
+async def test_connect_protocol_live_exits_3_when_not_connected_at_the_end() -> None:
+    async with RealtimePeer() as peer:
+        peer.delay_answers(20)
+        proc = await start("connect", "--protocol", "live", "--base-url", peer.base_url,
+                           "--duration", "1", env={"FSM_VOICE_TOKEN": "sk-cli-live"})
+        out, err = await finish(proc, timeout=BOUND)
+    assert proc.returncode == 3, (out, err)
+    assert [json.loads(ln) for ln in out.splitlines()][-2:] == [
+        {"finalised": False, "reason": None, "usage_seconds": None},  # no session was made
+        {"stopped": "duration", "status": "idle"}]
 
 
 @pytest.mark.parametrize("flag", [["--turn-detection", "none"], ["--audio-format", "pcm16"],
