@@ -26,7 +26,7 @@ from fsm_voice.ports import TransportSignal
 from fsm_voice.session import VoiceSession
 from fsm_voice.signaling.live import LiveSignaling
 from fsm_voice.terminal import Transcripts
-from fsm_voice.transport import NullSink, SilenceSource, UtteranceSource
+from fsm_voice.transport import NullSink, SilenceSource, ToneSource, UtteranceSource
 from fsm_voice.transport.activity import ActivityPolicy, EnergyGate, frame_level, frame_seconds
 from fsm_voice.transport.aiortc_transport import AiortcTransport, Finalisation, GracefulClose
 from fsm_voice.transport.audio import FRAME_SAMPLES, SAMPLE_RATE, WavInput
@@ -292,6 +292,27 @@ async def test_session_up_listening_speaking_from_audio_and_close_confirmed(
     assert final.usage_seconds == record.usage_seconds
     assert (record.closed_reason, record.closed_by) == ("close_requested", "client")
     assert record.model == "gpt-live-1" and not record.input  # a start seeds nothing
+
+
+async def test_a_user_talking_from_the_start_is_heard_and_silence_is_not() -> None:
+    """A tone from the first frame: the mic gate may open before the channel does; the session
+    still reaches listening and stays there (nothing said it stopped). The peer sends only
+    silence back (no utterance ended, no reply): never speaking."""
+    async with RealtimePeer() as peer:
+        s = session_for(peer, source=lambda: ToneSource(300.0, level_dbfs=-12.0))
+        later = anyio.Event()  # two seconds of session time, by the server's usage clock
+        s.on_server_event(lambda e: later.set() if e.get("type") == "session.usage.updated"
+                          and e["usage"]["seconds"] >= 2.0 else None)
+        async with s:
+            await s.start()
+            await s.wait_for("listening", timeout=BOUND)
+            with anyio.fail_after(BOUND):
+                await later.wait()
+            assert s.status == "listening"
+        events = [e.event for e in s.trace if e.outcome == "taken"]
+        assert events.count("speech_started") == 1 and "speech_stopped" not in events[
+            :events.index("stop")], events
+        assert "audio_started" not in events, events
 
 
 async def test_close_unconfirmed_when_session_closed_never_comes(
