@@ -289,8 +289,15 @@ class LiveProtocol:
         return None
 
     def conversation_events(self, event: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
-        """The event itself (acknowledgements) and, for a transcript delta, its turn as a
-        conversation item (:class:`LiveTurns`)."""
+        """The event itself (acknowledgements carry ``client_event_id``), an ``error``'s
+        correlation in the Realtime shape the delivery ledger reads (``error.event_id``), and
+        for a transcript delta its turn as a conversation item (:class:`LiveTurns`)."""
+        if event.get("type") == "error":
+            body = event.get("error")
+            cid = body.get("client_event_id") if isinstance(body, Mapping) else None
+            if isinstance(cid, str):
+                return (event, {"type": "error", "error": {"event_id": cid}})
+            return (event,)
         item = self.turns.delta(event)
         return (event,) if item is None else (event, item)
 

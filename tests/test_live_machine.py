@@ -228,3 +228,24 @@ def test_spin_proves_a_final_close_reopens_nothing() -> None:
 def test_live_mutants_are_killed(name: str, rule: str) -> None:
     failed = check_all(NAMED[name].machine(), stop_at_first=False)
     assert rule in failed, failed
+
+
+def test_the_live_rows_only_add_behaviour() -> None:
+    """Without ``session_closed`` the table is the Realtime one: every configuration it reaches
+    is reached with the Live rows too, and from each, every other event does exactly the same."""
+    realtime = type("Realtime", (LifecycleMachine,), {
+        "TABLE": tuple(r for r in TABLE if r.event != "session_closed")})
+    for n in (3, 0):
+        retry = attrs.evolve(CHECK_RETRY, max_attempts=n)
+        rt, full = explore(realtime, retry), explore(retry=retry)
+        assert rt.violations == []
+
+        def steps(ex: Any) -> set[tuple[Any, ...]]:
+            return {(ex.configs[e.source], e.letter, ex.configs[e.target], e.effects)
+                    for e in ex.edges}
+
+        assert set(rt.configs) <= set(full.configs)
+        rt_configs = set(rt.configs)
+        assert steps(rt) == {s for s in steps(full) if s[0] in rt_configs
+                             and s[1].event != "session_closed"}
+        assert len(full.configs) > len(rt.configs)  # ending in idle/error from new places

@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
 
 import fsm_voice
 from fsm_voice import dispatcher, session
@@ -29,6 +32,7 @@ from fsm_voice.protocols import (
 )
 from fsm_voice.session import VoiceSession
 from fsm_voice.testing import ScriptedTransport
+from tests.test_session_stateful import RuntimeRules, _call
 
 NOW = 1_800_000_000.0
 
@@ -117,6 +121,14 @@ def test_live_error_with_null_code_keeps_the_client_event_id() -> None:
     assert out.error is not None
     assert (out.error.event_id, out.error.param, out.error.error_type) == (
         "evt_update", "session.delegation.type", "invalid_request_error")
+
+
+def test_live_error_confirms_the_client_event_in_the_ledgers_shape() -> None:
+    ev = {"type": "error", "error": {"code": None, "client_event_id": "c7"}}
+    assert LiveProtocol().conversation_events(ev) == (
+        ev, {"type": "error", "error": {"event_id": "c7"}})
+    ack = {"type": "session.input_audio.muted", "client_event_id": "c8"}
+    assert LiveProtocol().conversation_events(ack) == (ack,)
 
 
 @pytest.mark.parametrize(("body", "code", "severity"), [
@@ -328,3 +340,44 @@ async def test_live_error_with_null_code_is_reported_and_the_session_goes_on() -
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# -- the runtime property test, on Live ------------------------------------------------------
+LIVE_EVENTS = [
+    {"type": "session.started", "session": {"id": "live_1", "expires_at": int(NOW) + 95}},
+    {"type": "session.updated", "session": {"expires_at": 0}},
+    *({"type": "session.closed", "reason": r, "usage": {"seconds": 3}} for r in (
+        "close_requested", "expired", "content", "remote_hangup", "connection_lost", None)),
+    {"type": "error", "error": {"type": "invalid_request_error", "code": None}},
+    {"type": "error", "error": {"type": "server_error", "code": "server_error"}},
+    {"type": "session.usage.updated", "usage": {"seconds": 1}},
+    {"type": "info", "code": "x", "message": "y"},
+    _delta("input", "hello"), _delta("output", "hi"),
+    {"type": "some.new_event"},
+]
+
+
+class LiveRuntimeRules(RuntimeRules):
+    """The runtime rules of ``test_session_stateful`` (application, transport incl. the audio
+    activity signals, clock, Realtime events: unknown here) plus Live server events; the same
+    invariants hold (timers, bounds, nothing reopened after `error`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s.dispatcher.protocol = LiveProtocol()  # built before the session runs
+        self.s.protocol = self.s.dispatcher.protocol
+        self.s.dispatcher._wall_clock = lambda: NOW
+
+    @rule(event=st.sampled_from(LIVE_EVENTS))
+    def live_server_event(self, event: dict[str, Any]) -> None:
+        if self.t.sink is not None and self.t.is_open:
+            before = self.t.opens
+            self.portal.call(_call, self.t.server, event)
+            self.settle()
+            if event["type"] == "session.closed" and event["reason"] not in (
+                    "expired", "connection_lost"):
+                assert self.s.status in ("idle", "error") and self.t.opens == before
+
+
+TestLiveRuntimeRules = LiveRuntimeRules.TestCase
+TestLiveRuntimeRules.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
