@@ -363,6 +363,22 @@ async def test_rejected_config_is_a_typed_fatal_error() -> None:
         assert finalisation(s) is None  # no server session: nothing to finalise
 
 
+async def test_busy_server_is_retried_after_its_retry_after() -> None:
+    async with RealtimePeer() as peer:
+        peer.reject_offers(1, 503, retry_after=1.0, code="server_busy")
+        s = session_for(peer)
+        traced: list[Any] = []
+        s.on_trace(traced.append)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=BOUND)
+        failed = [t.item for t in traced if t.entry.event == "signaling_failed"]
+        assert len(failed) == 1, failed
+        assert (failed[0].code, failed[0].severity, failed[0].retry_after) == (
+            "server_busy", "recoverable", 1.0)
+        assert len(peer.live_sessions) == 1  # the refused create made none
+
+
 async def _converse(s: VoiceSession) -> None:
     await s.start()
     await s.wait_for("active", timeout=BOUND)
