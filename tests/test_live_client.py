@@ -278,6 +278,7 @@ async def test_session_up_listening_speaking_from_audio_and_close_confirmed(
             await s.wait_for("active", timeout=BOUND)
             await s.stop()
         (record,) = peer.live_sessions
+        assert peer.stats()["events_received"] == {"session.close": 1}  # and nothing else
     types = {e["type"] for e in events}
     assert "session.started" in types and "session.output_transcript.delta" in types, types
     assert not any(t.startswith(("input_audio_buffer.", "output_audio_buffer.")) for t in types)
@@ -390,7 +391,8 @@ async def _converse(s: VoiceSession) -> None:
 async def test_lost_or_expired_session_continues_in_a_new_seeded_session(
         speech: Path, reason: str) -> None:
     async with RealtimePeer(reply="tone") as peer:
-        s = session_for(peer, source=WavInput(speech).track, activity=GATES)
+        s = session_for(peer, source=WavInput(speech).track, activity=GATES,
+                        config=LiveConfig(instructions="Answer briefly.", voice="cedar"))
         said: list[str] = []
         s.on_server_event(lambda e: said.append(e["delta"])
                           if e.get("type") == "session.output_transcript.delta" else None)
@@ -403,6 +405,10 @@ async def test_lost_or_expired_session_continues_in_a_new_seeded_session(
             reported = [e for e in s.errors if e.code == reason]
         assert (first.closed_reason, first.closed_by) == (reason, "fault")
         assert second.id != first.id
+        # the configuration goes with every create, never as session.update
+        assert [(r.instructions, r.voice) for r in (first, second)] == [
+            ("Answer briefly.", "cedar")] * 2
+        assert "session.update" not in peer.stats()["events_received"]
         assert second.input, "the new session got no conversation"
         assert "".join(said).strip() in texts(second.input), (said, second.input)
         assert reported and reported[-1].severity is Severity.RECOVERABLE
@@ -444,6 +450,7 @@ async def test_connect_protocol_live_json_and_exit_codes() -> None:
         assert "listening" in statuses and "speaking" in statuses, statuses
         final, stopped = lines[-2:]
         (record,) = peer.live_sessions
+        assert record.model == "gpt-live-1"  # the Live default without --model
         assert final == {"finalised": True, "reason": "close_requested",
                          "usage_seconds": record.usage_seconds}
         assert stopped == {"stopped": "duration", "status": "idle"}
