@@ -102,6 +102,7 @@ def live_session(
     http: aiohttp.ClientSession | None = None,
     finalise_timeout: float = DEFAULT_FINALISE_TIMEOUT,
     activity: ActivityPolicy | None = None,
+    broker_client_id: str | None = None,
     **session_kw: Any,
 ) -> VoiceSession:
     """A Live session against ``base_url`` (``POST /v1/live/sessions``).
@@ -113,6 +114,10 @@ def live_session(
     activity detector (default :class:`~fsm_voice.transport.activity.ActivityPolicy`), which
     derives ``listening``/``speaking`` from the audio. Loopback ``base_url`` -> host candidates
     ``["127.0.0.1"]`` as in :func:`~fsm_voice.client.realtime_session`.
+
+    Through a token broker in proxy mode: ``base_url`` is the broker, ``token`` this app's
+    client secret and ``broker_client_id`` its client id; the broker sets the configuration
+    (``config`` must then be None: only ``input`` is sent).
     """
     from fsm_voice.client import _is_loopback_url
     from fsm_voice.policy import SessionPolicy
@@ -125,7 +130,12 @@ def live_session(
     policy = policy or SessionPolicy()
     if host_addresses is None and _is_loopback_url(base_url):
         host_addresses = ["127.0.0.1"]
-    signaling = LiveSignaling(base_url, token, config or LiveConfig(), session=http)
+    if broker_client_id is not None and config is not None:
+        raise ConfigError.invalid("config", config, "None with broker_client_id (the broker "
+                                  "sets the configuration)")
+    signaling = LiveSignaling(
+        base_url, token, None if broker_client_id is not None else (config or LiveConfig()),
+        session=http, client_id=broker_client_id)
     closer = GracefulClose(timeout=finalise_timeout)
     transport = AiortcTransport(
         signaling,

@@ -162,9 +162,12 @@ class Upstream:
         self.body: str = ""
         self.headers: dict[str, str] = {}
         self.received: list[Mapping[str, Any]] = []
+        self.auth: list[tuple[str | None, str | None]] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(await request.json())
+        self.auth.append((request.headers.get("Authorization"),
+                          request.headers.get("X-Client-Id")))
         return web.Response(status=self.status, text=self.body, headers=self.headers,
                             content_type="application/json")
 
@@ -237,6 +240,33 @@ async def test_refusals_are_classified(upstream: tuple[Upstream, str], status: i
     err = info.value
     assert (err.code, err.severity, err.retry_after, err.http_status) == (
         code, severity, retry_after, status)
+
+
+async def test_through_a_broker_only_the_input_goes_with_the_client_id(
+        upstream: tuple[Upstream, str]) -> None:
+    """Proxy mode: the broker sets the configuration; the client sends its offer, the seeded
+    input when there is one, its secret as bearer and its id as X-Client-Id."""
+    srv, base = upstream
+    srv.body = "not json"  # the answer does not matter here
+    history: list[list[dict[str, Any]]] = [[], [{"type": "message", "role": "user",
+                                                 "content": [{"type": "input_text",
+                                                              "text": "hi"}]}]]
+    async with LiveSignaling(base, "app-secret", None, client_id="app-1",
+                             input_provider=history.pop) as sig:
+        for _ in range(2):
+            with pytest.raises(VoiceError):
+                await sig.exchange(OFFER)
+    transport = {"type": "webrtc", "sdp": OFFER}
+    assert srv.received == [
+        {"session": {"input": [{"type": "message", "role": "user",
+                                "content": [{"type": "input_text", "text": "hi"}]}]},
+         "transport": transport},
+        {"transport": transport}]
+    assert srv.auth == [("Bearer app-secret", "app-1")] * 2
+    with pytest.raises(ConfigError, match="client_id"):
+        LiveSignaling(base, "app-secret", None, client_id="app 1")
+    with pytest.raises(ConfigError, match="broker_client_id"):
+        live_session(base, "app-secret", config=LiveConfig(), broker_client_id="app-1")
 
 
 async def test_a_bad_input_provider_is_a_typed_fatal_error(

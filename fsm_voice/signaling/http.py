@@ -161,6 +161,8 @@ class HttpSignaling(OwnedHttpClient):
         self._token = token
         self.model = model
         self.timeout = float(timeout)
+        self.extra_headers: dict[str, str] = {}
+        """Sent with every exchange besides ``Authorization`` (e.g. a broker's client id)."""
         self._init_http(session)
         query = f"?{urllib.parse.urlencode({'model': model})}" if model else ""
         self.url = f"{self.base_url}{CALLS_PATH}{query}"
@@ -229,7 +231,8 @@ class HttpSignaling(OwnedHttpClient):
                 f"token provider failed: {err.message}",
                 ErrorSource.SIGNALING,
             ) from exc
-        headers = {"Content-Type": content_type, "Authorization": f"Bearer {key}"}
+        headers = {**self.extra_headers, "Content-Type": content_type,
+                   "Authorization": f"Bearer {key}"}
         client = self._client()
         try:
             async with client.post(

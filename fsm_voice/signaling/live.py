@@ -8,6 +8,10 @@ whose key handling and request code this reuses): 401/403 fatal, 400 fatal with 
 code (``invalid_config`` when it gives none), 429/5xx recoverable with ``Retry-After``; an answer
 that is not the documented JSON is a recoverable ``invalid_answer``.
 
+Through a broker in proxy mode (:mod:`fsm_voice.broker.proxy`) the broker holds the key and the
+configuration: ``config=None`` sends only ``session.input`` (and no ``session`` at all when it is
+empty), ``client_id`` goes as ``X-Client-Id`` with the client secret as the bearer token.
+
 There is no HTTP hangup for a Live WebRTC session: a connection ends with ``session.close`` on
 the data channel (:class:`fsm_voice.transport.aiortc_transport.GracefulClose`).
 """
@@ -68,26 +72,38 @@ class LiveSignaling(HttpSignaling):
         self,
         base_url: str,
         token: TokenSource,
-        config: _SessionConfig | Mapping[str, Any],
+        config: _SessionConfig | Mapping[str, Any] | None,
         *,
         input_provider: InputProvider | None = None,
+        client_id: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         super().__init__(base_url, token, session=session, timeout=timeout,
                          max_answer_bytes=max_answer_bytes)
-        raw = config.to_session() if hasattr(config, "to_session") else config
-        if not isinstance(raw, Mapping):
-            raise ConfigError.invalid("config", config, "a LiveConfig or a session mapping")
-        model = raw.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError.invalid("config.model", model, "a non-empty model name")
-        if "input" in raw:
-            raise ConfigError.invalid("config.input", "...", "no input (it comes from "
-                                      "input_provider, per session)")
-        self.session_config: dict[str, Any] = dict(raw)
-        self.model = model
+        if client_id is not None and (
+                not isinstance(client_id, str) or not client_id
+                or not all("!" <= c <= "~" for c in client_id)):
+            raise ConfigError.invalid("client_id", client_id,
+                                      "printable ASCII without spaces, or None")
+        self.session_config: dict[str, Any] | None = None
+        """The configuration sent with every create; None: the server (a broker) sets it."""
+        if config is not None:
+            raw = config.to_session() if hasattr(config, "to_session") else config
+            if not isinstance(raw, Mapping):
+                raise ConfigError.invalid("config", config,
+                                          "a LiveConfig, a session mapping or None")
+            model = raw.get("model")
+            if not isinstance(model, str) or not model.strip():
+                raise ConfigError.invalid("config.model", model, "a non-empty model name")
+            if "input" in raw:
+                raise ConfigError.invalid("config.input", "...", "no input (it comes from "
+                                          "input_provider, per session)")
+            self.session_config = dict(raw)
+            self.model = model
+        if client_id is not None:
+            self.extra_headers["X-Client-Id"] = client_id
         if input_provider is not None and not callable(input_provider):
             raise ConfigError.invalid("input_provider", input_provider, "a callable or None")
         self.input_provider = input_provider
@@ -95,7 +111,7 @@ class LiveSignaling(HttpSignaling):
         self.session_ids: list[str] = []
 
     def __repr__(self) -> str:  # never show the token
-        return f"LiveSignaling({self.url!r}, model={self.model!r})"
+        return f"LiveSignaling({self.url!r}, model={self.model or '(server-side)'!r})"
 
     def _input(self) -> list[dict[str, Any]]:
         if self.input_provider is None:
@@ -117,11 +133,14 @@ class LiveSignaling(HttpSignaling):
 
     def request_body(self, offer_sdp: str) -> dict[str, Any]:
         """The JSON body of one create (calls the input provider)."""
-        session = dict(self.session_config)
+        session = dict(self.session_config or {})
         messages = self._input()
         if messages:
             session["input"] = messages
-        return {"session": session, "transport": {"type": "webrtc", "sdp": offer_sdp}}
+        body: dict[str, Any] = {"transport": {"type": "webrtc", "sdp": offer_sdp}}
+        if session:
+            body["session"] = session
+        return body
 
     async def exchange(self, offer_sdp: str) -> SdpAnswer:
         """POST the offer (and the seeded ``input``), return the answer with the session id as
