@@ -536,9 +536,11 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
                       view: View = "json", audio: ConnectAudio | None = None,
                       text_input: bool = False, responses: int | None = None,
                       console: Console | None = None, trace: str | None = None,
-                      hub: Hub | None = None) -> int:
+                      hub: Hub | None = None, broker_client_id: str | None = None) -> int:
     """A session against any OpenAI-compatible backend (see the module doc); a
-    :class:`~fsm_voice.live.LiveConfig` ``config`` means the Live protocol.
+    :class:`~fsm_voice.live.LiveConfig` ``config`` means the Live protocol
+    (``broker_client_id``: through a token broker in proxy mode, which sets the configuration;
+    ``token`` is then the client secret).
 
     Runs until ``duration`` ends (0, or 3 when not connected then), ``responses`` assistant
     responses are done (0), the session reaches ``error`` (1, at once), ``/quit`` is typed (0)
@@ -577,8 +579,10 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
         writer = TraceWriter(trace) if trace else None
         http = writer.http_session() if writer is not None else None
         if isinstance(config, LiveConfig):
-            session = live_session(base_url, token, config=config, audio_source=audio.track,
-                                   audio_sink=audio.sink, http=http)
+            session = live_session(
+                base_url, token, config=None if broker_client_id else config,
+                broker_client_id=broker_client_id, audio_source=audio.track,
+                audio_sink=audio.sink, http=http)
         else:
             session = realtime_session(
                 base_url, token, model=model if isinstance(model, str) else None,
@@ -738,7 +742,8 @@ def add_parsers(sub: Any) -> None:
                    "--audio-format/--turn-detection/--transcribe/typed messages)")
     c.add_argument("--token-url", type=http_url,
                    help="token broker endpoint handing out ephemeral keys")
-    c.add_argument("--client-id", help="this app's client id at the broker")
+    c.add_argument("--client-id", help="this app's client id at the broker (with --protocol "
+                   "live and no --token-url: --base-url is the broker's session proxy)")
     c.add_argument("--client-secret-env", default="FSM_VOICE_CLIENT_SECRET",
                    help="env var holding the broker client secret")
     c.add_argument("--token-env", default="FSM_VOICE_TOKEN",
@@ -801,6 +806,16 @@ def _token(a: argparse.Namespace) -> str | EphemeralKeyProvider:
     return key
 
 
+def _broker_secret(a: argparse.Namespace) -> str:
+    """``--protocol live --client-id``: this app's client secret at the broker (its proxy
+    creates the session), from the environment."""
+    secret = (os.environ.get(a.client_secret_env) or "").strip()
+    if not secret or not all("!" <= c <= "~" for c in secret):
+        raise ConfigError(f"--client-id needs the client secret in ${a.client_secret_env} "
+                          "(printable ASCII without spaces)")
+    return secret
+
+
 def _same_file(a: str, b: str) -> bool:
     pa, pb = Path(a), Path(b)
     try:
@@ -846,8 +861,14 @@ def _connect(a: argparse.Namespace) -> int:
                                           ("--transcribe", a.transcribe)) if value is not None]
         if a.text_input == "stdin":
             given.append("--text-input stdin")
+        if a.token_url:
+            given.append("--token-url (Live has no ephemeral keys: use the broker's proxy, "
+                         "--base-url BROKER --client-id ID)")
         if given:
             raise ConfigError(f"{', '.join(given)}: Realtime-only, not with --protocol live")
+        if a.client_id and (a.model or a.voice or a.instructions):
+            raise ConfigError("--model/--voice/--instructions: the broker sets them "
+                              "(--client-id: through a broker's proxy)")
         try:
             session = LiveConfig(model=a.model or "gpt-live-1", voice=a.voice,
                                  instructions=a.instructions)
@@ -872,7 +893,8 @@ def _connect(a: argparse.Namespace) -> int:
         text_input = a.text_input == "stdin" or (
             a.text_input == "auto" and view == "human" and sys.stdin.isatty())
     _refuse_overwriting_input(a.input, {"--output": a.output, "--record": a.record})
-    token = _token(a)
+    broker_client_id = a.client_id if a.protocol == "live" and a.client_id else None
+    token = _broker_secret(a) if broker_client_id else _token(a)
     try:
         audio = ConnectAudio(a.input, a.output, a.record)
     except BaseException:
@@ -882,6 +904,7 @@ def _connect(a: argparse.Namespace) -> int:
     try:
         return run_observed(a, lambda hub: run_connect(
             a.base_url, token, duration, session, view=view, audio=audio,
-            text_input=text_input, responses=a.responses, trace=a.trace, hub=hub))
+            text_input=text_input, responses=a.responses, trace=a.trace, hub=hub,
+            broker_client_id=broker_client_id))
     finally:
         audio.close()

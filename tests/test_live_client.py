@@ -578,3 +578,41 @@ async def test_readme_live_example_runs(tmp_path: Path) -> None:
     assert out.strip().splitlines()[-1] == (
         f"finalised: True close_requested {record.usage_seconds}"), out
     assert record.instructions == "Be brief."
+
+
+# ------------------------------------------------------------------ through the broker proxy
+
+
+async def test_through_the_broker_proxy_a_duration_cap_ends_the_session_in_idle(
+        tmp_path: Path) -> None:
+    """The app posts its offer to the broker (client id + secret), the broker creates the
+    session upstream with its own configuration and the real key, and at its duration cap
+    closes it over the sideband: the client sees session.closed close_requested -> idle,
+    reported, finalised by the server's event; the peer saw the broker's config."""
+    proxy = pytest.importorskip("fsm_voice.broker.proxy")
+    from fsm_voice.broker import BrokerConfig, ClientRegistry, RatePolicy, TokenBroker
+
+    key, secret = "sk-live-client-upstream-3f9a1c7e5b2d", "app-secret-8d4e2a6c1b3f5a7d"
+    default = proxy.ClientProxy(
+        live_session={"model": "gpt-live-1", "instructions": "Broker-side instructions."},
+        limits=proxy.SessionLimits(1, 2.0, None))
+    async with RealtimePeer(tokens=lambda t: t == key) as peer, TokenBroker(
+            BrokerConfig(upstream_base=peer.base_url,
+                         proxy=proxy.ProxyConfig(default=default, close_grace=5.0),
+                         rate=RatePolicy(capacity=100, refill_per_second=10)),
+            api_key=key, clients=ClientRegistry.from_secrets({"app-1": secret}),
+            audit=tmp_path / "audit.sqlite3") as broker:
+        s = live_session(broker.base_url, secret, broker_client_id="app-1", policy=FAST,
+                         audio_source=SilenceSource, audio_sink=NullSink)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=BOUND)
+            await s.wait_for("idle", timeout=BOUND)
+            assert not s.armed_timers
+        (record,) = peer.live_sessions
+    assert (record.instructions, record.closed_reason, record.closed_by) == (
+        "Broker-side instructions.", "close_requested", "sideband")
+    assert (s.errors[-1].code, s.errors[-1].severity) == ("close_requested", Severity.FATAL)
+    final = finalisation(s)
+    assert final is not None and final.confirmed and not final.requested, final
+    assert final.reason == "close_requested" and final.session_id == record.id
