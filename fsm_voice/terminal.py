@@ -625,6 +625,8 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
                 activity.link_down()
             if c.status == "error":
                 finish("error")
+            elif c.status == "idle" and c.event != "stop":  # Live: the server ended it
+                finish("closed")
 
         def on_error(e: VoiceError) -> None:
             errors.append(e)
@@ -721,7 +723,7 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
         last = str(errors[-1]) if errors else "no error reported"
         print(f"fsm-voice connect: the session ended in error: {last}", file=sys.stderr)
         return EXIT_FAILED
-    if reason in ("responses", "quit"):
+    if reason in ("responses", "quit", "closed"):
         return EXIT_OK
     return EXIT_OK if ended in CONNECTED else EXIT_NOT_CONNECTED
 

@@ -616,3 +616,32 @@ async def test_through_the_broker_proxy_a_duration_cap_ends_the_session_in_idle(
     final = finalisation(s)
     assert final is not None and final.confirmed and not final.requested, final
     assert final.reason == "close_requested" and final.session_id == record.id
+
+
+async def test_connect_through_the_broker_proxy_stops_when_the_cap_closes_it(
+        tmp_path: Path) -> None:
+    proxy = pytest.importorskip("fsm_voice.broker.proxy")
+    from fsm_voice.broker import BrokerConfig, ClientRegistry, RatePolicy, TokenBroker
+
+    key, secret = "sk-live-client-upstream-3f9a1c7e5b2d", "app-secret-8d4e2a6c1b3f5a7d"
+    default = proxy.ClientProxy(live_session={"model": "gpt-live-1.1"},
+                                limits=proxy.SessionLimits(1, 2.0, None))
+    async with RealtimePeer(tokens=lambda t: t == key) as peer, TokenBroker(
+            BrokerConfig(upstream_base=peer.base_url,
+                         proxy=proxy.ProxyConfig(default=default, close_grace=5.0),
+                         rate=RatePolicy(capacity=100, refill_per_second=10)),
+            api_key=key, clients=ClientRegistry.from_secrets({"app-1": secret}),
+            audit=tmp_path / "audit.sqlite3") as broker:
+        proc = await start("connect", "--protocol", "live", "--base-url", broker.base_url,
+                           "--client-id", "app-1", "--json", "--duration", "60",
+                           env={"FSM_VOICE_CLIENT_SECRET": secret})
+        out, err = await finish(proc, timeout=BOUND)  # not the 60 s --duration
+        (record,) = peer.live_sessions
+    assert proc.returncode == 0, (out, err)
+    lines = [json.loads(ln) for ln in out.splitlines()]
+    assert {"error": lines[-4]["error"], "code": "close_requested",
+            "severity": "fatal"} == lines[-4], lines
+    assert lines[-2:] == [
+        {"finalised": True, "reason": "close_requested", "usage_seconds": record.usage_seconds},
+        {"stopped": "closed", "status": "idle"}]
+    assert record.model == "gpt-live-1.1"  # the broker's choice
