@@ -137,7 +137,7 @@ def _named() -> dict[str, Mutant]:
                                    effects=(Eff("close"), Eff("open", _restart_reason())),
                                    updates=(Update("episode", "set", True),))),
         "session-expired-ignored": lambda: _map(
-            lambda r: any(p.kind == "code" for p in r.guard),
+            lambda r: r.event == "server_error" and any(p.kind == "code" for p in r.guard),
             lambda r: attrs.evolve(r, guard=(*r.guard, Pred("code", "never")))),
         "expires-in-unchecked": lambda: _map(
             _label("arm_rollover"),
