@@ -199,7 +199,6 @@ class _Connection:
         self.last_metrics: ConnectionMetrics | None = None
         self.call_id: str | None = None
         self.gates: list[EnergyGate] = []
-        self.mic_gate: EnergyGate | None = None
         self.received_gate: EnergyGate | None = None
         self.closed_event: Mapping[str, Any] | None = None
         """The server's ``session.closed`` (graceful close only), once it came."""
@@ -759,14 +758,15 @@ class AiortcTransport:
         conn.dc = None
         conn.pc = None
 
-
     # ------------------------------------------------------------------------ graceful close
 
     @staticmethod
     def _observe_for_close(conn: _Connection, event: Mapping[str, Any]) -> None:
         etype = event.get("type")
         if etype == "session.usage.updated":
-            conn.last_usage = _usage_seconds(event)
+            seconds = _usage_seconds(event)
+            if seconds is not None:
+                conn.last_usage = seconds
         elif etype == "session.closed" and conn.closed_event is None:
             conn.closed_event = event
             conn.finalise_wake.set()
