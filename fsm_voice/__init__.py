@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fsm_voice.client import realtime_session
     from fsm_voice.errors import ConfigError, ErrorSource, FsmVoiceError, Severity, VoiceError
+    from fsm_voice.live import LiveConfig, live_session
     from fsm_voice.machine import STATUSES, Status  # type: ignore[attr-defined, unused-ignore]
     from fsm_voice.policy import (
         IcePolicy,
@@ -37,7 +38,12 @@ if TYPE_CHECKING:
         VoiceSession,
     )
     from fsm_voice.tokens import EphemeralKeyProvider
-    from fsm_voice.transport.aiortc_transport import ChannelNotOpenError
+    from fsm_voice.transport.activity import ActivityPolicy
+    from fsm_voice.transport.aiortc_transport import (
+        ChannelNotOpenError,
+        Finalisation,
+        GracefulClose,
+    )
     from fsm_voice.transport.audio import (
         AudioFileError,
         KeepOpen,
@@ -52,6 +58,11 @@ if TYPE_CHECKING:
 #: Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {
     "realtime_session": "fsm_voice.client",
+    "live_session": "fsm_voice.live",
+    "LiveConfig": "fsm_voice.live",
+    "ActivityPolicy": "fsm_voice.transport.activity",
+    "Finalisation": "fsm_voice.transport.aiortc_transport",
+    "GracefulClose": "fsm_voice.transport.aiortc_transport",
     "VoiceSession": "fsm_voice.session",
     "StatusChange": "fsm_voice.session",
     "QueueOverflowError": "fsm_voice.session",
@@ -90,17 +101,21 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "STATUSES",
+    "ActivityPolicy",
     "AudioFileError",
     "ChannelNotOpenError",
     "ConfigError",
     "ConnectionMetrics",
     "EphemeralKeyProvider",
     "ErrorSource",
+    "Finalisation",
     "FsmVoiceError",
+    "GracefulClose",
     "IcePolicy",
     "IceServer",
     "InvalidEventError",
     "KeepOpen",
+    "LiveConfig",
     "LiveUsage",
     "MonitorPolicy",
     "NullSink",
@@ -123,6 +138,7 @@ __all__ = [
     "VoiceSession",
     "WavFileSource",
     "WavRecorder",
+    "live_session",
     "realtime_session",
 ]
 

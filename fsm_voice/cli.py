@@ -30,7 +30,8 @@ EXIT_NOT_CONNECTED = 3
 
 EXIT_CODES = f"""\
 exit status:
-  {EXIT_OK}    success: connect ran for --duration (or until --responses N or /quit) and
+  {EXIT_OK}    success: connect ran for --duration (or until --responses N, /quit, or the
+       server ended the Live session: remote_hangup, a broker's cap) and
        stopped cleanly; demo recovered; check passed; diagram up to date; peer/broker stopped
        by SIGINT or SIGTERM
   {EXIT_FAILED}    failure: connect's session reached `error` (a fatal error or retries exhausted;

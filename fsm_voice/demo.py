@@ -5,6 +5,12 @@
 aiortc transport and HTTP signaling, speaks a generated utterance (the peer's VAD hears it and
 answers with an echo), injects a scripted fault, shows the recovery on a live status line, stops,
 and prints a summary. Exit status 0 only if the session recovered and stopped cleanly.
+
+``demo --protocol live`` runs the same story over OpenAI Live (the peer serves both): the
+session is created with ``POST /v1/live/sessions``, listening/speaking come from the audio, the
+default fault ends the session with ``connection_lost`` and the recovery is a new session seeded
+with the conversation as ``input`` (the summary shows what the new session received), and the
+stop is finalised with ``session.close`` -> ``session.closed`` (reason and usage shown).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from fsm_voice.cli import (
 from fsm_voice.client import realtime_session
 from fsm_voice.dashboard import add_export_flags, run_observed
 from fsm_voice.errors import ConfigError, VoiceError
+from fsm_voice.live import LiveConfig, live_session
 from fsm_voice.policy import IcePolicy, MonitorPolicy, SessionPolicy
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
@@ -45,7 +52,10 @@ if TYPE_CHECKING:  # rich is the [cli] extra: imported when the demo runs
     from rich.console import Console
     from rich.text import Text
 
-FAULTS = ("silent", "close", "server-error", "none")
+FAULTS = ("silent", "close", "server-error", "none", "connection-lost", "expired")
+LIVE_ONLY_FAULTS = ("connection-lost", "expired")
+"""Live close reasons the peer can send (``session.closed``), then it ends the call."""
+PROTOCOLS = ("realtime", "live")
 _STYLE = {"idle": "dim", "connecting": "yellow", "active": "green", "listening": "cyan",
           "speaking": "magenta", "reconnecting": "bold yellow", "error": "bold red"}
 
@@ -70,6 +80,11 @@ class DemoRecorder:
         if etype == "response.done":
             self.responses += 1
 
+    def live_status(self, c: StatusChange) -> None:
+        """Live has no response events: an assistant turn heard (``speaking``) that ends."""
+        if c.previous == "speaking":
+            self.responses += 1
+
     def first(self, status: str, after: float = 0.0) -> float | None:
         return next((t for t, s, _ in self.changes if s == status and t >= after), None)
 
@@ -90,20 +105,27 @@ def _line(session: VoiceSession, rec: DemoRecorder, phase: str) -> Text:
 
 
 async def run_demo(duration: float, fault: str, record: str | None, console: Console,
-                   trace: str | None = None, hub: Hub | None = None) -> int:
+                   trace: str | None = None, hub: Hub | None = None,
+                   protocol: str = "realtime") -> int:
     """The demo (see the module doc); SIGINT/SIGTERM stop it cleanly (exit 128 + signal)."""
     with SignalStop() as stop:
-        return await _demo(duration, fault, record, console, stop, trace, hub)
+        return await _demo(duration, fault, record, console, stop, trace, hub, protocol)
 
 
 async def _demo(duration: float, fault: str, record: str | None, console: Console,
-                stop: SignalStop, trace: str | None = None, hub: Hub | None = None) -> int:
+                stop: SignalStop, trace: str | None = None, hub: Hub | None = None,
+                protocol: str = "realtime") -> int:
     from rich.live import Live
 
     from fsm_voice.peer.server import RealtimePeer
 
     if fault not in FAULTS:
         raise ConfigError.invalid("fault", fault, f"one of {', '.join(FAULTS)}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError.invalid("protocol", protocol, "'realtime' or 'live'")
+    if fault in LIVE_ONLY_FAULTS and protocol != "live":
+        raise ConfigError.invalid("fault", fault, "a Realtime fault (this one needs "
+                                  "--protocol live)")
     policy = SessionPolicy(
         ice=IcePolicy(disconnected_grace=2.0, connect_timeout=10.0, restart_timeout=8.0),
         monitor=MonitorPolicy(metrics_interval=1.0, health_interval=10.0),
@@ -123,14 +145,24 @@ async def _demo(duration: float, fault: str, record: str | None, console: Consol
     http = writer.http_session()
     async with RealtimePeer(reply="echo") as peer:
         console.print(f"fsm-voice demo: local peer on {peer.base_url}")
-        session = realtime_session(
-            peer.base_url, "ek_local_demo", policy=policy, host_addresses=["127.0.0.1"],
-            http=http,
-            session_config=RealtimeConfig(instructions="Echo what you hear."),
-            audio_source=lambda: UtteranceSource(lead_silence=0.5, speech_seconds=1.2,
-                                                 trail_silence=3.5, repeat=True),
-            audio_sink=sink,
-        )
+        def speech() -> UtteranceSource:
+            return UtteranceSource(lead_silence=0.5, speech_seconds=1.2, trail_silence=3.5,
+                                   repeat=True)
+
+        if protocol == "live":
+            session = live_session(
+                peer.base_url, "sk-local-demo", policy=policy, host_addresses=["127.0.0.1"],
+                http=http, config=LiveConfig(instructions="Echo what you hear."),
+                audio_source=speech, audio_sink=sink)
+            session.on_status(rec.live_status)
+        else:
+            session = realtime_session(
+                peer.base_url, "ek_local_demo", policy=policy, host_addresses=["127.0.0.1"],
+                http=http,
+                session_config=RealtimeConfig(instructions="Echo what you hear."),
+                audio_source=speech,
+                audio_sink=sink,
+            )
         writer.record(session)
         session.closers.append(http.close)
         if hub is not None:
@@ -167,6 +199,8 @@ async def _demo(duration: float, fault: str, record: str | None, console: Consol
                             peer.go_silent()
                         elif fault == "close":
                             await peer.close_call()
+                        elif fault in LIVE_ONLY_FAULTS:
+                            await peer.live_close(fault.replace("-", "_"))
                         else:
                             peer.send_error("server_error", "server_error", "injected")
                         phase = f"fault: {fault}"
@@ -190,6 +224,7 @@ async def _demo(duration: float, fault: str, record: str | None, console: Consol
                 await session.stop()
                 live.update(_line(session, rec, "stopped"))
         stopped_clean = session.status == "idle" and not session.armed_timers
+        live_rows = _live_rows(peer, session) if protocol == "live" else {}
     if recorder is not None:
         recorder.close()
     if stop.signum is not None:  # interrupted: no summary
@@ -197,9 +232,29 @@ async def _demo(duration: float, fault: str, record: str | None, console: Consol
                       f"session {session.status}")
         return stop.exit_code if stopped_clean and stop.exit_code else EXIT_FAILED
     code = _summary(console, rec, session, fault, fault_at, recovered_at, connected_at,
-                    stopped_clean, record)
+                    stopped_clean, record, live_rows)
     _show_trace(console, trace)
     return code
+
+
+def _live_rows(peer: Any, session: VoiceSession) -> dict[str, str]:
+    """Live summary rows: the sessions the peer created, what each received as ``input``,
+    and the finalisation of the last close."""
+    rows: dict[str, str] = {}
+    records = list(peer.live_sessions)
+    rows["live sessions created"] = ", ".join(
+        f"{r.id} ({r.closed_reason or 'open'})" for r in records) or "none"
+    for i, r in enumerate(records[1:], start=2):
+        texts = [printable(part.get("text") or part.get("transcript") or "", 60)
+                 for m in (r.input or []) if isinstance(m, Mapping)
+                 for part in (m.get("content") or []) if isinstance(part, Mapping)]
+        rows[f"session {i} received input"] = (
+            f"{len(r.input or [])} message(s): " + " | ".join(t for t in texts if t))
+    final = getattr(session.transport, "last_finalisation", None)
+    rows["finalised (session.closed)"] = (
+        f"{final.reason}, usage {final.usage_seconds} s" if final and final.confirmed
+        else f"unconfirmed: {final.detail if final else 'no session'}")
+    return rows
 
 
 def _show_trace(console: Console, trace: str) -> None:
@@ -217,7 +272,8 @@ def _show_trace(console: Console, trace: str) -> None:
 
 def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: str,
              fault_at: float | None, recovered_at: float | None, connected_at: float | None,
-             stopped_clean: bool, record: str | None) -> int:
+             stopped_clean: bool, record: str | None,
+             extra: Mapping[str, str] | None = None) -> int:
     from rich.table import Table
     from rich.text import Text  # server text as plain text, never rich markup
 
@@ -248,6 +304,8 @@ def _summary(console: Console, rec: DemoRecorder, session: VoiceSession, fault: 
     table.add_row("quality alerts", str(len(session.alerts)))
     table.add_row("errors reported", Text("; ".join(printable(e) for e in rec.errors) or "none"))
     table.add_row("stopped cleanly (idle, no timer)", str(stopped_clean))
+    for key, value in (extra or {}).items():
+        table.add_row(key, Text(value))
     if record:
         table.add_row("received audio recorded to", record)
     console.print(table)
@@ -264,8 +322,12 @@ def add_parsers(sub: Any) -> None:
                        formatter_class=fmt)
     d.add_argument("--duration", type=seconds, default=20.0,
                    help="seconds to run (default 20)")
-    d.add_argument("--fault", choices=FAULTS, default="silent",
-                   help="scripted fault (default: the peer goes silent)")
+    d.add_argument("--protocol", choices=PROTOCOLS, default="realtime",
+                   help="OpenAI Realtime (default) or OpenAI Live against the local peer")
+    d.add_argument("--fault", choices=FAULTS, default=None,
+                   help="scripted fault (default: the peer goes silent; with --protocol live "
+                   "the session closes with connection_lost); connection-lost and expired "
+                   "need --protocol live")
     d.add_argument("--record", metavar="WAV", help="record the received audio to a WAV file")
     d.add_argument("--trace", metavar="FILE", help="write the session's trace here (default: a "
                    "new temporary directory); its timeline is drawn beside it (.html)")
@@ -284,8 +346,10 @@ def add_parsers(sub: Any) -> None:
 def _demo_command(a: argparse.Namespace) -> int:
     from rich.console import Console
 
+    fault = a.fault or ("connection-lost" if a.protocol == "live" else "silent")
     return run_observed(
-        a, lambda hub: run_demo(a.duration, a.fault, a.record, Console(), a.trace, hub))
+        a, lambda hub: run_demo(a.duration, fault, a.record, Console(), a.trace, hub,
+                                a.protocol))
 
 
 def _serve_peer(a: argparse.Namespace) -> int:

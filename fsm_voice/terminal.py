@@ -10,6 +10,12 @@ and asks for a response; ``/quit`` ends the call); a summary table follows. ``--
 default when stdout is not a terminal) prints the status changes as JSON lines, as scripts
 expect. Everything the server says is shown through :func:`fsm_voice._text.printable`.
 
+``--protocol live`` talks OpenAI Live instead (``POST /v1/live/sessions``, see
+:mod:`fsm_voice.live`): no session.update, transcripts from ``session.*_transcript.delta``, who
+is speaking from the audio itself (the transport's activity gates), each close finalised with
+``session.close`` -> ``session.closed`` (the JSON view prints a ``{"finalised": ...}`` line before
+the last one). Typed messages are Realtime-only.
+
 Only the public session API is used (``on_status``, ``on_error``, ``on_server_event``,
 ``on_metrics``, ``status``, ``state``, ``attempts``, ``send_event``, ``start``/``stop``).
 """
@@ -50,6 +56,7 @@ from fsm_voice.client import realtime_session
 from fsm_voice.dashboard import add_export_flags, run_observed
 from fsm_voice.effects import ReportError
 from fsm_voice.errors import ConfigError, VoiceError
+from fsm_voice.live import LiveConfig, live_session
 from fsm_voice.ports import ConnectionMetrics
 from fsm_voice.realtime import RealtimeConfig
 from fsm_voice.session import QueueOverflowError, StatusChange, VoiceSession
@@ -87,6 +94,10 @@ ASSISTANT_DELTA = ("response.output_audio_transcript.delta", "response.audio_tra
                    "response.output_text.delta", "response.text.delta")
 ASSISTANT_DONE = ("response.output_audio_transcript.done", "response.audio_transcript.done",
                   "response.output_text.done", "response.text.done")
+# Live: deltas only (no done event, no item id): a line ends when the other side speaks or the
+# talker stops (``Transcripts.flush``).
+LIVE_USER_DELTA = "session.input_transcript.delta"
+LIVE_ASSISTANT_DELTA = "session.output_transcript.delta"
 
 
 class Transcripts:
@@ -114,9 +125,22 @@ class Transcripts:
         if self._on_line is not None:
             self._on_line(*entry)
 
+    def flush(self, role: str | None = None) -> None:
+        """End the Live lines still arriving (of ``role``, or all) as finished lines."""
+        for key in [k for k in self.partial if k[1] == "live" and role in (None, k[0])]:
+            self.add(key[0], self.partial.pop(key))
+
     def event(self, e: Mapping[str, Any]) -> None:
         etype = e.get("type")
-        if etype in USER_DELTA or etype in ASSISTANT_DELTA:
+        if etype in (LIVE_USER_DELTA, LIVE_ASSISTANT_DELTA):
+            role = "you" if etype == LIVE_USER_DELTA else "assistant"
+            delta = e.get("delta")
+            if isinstance(delta, str):
+                self.flush("assistant" if role == "you" else "you")  # the other side's turn
+                key = (role, "live", "")
+                text = self.partial.get(key, "") + printable(delta, self.PARTIAL_LIMIT)
+                self.partial[key] = text[-self.PARTIAL_LIMIT:]
+        elif etype in USER_DELTA or etype in ASSISTANT_DELTA:
             role = "you" if etype in USER_DELTA else "assistant"
             delta = e.get("delta")
             if isinstance(delta, str):
@@ -170,8 +194,8 @@ class Activity:
         elif etype == "response.done":
             self.responses += 1
             self.response_active = False
-        elif etype in ("session.created", "session.updated"):
-            if etype == "session.created":
+        elif etype in ("session.created", "session.updated", "session.started"):
+            if etype in ("session.created", "session.started"):
                 self.session_since = time.monotonic()
             session = e.get("session")
             expires = session.get("expires_at") if isinstance(session, Mapping) else None
@@ -180,6 +204,14 @@ class Activity:
 
     def link_down(self) -> None:
         self.user_speaking = self.assistant_speaking = self.response_active = False
+
+    def live_status(self, status: str) -> None:
+        """Live: who speaks comes from the status (the audio gates); an assistant turn that
+        ends counts as a response."""
+        if self.assistant_speaking and status != "speaking":
+            self.responses += 1
+        self.user_speaking = status == "listening"
+        self.assistant_speaking = status == "speaking"
 
     @property
     def speaking(self) -> str:
@@ -499,13 +531,16 @@ def _message(text: str, activity: Activity) -> list[dict[str, Any]]:
 
 
 async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration: float,
-                      config: RealtimeConfig | Mapping[str, Any],
+                      config: RealtimeConfig | LiveConfig | Mapping[str, Any],
                       emit: Callable[[dict[str, Any]], None] | None = None, *,
                       view: View = "json", audio: ConnectAudio | None = None,
                       text_input: bool = False, responses: int | None = None,
                       console: Console | None = None, trace: str | None = None,
-                      hub: Hub | None = None) -> int:
-    """A session against any OpenAI-compatible backend (see the module doc).
+                      hub: Hub | None = None, broker_client_id: str | None = None) -> int:
+    """A session against any OpenAI-compatible backend (see the module doc); a
+    :class:`~fsm_voice.live.LiveConfig` ``config`` means the Live protocol
+    (``broker_client_id``: through a token broker in proxy mode, which sets the configuration;
+    ``token`` is then the client secret).
 
     Runs until ``duration`` ends (0, or 3 when not connected then), ``responses`` assistant
     responses are done (0), the session reaches ``error`` (1, at once), ``/quit`` is typed (0)
@@ -522,7 +557,11 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
     out = emit or print_json
     errors: list[VoiceError] = []
     audio = audio or ConnectAudio(None, None, None)
-    session_config = config.to_session() if isinstance(config, RealtimeConfig) else dict(config)
+    is_live = isinstance(config, LiveConfig)
+    if is_live and text_input:
+        raise ConfigError("typed messages (--text-input) are not available with --protocol live")
+    session_config = config.to_session() if isinstance(config, RealtimeConfig | LiveConfig) \
+        else dict(config)
     model = session_config.get("model")
     t0 = time.monotonic()
     changes: list[tuple[float, str]] = []
@@ -539,9 +578,16 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
     with SignalStop() as stop:
         writer = TraceWriter(trace) if trace else None
         http = writer.http_session() if writer is not None else None
-        session = realtime_session(base_url, token, model=model if isinstance(model, str) else None,
-                                   session_config=session_config, audio_source=audio.track,
-                                   audio_sink=audio.sink, http=http)
+        if isinstance(config, LiveConfig):
+            session = live_session(
+                base_url, token, config=None if broker_client_id else config,
+                broker_client_id=broker_client_id, audio_source=audio.track,
+                audio_sink=audio.sink, http=http)
+        else:
+            session = realtime_session(
+                base_url, token, model=model if isinstance(model, str) else None,
+                session_config=session_config, audio_source=audio.track, audio_sink=audio.sink,
+                http=http)
         if writer is not None and http is not None:
             writer.record(session)  # --trace: every runtime event, signaling exchange, sample
             session.closers.append(http.close)
@@ -569,10 +615,18 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
 
         def on_status(c: StatusChange) -> None:
             changes.append((time.monotonic() - t0, c.status))
+            if is_live:
+                if c.previous in ("listening", "speaking"):
+                    transcripts.flush("you" if c.previous == "listening" else "assistant")
+                activity.live_status(c.status)
+                if responses is not None and activity.responses >= responses:
+                    finish("responses")
             if c.status not in CONNECTED:
                 activity.link_down()
             if c.status == "error":
                 finish("error")
+            elif c.status == "idle" and c.event != "stop":  # Live: the server ended it
+                finish("closed")
 
         def on_error(e: VoiceError) -> None:
             errors.append(e)
@@ -642,16 +696,25 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
             await session.stop()
             stopped = session.status
         audio.close()
+        transcripts.flush()
+        final = getattr(session.transport, "last_finalisation", None) if is_live else None
+        if is_live and view == "json":
+            out({"finalised": bool(final and final.confirmed),
+                 "reason": final.reason if final else None,
+                 "usage_seconds": final.usage_seconds if final else None})
         if stop.signum is not None:
             reason = signal.Signals(stop.signum).name
         else:
             reason = why[0] if why else ("error" if ended == "error" else "duration")
         if human is not None:
+            extra = {**audio.describe(),
+                     **{f"audio problem {i + 1}": p for i, p in enumerate(audio.problems())}}
+            if is_live:
+                extra["session finalised"] = (
+                    f"{final.reason}, {final.usage_seconds} s billed" if final and final.confirmed
+                    else f"unconfirmed ({final.detail if final else 'no session'})")
             _summary(human.console, session, changes, activity, transcripts, errors,
-                     human.metrics, {**audio.describe(),
-                                     **{f"audio problem {i + 1}": p
-                                        for i, p in enumerate(audio.problems())}},
-                     stopped == "idle", reason)
+                     human.metrics, extra, stopped == "idle", reason)
         else:
             out({"stopped": reason, "status": stopped})
     if stop.exit_code is not None:
@@ -660,7 +723,7 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
         last = str(errors[-1]) if errors else "no error reported"
         print(f"fsm-voice connect: the session ended in error: {last}", file=sys.stderr)
         return EXIT_FAILED
-    if reason in ("responses", "quit"):
+    if reason in ("responses", "quit", "closed"):
         return EXIT_OK
     return EXIT_OK if ended in CONNECTED else EXIT_NOT_CONNECTED
 
@@ -674,21 +737,26 @@ def add_parsers(sub: Any) -> None:
                        "broker (--token-url) or --token-env",
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--base-url", required=True, type=http_url,
-                   help="backend base URL (POST /v1/realtime/calls)")
+                   help="backend base URL (POST /v1/realtime/calls, or /v1/live/sessions "
+                   "with --protocol live)")
+    c.add_argument("--protocol", choices=("realtime", "live"), default="realtime",
+                   help="OpenAI Realtime (default) or OpenAI Live (gpt-live-*: no "
+                   "--audio-format/--turn-detection/--transcribe/typed messages)")
     c.add_argument("--token-url", type=http_url,
                    help="token broker endpoint handing out ephemeral keys")
-    c.add_argument("--client-id", help="this app's client id at the broker")
+    c.add_argument("--client-id", help="this app's client id at the broker (with --protocol "
+                   "live and no --token-url: --base-url is the broker's session proxy)")
     c.add_argument("--client-secret-env", default="FSM_VOICE_CLIENT_SECRET",
                    help="env var holding the broker client secret")
     c.add_argument("--token-env", default="FSM_VOICE_TOKEN",
                    help="env var holding an ephemeral key (when no --token-url)")
-    c.add_argument("--model", default="gpt-realtime")
-    c.add_argument("--voice", default="alloy")
+    c.add_argument("--model", help="default gpt-realtime (live: gpt-live-1)")
+    c.add_argument("--voice", help="default alloy (live: the server's, marin)")
     c.add_argument("--instructions")
     c.add_argument("--audio-format", choices=("pcm16", "g711_ulaw", "g711_alaw"),
-                   default="pcm16", help="input and output audio format (telephony: g711_*)")
+                   help="input and output audio format (telephony: g711_*; default pcm16)")
     c.add_argument("--turn-detection", choices=("server_vad", "semantic_vad", "none"),
-                   default="server_vad")
+                   help="default server_vad")
     c.add_argument("--duration", type=lambda t: seconds(t, allow_inf=True), default=None,
                    help="seconds to run (default 30 with --json, inf on a terminal: until "
                    "Ctrl-C or /quit)")
@@ -740,6 +808,16 @@ def _token(a: argparse.Namespace) -> str | EphemeralKeyProvider:
     return key
 
 
+def _broker_secret(a: argparse.Namespace) -> str:
+    """``--protocol live --client-id``: this app's client secret at the broker (its proxy
+    creates the session), from the environment."""
+    secret = (os.environ.get(a.client_secret_env) or "").strip()
+    if not secret or not all("!" <= c <= "~" for c in secret):
+        raise ConfigError(f"--client-id needs the client secret in ${a.client_secret_env} "
+                          "(printable ASCII without spaces)")
+    return secret
+
+
 def _same_file(a: str, b: str) -> bool:
     pa, pb = Path(a), Path(b)
     try:
@@ -778,21 +856,47 @@ def _connect(a: argparse.Namespace) -> int:
         30.0 if view == "json" else float("inf"))
     if a.responses == 0:
         raise ConfigError("--responses must be at least 1")
-    try:
-        config = RealtimeConfig(
-            model=a.model, voice=a.voice, instructions=a.instructions,
-            turn_detection=None if a.turn_detection == "none" else a.turn_detection,
-            input_format=a.audio_format, output_format=a.audio_format)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    session = config.to_session()
-    transcribe = a.transcribe or (DEFAULT_TRANSCRIBE_MODEL if view == "human" else "none")
-    if transcribe != "none":
-        session["audio"]["input"]["transcription"] = {"model": transcribe}
-    text_input = a.text_input == "stdin" or (
-        a.text_input == "auto" and view == "human" and sys.stdin.isatty())
+    session: LiveConfig | dict[str, Any]
+    if a.protocol == "live":
+        given = [flag for flag, value in (("--audio-format", a.audio_format),
+                                          ("--turn-detection", a.turn_detection),
+                                          ("--transcribe", a.transcribe)) if value is not None]
+        if a.text_input == "stdin":
+            given.append("--text-input stdin")
+        if a.token_url:
+            given.append("--token-url (Live has no ephemeral keys: use the broker's proxy, "
+                         "--base-url BROKER --client-id ID)")
+        if given:
+            raise ConfigError(f"{', '.join(given)}: Realtime-only, not with --protocol live")
+        if a.client_id and (a.model or a.voice or a.instructions):
+            raise ConfigError("--model/--voice/--instructions: the broker sets them "
+                              "(--client-id: through a broker's proxy)")
+        try:
+            session = LiveConfig(model=a.model or "gpt-live-1", voice=a.voice,
+                                 instructions=a.instructions)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        text_input = False
+    else:
+        turn: Any = a.turn_detection or "server_vad"
+        fmt: Any = a.audio_format or "pcm16"
+        try:
+            config = RealtimeConfig(
+                model=a.model or "gpt-realtime", voice=a.voice or "alloy",
+                instructions=a.instructions,
+                turn_detection=None if turn == "none" else turn,
+                input_format=fmt, output_format=fmt)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        session = config.to_session()
+        transcribe = a.transcribe or (DEFAULT_TRANSCRIBE_MODEL if view == "human" else "none")
+        if transcribe != "none":
+            session["audio"]["input"]["transcription"] = {"model": transcribe}
+        text_input = a.text_input == "stdin" or (
+            a.text_input == "auto" and view == "human" and sys.stdin.isatty())
     _refuse_overwriting_input(a.input, {"--output": a.output, "--record": a.record})
-    token = _token(a)
+    broker_client_id = a.client_id if a.protocol == "live" and a.client_id else None
+    token = _broker_secret(a) if broker_client_id else _token(a)
     try:
         audio = ConnectAudio(a.input, a.output, a.record)
     except BaseException:
@@ -802,6 +906,7 @@ def _connect(a: argparse.Namespace) -> int:
     try:
         return run_observed(a, lambda hub: run_connect(
             a.base_url, token, duration, session, view=view, audio=audio,
-            text_input=text_input, responses=a.responses, trace=a.trace, hub=hub))
+            text_input=text_input, responses=a.responses, trace=a.trace, hub=hub,
+            broker_client_id=broker_client_id))
     finally:
         audio.close()

@@ -161,6 +161,8 @@ class HttpSignaling(OwnedHttpClient):
         self._token = token
         self.model = model
         self.timeout = float(timeout)
+        self.extra_headers: dict[str, str] = {}
+        """Sent with every exchange besides ``Authorization`` (e.g. a broker's client id)."""
         self._init_http(session)
         query = f"?{urllib.parse.urlencode({'model': model})}" if model else ""
         self.url = f"{self.base_url}{CALLS_PATH}{query}"
@@ -210,6 +212,13 @@ class HttpSignaling(OwnedHttpClient):
     async def _post(
         self, offer_sdp: str
     ) -> tuple[int, bytes | None, dict[str, str], str | None]:
+        return await self._send(offer_sdp.encode(), "application/sdp")
+
+    async def _send(
+        self, data: bytes, content_type: str
+    ) -> tuple[int, bytes | None, dict[str, str], str | None]:
+        """POST ``data`` to :attr:`url` with a fresh key: (status, body or None when too large,
+        headers, Location). Raises a classified :class:`VoiceError` when no answer came."""
         try:
             key = await self._key()
         except VoiceError:
@@ -222,12 +231,13 @@ class HttpSignaling(OwnedHttpClient):
                 f"token provider failed: {err.message}",
                 ErrorSource.SIGNALING,
             ) from exc
-        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
+        headers = {**self.extra_headers, "Content-Type": content_type,
+                   "Authorization": f"Bearer {key}"}
         client = self._client()
         try:
             async with client.post(
                 self.url,
-                data=offer_sdp.encode(),
+                data=data,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 allow_redirects=False,

@@ -30,6 +30,17 @@ What aiortc 1.16 does and does not do (verified), and what this adapter does abo
   their aioice tasks cancelled and awaited, so the close finishes at once and nothing of it is
   left running (the server frees an allocation nobody refreshes when its lifetime ends).
 
+Two optional hooks, for backends that need them (OpenAI Live turns both on, see
+:func:`fsm_voice.live.live_session`):
+
+* ``graceful_close=GracefulClose(timeout)``: closing a connection whose data channel is open first
+  sends ``session.close`` (with an ``event_id``) and keeps everything up until ``session.closed``
+  arrives or ``timeout`` passes; the outcome is a :class:`Finalisation` (confirmed or not,
+  reason, usage seconds) in :attr:`AiortcTransport.last_finalisation`. It replaces the HTTP
+  hangup (Realtime keeps the hangup: no ``graceful_close``).
+* ``activity=ActivityPolicy()``: listening/speaking from the audio's energy
+  (:mod:`fsm_voice.transport.activity`).
+
 Every task this adapter creates belongs to the current connection and is cancelled and awaited by
 :meth:`AiortcTransport.close`; callbacks of an old connection can never reach a newer one.
 """
@@ -37,14 +48,18 @@ Every task this adapter creates belongs to the current connection and is cancell
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
+import math
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import attrs
 import av
 from aiortc import (
     MediaStreamTrack,
@@ -62,6 +77,13 @@ from fsm_voice import ice as ice_module  # a module: fsm_voice.ice imports trans
 from fsm_voice.errors import ConfigError, ErrorSource, Severity, VoiceError, classify_exception
 from fsm_voice.ports import ConnectionMetrics, Signaling, TransportSignal, TransportSink
 from fsm_voice.transport import _private, loopback
+from fsm_voice.transport.activity import (
+    ActivityPolicy,
+    ActivityTap,
+    EnergyGate,
+    frame_level,
+    frame_seconds,
+)
 from fsm_voice.transport.audio import AudioSink, AudioSinkFactory, AudioSourceFactory, NullSink
 from fsm_voice.transport.liveness import LivenessStats, PathLiveness, ProbeTiming, Step
 from fsm_voice.transport.stats import DEFAULT_CLOCK_RATE, metrics_from_stats
@@ -75,6 +97,8 @@ __all__ = [
     "INVALID_MESSAGE_EVENT",
     "AiortcTransport",
     "ChannelNotOpenError",
+    "Finalisation",
+    "GracefulClose",
     "parse_server_message",
 ]
 
@@ -94,6 +118,47 @@ aborted (a healthy close, TURN deallocation included, takes a few round trips)."
 _CLOSE_GRACE_DEAD = 0.25
 """The same grace once the path is known dead (liveness reported ICE_DISCONNECTED, or the
 connection failed): a deallocation over it will most likely never be answered."""
+
+
+def _positive_seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value < math.inf):
+        raise ConfigError.invalid(f"GracefulClose.{attribute.name}", value,
+                                  "a positive, finite number of seconds")
+
+
+@attrs.frozen
+class GracefulClose:
+    """The close handshake of OpenAI Live: send ``session.close``, wait at most ``timeout``
+    seconds for ``session.closed`` (15 s, as OpenAI's examples), then close the connection."""
+
+    timeout: float = attrs.field(default=15.0, validator=_positive_seconds)
+
+
+@attrs.frozen
+class Finalisation:
+    """How one connection's server session ended, as far as this client knows.
+
+    ``confirmed``: a ``session.closed`` arrived (the only proof of finalisation); ``reason`` and
+    ``usage_seconds`` are then its own. Unconfirmed: ``reason`` is None and ``usage_seconds``
+    the last ``session.usage.updated`` (cumulative), if any. ``requested``: this client sent
+    ``session.close``. ``detail``: what happened, for logs.
+    """
+
+    confirmed: bool
+    reason: str | None
+    usage_seconds: float | None
+    session_id: str | None
+    requested: bool
+    detail: str
+
+
+def _usage_seconds(event: Mapping[str, Any]) -> float | None:
+    usage = event.get("usage")
+    seconds = usage.get("seconds") if isinstance(usage, Mapping) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    return float(seconds) if math.isfinite(seconds) else None
 
 
 class ChannelNotOpenError(VoiceError):
@@ -133,6 +198,19 @@ class _Connection:
         self.clock_rate = DEFAULT_CLOCK_RATE
         self.last_metrics: ConnectionMetrics | None = None
         self.call_id: str | None = None
+        self.gates: list[EnergyGate] = []
+        self.received_gate: EnergyGate | None = None
+        self.closed_event: Mapping[str, Any] | None = None
+        """The server's ``session.closed`` (graceful close only), once it came."""
+        self.last_usage: float | None = None
+        self.finalise_wake = asyncio.Event()
+        """Set when waiting for ``session.closed`` is over: it came, or the path closed."""
+
+    def gate(self, gate: EnergyGate, frame: av.AudioFrame) -> None:
+        """Feed one frame to ``gate``; report its change once the channel is open."""
+        signal = gate.feed(frame_level(frame), frame_seconds(frame))
+        if signal is not None and self.channel_open_reported:
+            self.report(signal, f"audio level (at {gate.position:.2f} s of audio)")
 
     def report(self, signal: TransportSignal, detail: str = "") -> None:
         if self.closing:
@@ -192,6 +270,8 @@ class AiortcTransport:
         liveness_stall: float = 0.75,
         probe: ProbeTiming | None = ProbeTiming(),  # noqa: B008 - frozen value object
         clock: Callable[[], float] = time.monotonic,
+        graceful_close: GracefulClose | None = None,
+        activity: ActivityPolicy | None = None,
     ) -> None:
         if not liveness_interval > 0:
             raise ConfigError.invalid(
@@ -205,6 +285,10 @@ class AiortcTransport:
             )
         if probe is not None and not isinstance(probe, ProbeTiming):
             raise ConfigError.invalid("probe", probe, "a ProbeTiming or None")
+        if graceful_close is not None and not isinstance(graceful_close, GracefulClose):
+            raise ConfigError.invalid("graceful_close", graceful_close, "a GracefulClose or None")
+        if activity is not None and not isinstance(activity, ActivityPolicy):
+            raise ConfigError.invalid("activity", activity, "an ActivityPolicy or None")
         if isinstance(prober, ice_module.IceServerProber):
             if not ice_servers:
                 ice_servers = prober.servers
@@ -238,6 +322,11 @@ class AiortcTransport:
         self._probe = probe
         self._clock = clock
         self._conn: _Connection | None = None
+        self._graceful = graceful_close
+        self._activity = activity
+        self.finalisations: collections.deque[Finalisation] = collections.deque(maxlen=32)
+        """The :class:`Finalisation` of each closed connection (graceful close only), oldest
+        first (the last 32)."""
 
     # ----------------------------------------------------------------------------- properties
 
@@ -245,6 +334,11 @@ class AiortcTransport:
     def call_id(self) -> str | None:
         """Call id of the current connection (from the signaling answer), if any."""
         return self._conn.call_id if self._conn is not None else None
+
+    @property
+    def last_finalisation(self) -> Finalisation | None:
+        """How the latest closed connection's session ended (with ``graceful_close``)."""
+        return self.finalisations[-1] if self.finalisations else None
 
     @property
     def connection_state(self) -> str:
@@ -324,6 +418,16 @@ class AiortcTransport:
         if self._audio_source is not None:
             track = self._audio_source()
             conn.local_tracks.append(track)
+            if self._activity is not None and self._activity.mic:
+                gate = EnergyGate(self._activity, TransportSignal.SPEECH_STARTED,
+                                  TransportSignal.SPEECH_STOPPED)
+                conn.gates.append(gate)
+                track = ActivityTap(track, lambda frame: conn.gate(gate, frame))
+                conn.local_tracks.append(track)
+        if self._activity is not None and self._activity.received:
+            conn.received_gate = EnergyGate(self._activity, TransportSignal.AUDIO_STARTED,
+                                            TransportSignal.AUDIO_STOPPED)
+            conn.gates.append(conn.received_gate)
         transceiver = pc.addTransceiver(track if track is not None else "audio", "sendrecv")
         transceiver.setCodecPreferences(_preferred_codecs())
 
@@ -366,6 +470,8 @@ class AiortcTransport:
 
     def _on_connection_state(self, conn: _Connection, state: str) -> None:
         log.debug("connectionState -> %s", state)
+        if state in ("closed", "failed"):
+            conn.finalise_wake.set()  # no session.closed can come any more
         if conn.closing:
             return
         if state == "connected" and not conn.connected:
@@ -383,14 +489,21 @@ class AiortcTransport:
             if not conn.channel_open_reported:
                 conn.channel_open_reported = True
                 conn.report(TransportSignal.CHANNEL_OPEN)
+                for gate in conn.gates:  # a side already talking: say so now
+                    if gate.open:
+                        conn.report(gate.started, "audio level (when the channel opened)")
 
         @dc.on("message")  # type: ignore[untyped-decorator,unused-ignore]
         def _on_message(message: str | bytes) -> None:
             conn.messages_in += 1
-            conn.event(parse_server_message(message))
+            event = parse_server_message(message)
+            if self._graceful is not None:
+                self._observe_for_close(conn, event)
+            conn.event(event)
 
         @dc.on("close")  # type: ignore[untyped-decorator,unused-ignore]
         def _on_close() -> None:
+            conn.finalise_wake.set()
             pc = conn.pc
             if pc is not None and pc.signalingState == "closed":
                 conn.fail("peer connection closed by the remote side or the network (not by us)")
@@ -406,13 +519,16 @@ class AiortcTransport:
             conn.audio_sink = sink
         else:  # a second / non-audio track: drain and discard
             sink = NullSink()
+        gate = conn.received_gate if sink is conn.audio_sink else None
         task = asyncio.create_task(
-            self._read_track(conn, track, sink), name=f"fsm_voice.aiortc.reader.{track.kind}"
+            self._read_track(conn, track, sink, gate),
+            name=f"fsm_voice.aiortc.reader.{track.kind}",
         )
         conn.reader_tasks.append(task)
 
     @staticmethod
-    async def _read_track(conn: _Connection, track: MediaStreamTrack, sink: AudioSink) -> None:
+    async def _read_track(conn: _Connection, track: MediaStreamTrack, sink: AudioSink,
+                          gate: EnergyGate | None = None) -> None:
         sink_ok = True
         while True:
             try:
@@ -420,6 +536,12 @@ class AiortcTransport:
             except MediaStreamError:
                 return
             conn.frames_in += 1
+            if gate is not None and isinstance(frame, av.AudioFrame):
+                try:
+                    conn.gate(gate, frame)
+                except Exception:  # never stop draining the track
+                    gate = None
+                    log.exception("received-audio activity failed; measuring stopped")
             if sink_ok and isinstance(frame, av.AudioFrame):
                 try:
                     await sink.write(frame)
@@ -591,8 +713,12 @@ class AiortcTransport:
                 conn.closed.set()
 
     async def _teardown_steps(self, conn: _Connection) -> None:
-        # 0. end the call at the server (signaling hangup: bounded, never raises)
-        if conn.call_id is not None and hasattr(self._signaling, "hangup"):
+        # 0. end the call at the server: the graceful close handshake (Live), else the
+        #    signaling hangup (bounded, never raises)
+        if self._graceful is not None:
+            if conn.call_id is not None:  # else no server session was created
+                await self._finalise(conn, self._graceful)
+        elif conn.call_id is not None and hasattr(self._signaling, "hangup"):
             await self._signaling.hangup(conn.call_id)
         # 1. liveness / monitor task
         if conn.liveness_task is not None:
@@ -631,6 +757,60 @@ class AiortcTransport:
         conn.liveness_task = None
         conn.dc = None
         conn.pc = None
+
+    # ------------------------------------------------------------------------ graceful close
+
+    @staticmethod
+    def _observe_for_close(conn: _Connection, event: Mapping[str, Any]) -> None:
+        etype = event.get("type")
+        if etype == "session.usage.updated":
+            seconds = _usage_seconds(event)
+            if seconds is not None:
+                conn.last_usage = seconds
+        elif etype == "session.closed" and conn.closed_event is None:
+            conn.closed_event = event
+            conn.finalise_wake.set()
+
+    async def _finalise(self, conn: _Connection, graceful: GracefulClose) -> None:
+        """Send ``session.close`` and wait (bounded) for ``session.closed``; record the
+        :class:`Finalisation`. Never raises."""
+        requested = False
+        detail = ""
+        dc = conn.dc
+        if conn.closed_event is None:
+            if conn.failed:
+                detail = "the connection had failed: session.close not sent"
+            elif dc is None or dc.readyState != "open":
+                detail = "the data channel was not open: session.close not sent"
+            else:
+                event_id = f"evt_close_{secrets.token_hex(8)}"
+                try:
+                    dc.send(json.dumps({"type": "session.close", "event_id": event_id}))
+                    requested = True
+                except Exception as exc:
+                    detail = f"sending session.close failed: {exc!r}"
+            if requested:
+                with anyio.move_on_after(graceful.timeout):
+                    await conn.finalise_wake.wait()
+                if conn.closed_event is None:
+                    detail = (f"no session.closed within {graceful.timeout:g} s"
+                              if not conn.finalise_wake.is_set()
+                              else "the connection closed before session.closed")
+        closed = conn.closed_event
+        if closed is not None:
+            reason = closed.get("reason")
+            usage = _usage_seconds(closed)
+            result = Finalisation(
+                True, reason if isinstance(reason, str) else None,
+                usage if usage is not None else conn.last_usage, conn.call_id, requested,
+                "session.closed received" + (" (after session.close)" if requested else ""))
+            log.info("session %s finalised: %s, usage %s s", conn.call_id, result.reason,
+                     result.usage_seconds)
+        else:
+            result = Finalisation(False, None, conn.last_usage, conn.call_id, requested, detail)
+            log.warning("session %s: finalisation unconfirmed (%s); last usage %s s",
+                        conn.call_id, detail, conn.last_usage)
+        self.finalisations.append(result)
 
 
 async def _cancel_and_wait(task: asyncio.Task[None], what: str) -> None:
