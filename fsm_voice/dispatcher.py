@@ -100,8 +100,8 @@ TraceBatch = list[Any]
 """What a batch reader (:meth:`Dispatcher.read_trace`) gets: the fields of :class:`Traced` of
 consecutive entries, flat (``entry, item, generation, entry, item, ...``): no object per entry
 lives until it is read (nothing for the garbage collector), and ``batch[0::3]`` is the
-entries. ``item`` of an event whose posted item has no parameter (no timer, severity, code,
-retry_after, expires_in) is only its ``token`` (an int, or None); an observation's is None."""
+entries. The item of an event whose posted item has no parameter (timer, severity, code,
+retry_after, expires_in) is only its ``token`` (an int or None); an observation's is None."""
 
 FEED_BATCH = 256
 """Trace entries buffered for batch readers before they are handed over mid-burst."""
@@ -403,7 +403,7 @@ class Dispatcher:
         entry = TraceEntry(now, item.event, source, target, effects)
         self.trace.append(entry)
         feed = self._feed  # inline _record: this is the hot path
-        if feed is not None:
+        if feed is not None:  # a posted item without parameters goes as its token
             feed += (entry, item.token if item.timer is None and item.severity is None
                      and not item.code and item.retry_after is None
                      and item.expires_in is None else item, self.generation)

@@ -60,9 +60,9 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 _BATCH: Final = 1024
 FLUSH_INTERVAL: Final = 1.0
 """Seconds a buffered record may wait for its write (besides every ``_BATCH`` lines)."""
-_LINE: Final = '{"kind":"event","t":%.6f,%s'
+_LINE: Final = b'{"kind":"event","t":%.6f,%s'
 """A common event's line: its time and the cached rest (:meth:`TraceWriter._rest`)."""
-_LINES: dict[int, str] = {}
+_LINES: dict[int, bytes] = {}
 _TIME: Final = operator.itemgetter(0)
 _KEY: Final = operator.itemgetter(1, 2, 3, 5, 6)
 """A trace entry's event, source, target, outcome and detail."""
@@ -150,9 +150,10 @@ class TraceWriter:
             raise ValueError(f"max_bytes must be an int >= 1024, got {max_bytes!r}")
         self.path = Path(path)
         self.max_bytes = max_bytes
-        self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
+        self._file: IO[bytes] | None = self.path.open("wb")
         self._wall = time.time() if wall_clock is None else wall_clock
-        self._buf: list[str] = []
+        self._buf: list[bytes] = []
+        """Encoded lines (UTF-8), one line or a batch's per item."""
         self._draws: list[float] = []
         self._clock: Any = None
         self.written = 0
@@ -161,9 +162,10 @@ class TraceWriter:
         """Records not written because the file reached ``max_bytes``."""
         self.bytes = 0
         self._effects_cache: dict[tuple[Effect, ...], list[dict[str, Any]]] = {}
-        self._rests: dict[tuple[Any, ...], tuple[tuple[Effect, ...], str]] = {}
-        """Common events' effects and line but its time (:meth:`_rest`), by :data:`_KEY`, the
-        generation and the token."""
+        self._rests: dict[tuple[int, int | None],
+                          dict[tuple[str, ...], tuple[tuple[Effect, ...], bytes]]] = {}
+        """Common events' effects and line but its time (:meth:`_rest`), by generation and
+        token, then :data:`_KEY`."""
         self._lines = 0
         """Lines in ``_buf`` (an item is one line or a batch's)."""
         self._sync: Callable[[], None] | None = None
@@ -237,11 +239,19 @@ class TraceWriter:
             self._arm_timer()
 
     def _common(self, entries: list[TraceEntry], items: list[Any],
-                gens: list[int]) -> str | None:
-        """The lines of these events when every one is a common event (else None)."""
-        if not entries:
+                gens: list[int]) -> bytes | None:
+        """The lines of these events when all are common events of one transport generation
+        and token (the usual burst), else None."""
+        n = len(entries)
+        if not n:
             return None
-        hits = list(map(self._rests.get, zip(map(_KEY, entries), gens, items)))
+        gen, token = gens[0], items[0]
+        if gens.count(gen) != n or items.count(token) != n:  # in C; an item is a token
+            return None
+        table = self._rests.get((gen, token))
+        if table is None:
+            return None
+        hits: list[Any] = list(map(table.get, map(_KEY, entries)))
         if None in hits:
             return None
         times = list(map(_TIME, entries))
@@ -249,26 +259,26 @@ class TraceWriter:
             return None
         if not all(map(operator.eq, map(_EFFECTS, entries), map(_FIRST, hits))):
             return None
-        fmt = _LINES.get(len(entries))
+        fmt = _LINES.get(n)
         if fmt is None:
-            fmt = _LINES[len(entries)] = _LINE * len(entries)
-        return fmt % tuple(itertools.chain.from_iterable(zip(times, map(_SECOND, hits))))
+            fmt = _LINES[n] = _LINE * n
+        return fmt % tuple(itertools.chain.from_iterable(
+            zip(times, map(_SECOND, hits), strict=True)))
 
     def _each(self, entries: list[TraceEntry], items: list[Any], gens: list[int]) -> None:
         """Encode these events one by one (caching the rest of common events' lines)."""
-        rests = self._rests
         append = self._buf.append
         n = 0
-        for e, item, gen in zip(entries, items, gens):
+        for e, item, gen in zip(entries, items, gens, strict=True):
             t, outcome = e.time, e.outcome
             if outcome == "observed":
                 continue  # metrics and alerts are written from their own subscribers
             if outcome == "taken" and not e.detail and t - t == 0.0 and \
                     not isinstance(item, Posted):  # a token: no parameter
-                key = (_KEY(e), gen, item)
-                hit = rests.get(key)
+                table = self._rests.get((gen, item))
+                hit = None if table is None else table.get(_KEY(e))
                 rest = hit[1] if hit is not None and hit[0] == e.effects else \
-                    self._rest(key, e)
+                    self._rest(e, gen, item)
                 append(_LINE % (t, rest))
             else:
                 append(self._json(self._event(e, item, gen, None)))
@@ -289,8 +299,8 @@ class TraceWriter:
         self.flush()
 
     @staticmethod
-    def _json(obj: Mapping[str, Any]) -> str:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
+    def _json(obj: Mapping[str, Any]) -> bytes:
+        return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
     def _now(self) -> float:
         return float(self._clock.now()) if self._clock is not None else time.monotonic()
@@ -399,21 +409,24 @@ class TraceWriter:
             out["draws"] = list(draws)
         return out
 
-    def _rest(self, key: tuple[Any, ...], e: TraceEntry) -> str:
+    def _rest(self, e: TraceEntry, gen: int, token: int | None) -> bytes:
         """The cached rest of a common event's line: all but its time."""
-        if len(self._rests) > 4096:
-            self._rests.clear()
-        body = {"gen": key[1], "token": key[2], "event": e.event, "outcome": "taken",
+        table = self._rests.get((gen, token))
+        if table is None or len(table) > 4096:
+            if len(self._rests) > 64:
+                self._rests.clear()
+            table = self._rests[(gen, token)] = {}
+        body = {"gen": gen, "token": token, "event": e.event, "outcome": "taken",
                 "source": e.source, "target": e.target, "status": STATUS_OF.get(e.target, ""),
                 "effects": self._effects(e.effects)}
-        rest = json.dumps(body, separators=(",", ":"))[1:] + "\n"
-        self._rests[key] = (e.effects, rest)
+        rest = (json.dumps(body, separators=(",", ":"))[1:] + "\n").encode()
+        table[_KEY(e)] = (e.effects, rest)
         return rest
 
     def _line(self, obj: Mapping[str, Any]) -> None:
         self._write(self._json(obj))
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: bytes) -> None:
         if self._file is None:
             return
         if self.bytes + len(text) > self.max_bytes - 200:  # room for the end record
@@ -440,7 +453,7 @@ class TraceWriter:
                 for line in chunk.splitlines(keepends=True):
                     self._write(line)
         else:
-            self._file.write("".join(chunks))
+            self._file.write(b"".join(chunks))
             self.bytes += size
             self.written += lines
         self._file.flush()
@@ -457,7 +470,7 @@ class TraceWriter:
         f, self._file = self._file, None
         end = {"kind": "end", "t": self._now(), "records": self.written + 1,
                "dropped": self.dropped, "truncated": self.dropped > 0}
-        f.write(json.dumps(end, separators=(",", ":")) + "\n")
+        f.write((json.dumps(end, separators=(",", ":")) + "\n").encode())
         f.close()
 
     def __enter__(self) -> TraceWriter:
