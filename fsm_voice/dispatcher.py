@@ -105,6 +105,9 @@ retry_after, expires_in) is only its ``token`` (an int or None); an observation'
 
 FEED_BATCH = 256
 """Trace entries buffered for batch readers before they are handed over mid-burst."""
+_FEED_MAX = 3 * FEED_BATCH
+_NO_PARAMS = (None, None, "", None, None)
+"""timer, severity, code, retry_after, expires_in of a posted item without parameters."""
 
 
 @attrs.frozen
@@ -352,7 +355,7 @@ class Dispatcher:
         feed = self._feed
         if feed is not None:
             feed += (entry, item, self.generation)
-            if len(feed) >= 3 * FEED_BATCH:
+            if len(feed) >= _FEED_MAX:
                 self.flush_trace()
         if self.on_trace:
             self.on_trace.emit(Traced(entry, item, self.generation))
@@ -404,10 +407,10 @@ class Dispatcher:
         self.trace.append(entry)
         feed = self._feed  # inline _record: this is the hot path
         if feed is not None:  # a posted item without parameters goes as its token
-            feed += (entry, item.token if item.timer is None and item.severity is None
-                     and not item.code and item.retry_after is None
-                     and item.expires_in is None else item, self.generation)
-            if len(feed) >= 3 * FEED_BATCH:
+            feed += (entry, item.token if (item.timer, item.severity, item.code,
+                                           item.retry_after, item.expires_in) == _NO_PARAMS
+                     else item, self.generation)
+            if len(feed) >= _FEED_MAX:
                 self.flush_trace()
         if self.on_trace:
             self.on_trace.emit(Traced(entry, item, self.generation))

@@ -63,13 +63,8 @@ FLUSH_INTERVAL: Final = 1.0
 _LINE: Final = b'{"kind":"event","t":%.6f,%s'
 """A common event's line: its time and the cached rest (:meth:`TraceWriter._rest`)."""
 _LINES: dict[int, bytes] = {}
-_TIME: Final = operator.itemgetter(0)
 _KEY: Final = operator.itemgetter(1, 2, 3, 5, 6)
 """A trace entry's event, source, target, outcome and detail."""
-_EFFECTS: Final = operator.itemgetter(4)
-_FIRST: Final = operator.itemgetter(0)
-_SECOND: Final = operator.itemgetter(1)
-"""A posted item without parameters (its event line is a cached fragment plus numbers)."""
 
 
 class TraceError(ValueError):
@@ -251,19 +246,20 @@ class TraceWriter:
         table = self._rests.get((gen, token))
         if table is None:
             return None
-        hits: list[Any] = list(map(table.get, map(_KEY, entries)))
+        times, events, sources, targets, effects, outcomes, details = zip(*entries, strict=True)
+        hits: list[Any] = list(map(table.get, zip(events, sources, targets, outcomes, details,
+                                                  strict=True)))
         if None in hits:
             return None
-        times = list(map(_TIME, entries))
         if not math.isfinite(sum(times)):  # inf/nan (or an overflow): the careful way
             return None
-        if not all(map(operator.eq, map(_EFFECTS, entries), map(_FIRST, hits))):
+        cached, rests = zip(*hits, strict=True)
+        if cached != effects:
             return None
         fmt = _LINES.get(n)
         if fmt is None:
             fmt = _LINES[n] = _LINE * n
-        return fmt % tuple(itertools.chain.from_iterable(
-            zip(times, map(_SECOND, hits), strict=True)))
+        return fmt % tuple(itertools.chain.from_iterable(zip(times, rests, strict=True)))
 
     def _each(self, entries: list[TraceEntry], items: list[Any], gens: list[int]) -> None:
         """Encode these events one by one (caching the rest of common events' lines)."""
@@ -453,7 +449,7 @@ class TraceWriter:
                 for line in chunk.splitlines(keepends=True):
                     self._write(line)
         else:
-            self._file.write(b"".join(chunks))
+            self._file.writelines(chunks)
             self.bytes += size
             self.written += lines
         self._file.flush()
