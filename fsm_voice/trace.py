@@ -140,9 +140,15 @@ class TraceWriter:
     """Writes one session's trace; use :meth:`attach` (or ``session.record_trace``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 wall_clock: float | None = None) -> None:
+                 wall_clock: float | None = None,
+                 flush_interval: float = FLUSH_INTERVAL) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
             raise ValueError(f"max_bytes must be an int >= 1024, got {max_bytes!r}")
+        if not (isinstance(flush_interval, int | float) and 0 < flush_interval < math.inf):
+            raise ValueError(f"flush_interval must be a positive number of seconds, "
+                             f"got {flush_interval!r}")
+        self.flush_interval = float(flush_interval)
+        """Seconds a recorded line may wait in memory before it is written."""
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._file: IO[bytes] | None = self.path.open("wb")
@@ -169,9 +175,10 @@ class TraceWriter:
 
     @classmethod
     def attach(cls, session: VoiceSession, path: str | os.PathLike[str], *,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> TraceWriter:
+               max_bytes: int = DEFAULT_MAX_BYTES,
+               flush_interval: float = FLUSH_INTERVAL) -> TraceWriter:
         """Record ``session`` from now on to ``path`` (closed when the session exits)."""
-        return cls(path, max_bytes=max_bytes).record(session)
+        return cls(path, max_bytes=max_bytes, flush_interval=flush_interval).record(session)
 
     def record(self, session: VoiceSession) -> TraceWriter:
         """Subscribe to ``session`` and write the header. Attach before ``start``: a trace that
@@ -209,8 +216,8 @@ class TraceWriter:
     def traced_batch(self, batch: TraceBatch) -> None:
         """Runtime events, handed over by the dispatcher in batches (``read_trace``) and
         encoded at once (a string is not tracked by the garbage collector: buffered lines cost
-        nothing to keep); written every :data:`_BATCH` lines, every :data:`FLUSH_INTERVAL`
-        seconds and on close.
+        nothing to keep); written every :data:`_BATCH` lines, ``flush_interval`` seconds after
+        they were recorded at the latest, and on close.
 
         A common event (taken, no parameters, seen before) is its cached fragment with the
         time, generation and token formatted in; a batch of nothing else is encoded by one
@@ -282,13 +289,13 @@ class TraceWriter:
         self._lines += n
 
     def _arm_timer(self) -> None:
-        """Write what is buffered ``FLUSH_INTERVAL`` s from now (a quiet session's last events
+        """Write what is buffered ``flush_interval`` s from now (a quiet session's last events
         reach the file without waiting for more or for close); only on an asyncio loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (a writer driven by hand): close writes the rest
-        self._timer = loop.call_later(FLUSH_INTERVAL, self._timer_fired)
+        self._timer = loop.call_later(self.flush_interval, self._timer_fired)
 
     def _timer_fired(self) -> None:
         self._timer = None
