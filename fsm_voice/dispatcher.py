@@ -97,7 +97,7 @@ class Traced(NamedTuple):
 
 
 TraceBatch = list[Any]
-"""What a batch reader (:meth:`Dispatcher.read_trace`) gets: the fields of :class:`Traced` of
+"""What a batch reader (:meth:`Dispatcher.add_trace_reader`) gets: the fields of :class:`Traced` of
 consecutive entries, flat (``entry, item, generation, entry, item, ...``): no object per entry
 lives until it is read (nothing for the garbage collector), and ``batch[0::3]`` is the
 entries. The item of an event whose posted item has no parameter (timer, severity, code,
@@ -225,7 +225,7 @@ class Dispatcher:
         """Every trace entry as it is recorded, one call each (the application's hook)."""
         self.on_trace_batch: Subscribers[TraceBatch] = Subscribers()
         """Every trace entry in batches (the trace file and the metrics taps read this): see
-        :meth:`read_trace`."""
+        :meth:`add_trace_reader`."""
         self._feed: TraceBatch | None = None
         """The records not yet handed to ``on_trace_batch`` (None: no batch reader)."""
         self.close_timeout = close_timeout
@@ -333,7 +333,7 @@ class Dispatcher:
         return waiter.hit
 
     # -- the trace --------------------------------------------------------------------------
-    def read_trace(self, reader: Callable[[TraceBatch], object]) -> None:
+    def add_trace_reader(self, reader: Callable[[TraceBatch], object]) -> None:
         """Give ``reader`` every trace entry from now on, in order, in batches: at the end of
         each burst of events (before the dispatcher waits), every :data:`FEED_BATCH` entries,
         at a ``drain`` barrier, and whenever :meth:`flush_trace` is called (do that before

@@ -16,7 +16,7 @@ errors, quality samples and alerts, and derived durations:
 Durations are in seconds of the session's clock (virtual in tests). Sinks are called from the
 session's dispatcher: they must be quick and never block. No sink is called per trace entry:
 the per-entry work is the tap's count (the hot path), taken in C over the batches of entries the
-dispatcher hands over at the end of each burst of events (``Dispatcher.read_trace``); a tap
+dispatcher hands over at the end of each burst of events (``Dispatcher.add_trace_reader``); a tap
 takes the entries still pending before it handles an error, sample or alert and before its
 counts or marker are read, so nothing is seen out of order or missed.
 
@@ -108,11 +108,11 @@ class BaseSink:
 
 
 def _attach(session: VoiceSession, tap: SessionTap) -> Callable[[], None]:
-    """Subscribe ``tap`` to ``session``: its trace, in batches (``Dispatcher.read_trace``;
+    """Subscribe ``tap`` to ``session``: its trace, in batches (``Dispatcher.add_trace_reader``;
     status changes are derived from it) and the error, metrics and alert subscriptions.
     Returns the function that detaches it (subscriptions cannot be removed: a detached tap
     ignores them)."""
-    session.dispatcher.read_trace(tap._batch)
+    session.dispatcher.add_trace_reader(tap._batch)
     session.on_error(tap._error)
     session.on_metrics(tap._sample)
     session.on_alert(tap._alert)

@@ -192,7 +192,7 @@ class TraceWriter:
                     "engine": "fast" if type(m).__name__ == "FastLifecycle" else "statemachine",
                     "wall_time": self._wall, "t0": session.clock.now(), "state": m.state_id,
                     "replayable": replayable, "policy": policy_record(session)})
-        session.dispatcher.read_trace(self.traced_batch)
+        session.dispatcher.add_trace_reader(self.traced_batch)
         session.on_error(self.error)
         session.on_metrics(self.metrics)
         session.on_alert(self.alert)
@@ -214,7 +214,7 @@ class TraceWriter:
 
     # -- subscribers (called from the dispatcher: keep them cheap) ------------------------------
     def traced_batch(self, batch: TraceBatch) -> None:
-        """Runtime events, handed over by the dispatcher in batches (``read_trace``) and
+        """Runtime events, handed over by the dispatcher in batches (``add_trace_reader``) and
         encoded at once (a string is not tracked by the garbage collector: buffered lines cost
         nothing to keep); written every :data:`_BATCH` lines, ``flush_interval`` seconds after
         they were recorded at the latest, and on close.

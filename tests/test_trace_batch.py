@@ -1,5 +1,5 @@
 """The trace writer and the metrics taps read the dispatcher's trace in batches
-(``Dispatcher.read_trace``): the file says the same as the per-event hook, in the order things
+(``Dispatcher.add_trace_reader``): the file says the same as the per-event hook, in the order things
 happened, and reaches the disk without waiting for close; the taps' shortcut is sound for
 every row of the machine's table."""
 
