@@ -63,8 +63,8 @@ FLUSH_INTERVAL: Final = 1.0
 _LINE: Final = b'{"kind":"event","t":%.6f,%s'
 """A common event's line: its time and the cached rest (:meth:`TraceWriter._rest`)."""
 _LINES: dict[int, bytes] = {}
-_KEY: Final = operator.itemgetter(1, 2, 3, 5, 6)
-"""A trace entry's event, source, target, outcome and detail."""
+_KEY: Final = operator.itemgetter(1, 2, 3)
+"""A trace entry's event, source and target (what a taken event's cached line is for)."""
 
 
 class TraceError(ValueError):
@@ -254,8 +254,9 @@ class TraceWriter:
         if table is None:
             return None
         times, events, sources, targets, effects, outcomes, details = zip(*entries, strict=True)
-        hits: list[Any] = list(map(table.get, zip(events, sources, targets, outcomes, details,
-                                                  strict=True)))
+        if outcomes.count("taken") != n or details.count("") != n:
+            return None
+        hits: list[Any] = list(map(table.get, zip(events, sources, targets, strict=True)))
         if None in hits:
             return None
         if not math.isfinite(sum(times)):  # inf/nan (or an overflow): the careful way
