@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
@@ -55,9 +54,6 @@ _FOLLOWED = frozenset(
 two up statuses (turns, ICE grace and back), which cannot change a status, start or end an
 attempt (no row opens or closes the transport there: ``tests/test_metrics.py`` checks) or
 matter to a duration."""
-_COUNT_KEY = operator.itemgetter(1, 2, 3, 5)
-"""A trace entry's (event, source, target, outcome)."""
-_STATES = operator.itemgetter(2, 3)
 RECENT = 50
 """Errors kept per session for the dashboard."""
 
@@ -169,9 +165,11 @@ class SessionTap:
             return
         entries = batch[0::3]
         self.seq += len(entries)
-        self.counts.update(map(_COUNT_KEY, entries))
+        _times, events, sources, targets, _effects, outcomes, _details = zip(*entries,
+                                                                             strict=True)
+        self.counts.update(zip(events, sources, targets, outcomes, strict=True))
         for entry in itertools.compress(entries, map(_FOLLOWED.__contains__,
-                                                     map(_STATES, entries))):
+                                                     zip(sources, targets, strict=True))):
             self._slow(entry)
 
     def _sync(self) -> None:
