@@ -9,10 +9,12 @@ replays exactly); errors (redacted), metrics samples, quality alerts, signaling 
 audio spans are the ``speech_*`` / ``audio_*`` events. Nothing else of the session is written:
 no token, no SDP, no conversation text, no ICE credential.
 
-Each event is encoded as it happens (a common one from a cached fragment: only its time,
-generation and token are formatted) into a string, which costs the garbage collector nothing to
-keep, and written in batches. The file is bounded (``max_bytes``): past it records are counted,
-not written, and the ``end`` record says so.
+Events reach the writer in batches from the dispatcher (``Dispatcher.add_trace_reader``: at
+the end of each burst of events and before any other record), are encoded at once into bytes
+(a common event is a cached line with its time formatted in; a batch of them is one ``%``
+format), which cost the garbage collector nothing to keep, and are written every 1,024 lines,
+``flush_interval`` after they were recorded at the latest, and on close. The file is bounded
+(``max_bytes``): past it records are counted, not written, and the ``end`` record says so.
 """
 
 from __future__ import annotations
@@ -219,9 +221,9 @@ class TraceWriter:
         nothing to keep); written every :data:`_BATCH` lines, ``flush_interval`` seconds after
         they were recorded at the latest, and on close.
 
-        A common event (taken, no parameters, seen before) is its cached fragment with the
-        time, generation and token formatted in; a batch of nothing else is encoded by one
-        ``%`` format (no Python code per event), any other batch event by event."""
+        A common event (taken, no parameter, seen before) is its cached line with the time
+        formatted in; a batch of nothing else, from one generation and token, is encoded by
+        one ``%`` format (no Python code per event), any other batch event by event."""
         entries, items, gens = batch[0::3], batch[1::3], batch[2::3]
         if self._draws:  # made by the first event of this batch (see _TapRandom)
             draws = tuple(self._draws)
