@@ -1,9 +1,10 @@
 """Cost of the metrics export, and the dashboard's push latency with 100 live sessions.
 
 1. Runtime events per CPU second (one session, scripted transport, virtual clock, the
-   conversation cycle of bench_dispatch; best of several interleaved rounds) bare, then watched
+   conversation cycle of bench_dispatch; median of >= 5 interleaved rounds) bare, then watched
    by a hub alone (what the dashboard costs: it polls the hub), with the Prometheus sink, and with
-   the OpenTelemetry sink (SDK providers, no exporter). Target: Prometheus <= 10 %.
+   the OpenTelemetry sink (SDK providers, no exporter). Target: Prometheus <= 10 % (the script
+   says MISSED and exits 1 when a target is missed).
 2. 100 live sessions (scripted transports, real clock) on one dashboard; a transport failure
    every 20 ms on a random session; an SSE client measures, for every status change, the time
    from the change (``on_status``) to the first push that carries it. Target: within 1 s (a
@@ -84,19 +85,20 @@ def tap_watch() -> Callable[[VoiceSession], object]:
 
 
 def bench_cost(n: int, rounds: int, cycle: list[str] = CYCLE) -> dict[str, float]:
-    """Best of ``rounds`` for each variant, the variants interleaved (the machine is shared:
+    """Median of ``rounds`` for each variant, the variants interleaved (the machine is shared:
     interleaving spreads the noise evenly)."""
     variants: dict[str, Callable[[], Callable[[VoiceSession], object]] | None] = {
         "bare": None, "tracked": tap_watch, "prometheus": prometheus_watch,
         "otel": otel_watch}
-    best = dict.fromkeys(variants, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, make in variants.items():
-            best[name] = max(best[name], runtime_rate(make() if make else None, n, cycle))
-    out = {"bare_events_per_s": best["bare"]}
+            rates[name].append(runtime_rate(make() if make else None, n, cycle))
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    out = {"bare_events_per_s": med["bare"]}
     for name in ("tracked", "prometheus", "otel"):
-        out[f"{name}_events_per_s"] = best[name]
-        out[f"{name}_cost_percent"] = 100.0 * (1.0 - best[name] / best["bare"])
+        out[f"{name}_events_per_s"] = med[name]
+        out[f"{name}_cost_percent"] = 100.0 * (1.0 - med[name] / med["bare"])
     return out
 
 
@@ -174,12 +176,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer events and changes")
     a = ap.parse_args()
-    n, rounds, changes = (50_000, 3, 100) if a.quick else (100_000, 5, 300)
+    n, rounds, changes = (50_000, 5, 100) if a.quick else (100_000, 7, 300)
     ok_cost = True
     for title, cycle in (("turns + ICE flaps (bench_dispatch's cycle)", CYCLE),
                          ("conversation turns only", TURNS)):
         cost = bench_cost(n, rounds, cycle)
-        print(f"{title}: runtime events per CPU second")
+        print(f"{title}: runtime events per CPU second (median of {rounds})")
         print(f"  {'bare':31s} {cost['bare_events_per_s']:>10,.0f}")
         for name in ("tracked", "prometheus", "otel"):
             label = "tracked by a hub" if name == "tracked" else f"with {name} sink"
@@ -194,6 +196,8 @@ def main() -> None:
     ok_dash = dash["latency_max_s"] <= 1.0 and dash["undelivered"] == 0
     print(f"targets: prometheus cost <= 10 % {'met' if ok_cost else 'MISSED'}; "
           f"dashboard <= 1 s {'met' if ok_dash else 'MISSED'}")
+    if not (ok_cost and ok_dash):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,20 @@ class Traced(NamedTuple):
     generation: int
 
 
+TraceBatch = list[Any]
+"""What a batch reader (:meth:`Dispatcher.add_trace_reader`) gets: the fields of :class:`Traced` of
+consecutive entries, flat (``entry, item, generation, entry, item, ...``): no object per entry
+lives until it is read (nothing for the garbage collector), and ``batch[0::3]`` is the
+entries. The item of an event whose posted item has no parameter (timer, severity, code,
+retry_after, expires_in) is only its ``token`` (an int or None); an observation's is None."""
+
+FEED_BATCH = 256
+"""Trace entries buffered for batch readers before they are handed over mid-burst."""
+_FEED_MAX = 3 * FEED_BATCH
+_NO_PARAMS = (None, None, "", None, None)
+"""timer, severity, code, retry_after, expires_in of a posted item without parameters."""
+
+
 @attrs.frozen
 class StatusChange:
     time: float
@@ -195,7 +209,12 @@ class Dispatcher:
         self.on_status: Subscribers[StatusChange] = Subscribers()
         self.on_server_event: Subscribers[Mapping[str, Any]] = Subscribers()
         self.on_trace: Subscribers[Traced] = Subscribers()
-        """Every trace entry as it is recorded (the trace file and metrics export read this)."""
+        """Every trace entry as it is recorded, one call each (the application's hook)."""
+        self.on_trace_batch: Subscribers[TraceBatch] = Subscribers()
+        """Every trace entry in batches (the trace file and the metrics taps read this): see
+        :meth:`add_trace_reader`."""
+        self._feed: TraceBatch | None = None
+        """The records not yet handed to ``on_trace_batch`` (None: no batch reader)."""
         self.close_timeout = close_timeout
         """Real seconds a transport ``close`` may take before it is abandoned (cancelled)."""
         self.queue: collections.deque[Posted] = collections.deque()
@@ -257,9 +276,11 @@ class Dispatcher:
             while self.queue:
                 item = self.queue.popleft()
                 if item.barrier is not None:
+                    self.flush_trace()
                     item.barrier.set()
                 else:
                     self.dispatch(item)
+            self.flush_trace()
 
     async def run(self) -> None:
         """The dispatch loop (until cancelled)."""
@@ -267,17 +288,23 @@ class Dispatcher:
         try:
             while True:
                 if not queue:
+                    if self._feed:  # the burst is over: hand the trace records over
+                        self.flush_trace()
+                        continue
                     self._wakeup = anyio.Event()
                     self._idle = True
                     await self._wakeup.wait()
                     continue
                 item = queue.popleft()
                 if item.barrier is not None:
+                    if self._feed:
+                        self.flush_trace()
                     item.barrier.set()
                     continue
                 self.dispatch(item)
         finally:
             self.done = True
+            self.flush_trace()
             for item in queue:  # wake every waiter: drain takes over
                 if item.barrier is not None:
                     item.barrier.set()
@@ -296,13 +323,40 @@ class Dispatcher:
         assert waiter.hit is not None
         return waiter.hit
 
+    # -- the trace --------------------------------------------------------------------------
+    def add_trace_reader(self, reader: Callable[[TraceBatch], object]) -> None:
+        """Give ``reader`` every trace entry from now on, in order, in batches: at the end of
+        each burst of events (before the dispatcher waits), every :data:`FEED_BATCH` entries,
+        at a ``drain`` barrier, and whenever :meth:`flush_trace` is called (do that before
+        recording anything that must come after the entries so far, e.g. an error). Cheaper
+        than ``on_trace``: no call and no :class:`Traced` per entry."""
+        self.on_trace_batch.add(reader)
+        if self._feed is None:
+            self._feed = []
+
+    def flush_trace(self) -> None:
+        """Hand the buffered trace records to the batch readers now."""
+        feed = self._feed
+        if feed:
+            self._feed = []
+            self.on_trace_batch.emit(feed)
+
+    def _record(self, entry: TraceEntry, item: Posted | None) -> None:
+        self.trace.append(entry)
+        feed = self._feed
+        if feed is not None:
+            feed += (entry, item, self.generation)
+            if len(feed) >= _FEED_MAX:
+                self.flush_trace()
+        if self.on_trace:
+            self.on_trace.emit(Traced(entry, item, self.generation))
+
     def observe(self, event: str, detail: str) -> None:
         """Record something seen (a metrics sample, an alert) in the trace."""
         state = self.machine.state_id
         entry = TraceEntry(self.clock.now(), event, state, state, (), "observed", detail)
-        self.trace.append(entry)
-        if self.on_trace:
-            self.on_trace.emit(Traced(entry, None, self.generation))
+        self._record(entry, None)
+        self.flush_trace()  # not part of a burst: hand it over now
 
     # -- one event ---------------------------------------------------------------------------
     def dispatch(self, item: Posted) -> None:
@@ -315,9 +369,7 @@ class Dispatcher:
             stale = self._stale_reason(item)
             if stale:
                 entry = TraceEntry(now, item.event, source, source, (), "stale", stale)
-                self.trace.append(entry)
-                if self.on_trace:
-                    self.on_trace.emit(Traced(entry, item, self.generation))
+                self._record(entry, item)
                 return
             if item.timer is not None:
                 self.timers.pop(item.timer, None)
@@ -327,9 +379,7 @@ class Dispatcher:
                          retry_after=item.retry_after, expires_in=item.expires_in)
         except TransitionNotAllowed:
             entry = TraceEntry(now, item.event, source, source, (), "refused")
-            self.trace.append(entry)
-            if self.on_trace:
-                self.on_trace.emit(Traced(entry, item, self.generation))
+            self._record(entry, item)
             log.info("event %s refused in state %s", item.event, source)
             return
         except Exception as exc:  # the engines never raise (crash row): a broken engine
@@ -346,6 +396,13 @@ class Dispatcher:
             self._report(outbox.drop(f"the session went {target}"))
         entry = TraceEntry(now, item.event, source, target, effects)
         self.trace.append(entry)
+        feed = self._feed  # inline _record: this is the hot path
+        if feed is not None:  # a posted item without parameters goes as its token
+            feed += (entry, item.token if (item.timer, item.severity, item.code,
+                                           item.retry_after, item.expires_in) == _NO_PARAMS
+                     else item, self.generation)
+            if len(feed) >= _FEED_MAX:
+                self.flush_trace()
         if self.on_trace:
             self.on_trace.emit(Traced(entry, item, self.generation))
         for effect in effects:
@@ -376,9 +433,7 @@ class Dispatcher:
         log.exception("machine engine failed on %s in %s", item.event, source)
         entry = TraceEntry(self.clock.now(), item.event, source, self.machine.state_id, (),
                            "refused", f"machine error: {exc!r}")
-        self.trace.append(entry)
-        if self.on_trace:
-            self.on_trace.emit(Traced(entry, item, self.generation))
+        self._record(entry, item)
         self.cancel_timers()
         if self._transport_open:
             self._close_transport()

@@ -15,10 +15,13 @@ errors, quality samples and alerts, and derived durations:
 
 Durations are in seconds of the session's clock (virtual in tests). Sinks are called from the
 session's dispatcher: they must be quick and never block. No sink is called per trace entry:
-the per-entry work is the tap's count (the hot path).
+the per-entry work is the tap's count (the hot path), taken in C over the batches of entries the
+dispatcher hands over at the end of each burst of events (``Dispatcher.add_trace_reader``); a tap
+takes the entries still pending before it handles an error, sample or alert and before its
+counts or marker are read, so nothing is seen out of order or missed.
 
 The events reach the tap through :func:`_attach`, the one place that knows how a session reports
-them (``on_trace`` and the error/metrics/alert subscriptions).
+them (the trace batches and the error/metrics/alert subscriptions).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from fsm_voice.dispatcher import StatusChange, Traced, TraceEntry
+from fsm_voice.dispatcher import StatusChange, TraceBatch, TraceEntry
 from fsm_voice.effects import CloseTransport, OpenReason, OpenTransport
 from fsm_voice.errors import VoiceError
 from fsm_voice.machine import STATUS_OF
@@ -43,8 +46,14 @@ __all__ = ["DURATIONS", "BaseSink", "BoundedLabel", "Hub", "SessionTap", "Sink",
 
 DURATIONS = ("connect", "detection", "outage", "recovery")
 UP_STATUSES = frozenset({"active", "listening", "speaking"})
-_TURNS = frozenset(s for s in STATUS_OF if STATUS_OF[s] in UP_STATUSES and s in UP_STATUSES)
-"""States of the conversation turns (their moves among each other need no more than a count)."""
+_FOLLOWED = frozenset(
+    (a, b) for a in STATUS_OF for b in STATUS_OF
+    if (a != b or STATUS_OF[a] not in UP_STATUSES)
+    and not (STATUS_OF[a] in UP_STATUSES and STATUS_OF[b] in UP_STATUSES))
+"""(source, target) of the entries a tap follows beyond counting them: all but those between
+two up statuses (turns, ICE grace and back), which cannot change a status, start or end an
+attempt (no row opens or closes the transport there: ``tests/test_metrics.py`` checks) or
+matter to a duration."""
 RECENT = 50
 """Errors kept per session for the dashboard."""
 
@@ -95,10 +104,11 @@ class BaseSink:
 
 
 def _attach(session: VoiceSession, tap: SessionTap) -> Callable[[], None]:
-    """Subscribe ``tap`` to ``session``: its ``on_trace`` event stream (status changes are derived
-    from it) and the error, metrics and alert subscriptions. Returns the function that detaches
-    it (subscriptions cannot be removed: a detached tap ignores them)."""
-    session.on_trace(tap._trace)
+    """Subscribe ``tap`` to ``session``: its trace, in batches (``Dispatcher.add_trace_reader``;
+    status changes are derived from it) and the error, metrics and alert subscriptions.
+    Returns the function that detaches it (subscriptions cannot be removed: a detached tap
+    ignores them)."""
+    session.dispatcher.add_trace_reader(tap._batch)
     session.on_error(tap._error)
     session.on_metrics(tap._sample)
     session.on_alert(tap._alert)
@@ -121,8 +131,10 @@ class SessionTap:
         self.detached = False
         self.seq = 0
         """Trace entries seen."""
-        self.counts: dict[tuple[str, str, str, str], int] = {}
-        """Trace entries by (event, source, target, outcome), counted from tracking on."""
+        self.counts: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        """Trace entries by (event, source, target, outcome), counted from tracking on (up to
+        the last batch the dispatcher handed over: :meth:`marker` and the exporters read
+        after ``flush_trace``)."""
         self.recent_errors: collections.deque[tuple[float, VoiceError]] = collections.deque(
             maxlen=RECENT)
         self.samples: collections.deque[ConnectionMetrics] = collections.deque(maxlen=60)
@@ -144,21 +156,27 @@ class SessionTap:
         return self.session.clock.now()
 
     # -- from the session ---------------------------------------------------------------------
-    def _trace(self, traced: Traced) -> None:
-        """The hot path, every trace entry of the session: a count per (event, source, target,
-        outcome); the rest only for entries with effects or that change the status (turns among
-        active/listening/speaking cost just the count)."""
+    def _batch(self, batch: TraceBatch) -> None:
+        """The hot path, the session's trace entries as the dispatcher hands them over: a
+        count per (event, source, target, outcome), taken in C (no Python code per entry);
+        the rest only for the entries that may matter to a status, an attempt or a duration
+        (:data:`_FOLLOWED`)."""
         if self.detached:
             return
-        self.seq += 1
-        entry = traced.entry
-        key = (entry.event, entry.source, entry.target, entry.outcome)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
-        source, target = key[1], key[2]
-        if entry.effects or (source != target
-                             and (source not in _TURNS or target not in _TURNS)):
+        entries = batch[0::3]
+        self.seq += len(entries)
+        _times, events, sources, targets, _effects, outcomes, _details = zip(*entries,
+                                                                             strict=True)
+        self.counts.update(zip(events, sources, targets, outcomes, strict=True))
+        for entry in itertools.compress(entries, map(_FOLLOWED.__contains__,
+                                                     zip(sources, targets, strict=True))):
             self._slow(entry)
+
+    def _sync(self) -> None:
+        """Take the entries the dispatcher has not handed over yet (before anything that must
+        come after them, or is read from outside the dispatcher)."""
+        if not self.detached:
+            self.session.dispatcher.flush_trace()
 
     def _slow(self, entry: TraceEntry) -> None:
         if entry.outcome != "taken":
@@ -175,6 +193,7 @@ class SessionTap:
 
     def marker(self) -> int:
         """Grows whenever anything the dashboard shows may have changed."""
+        self._sync()
         return self.version + self.seq
 
     def recent(self, n: int) -> list[TraceEntry]:
@@ -261,6 +280,7 @@ class SessionTap:
     def _error(self, err: VoiceError) -> None:
         if self.detached:
             return
+        self._sync()
         self.version += 1
         self.recent_errors.append((self.now, err))
         for sink in self._sinks:
@@ -269,6 +289,7 @@ class SessionTap:
     def _sample(self, m: ConnectionMetrics) -> None:
         if self.detached:
             return
+        self._sync()
         self.version += 1
         self.samples.append(m)
         if self.session.status in UP_STATUSES:
@@ -279,6 +300,7 @@ class SessionTap:
     def _alert(self, alert: QualityAlert) -> None:
         if self.detached:
             return
+        self._sync()
         self.version += 1
         for sink in self._sinks:
             sink.alert(self, alert)
@@ -308,6 +330,7 @@ class Hub:
 
     def remove_sink(self, sink: Sink) -> None:
         for tap in self._taps.values():
+            tap._sync()
             sink.removed(tap)
         self.sinks.remove(sink)
         self._split()
@@ -335,6 +358,7 @@ class Hub:
         if tap is None:
             return
         self._taps.pop(tap.id, None)
+        tap._sync()
         tap.detach()
         for sink in self.sinks:
             sink.removed(tap)
@@ -382,6 +406,7 @@ def split_counts(retired: Counts, taps: Iterable[SessionTap]
     target), and events refused or stale by (event, outcome); observations are left out."""
     total: Counts = dict(retired)
     for tap in taps:
+        tap._sync()
         merge_counts(total, tap.counts)
     taken: dict[tuple[str, str, str], int] = {}
     not_taken: dict[tuple[str, str], int] = {}

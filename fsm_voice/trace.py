@@ -9,27 +9,32 @@ replays exactly); errors (redacted), metrics samples, quality alerts, signaling 
 audio spans are the ``speech_*`` / ``audio_*`` events. Nothing else of the session is written:
 no token, no SDP, no conversation text, no ICE credential.
 
-Each event is encoded as it happens (a common one from a cached fragment: only its time,
-generation and token are formatted) into a string, which costs the garbage collector nothing to
-keep, and written in batches. The file is bounded (``max_bytes``): past it records are counted,
-not written, and the ``end`` record says so.
+Events reach the writer in batches from the dispatcher (``Dispatcher.add_trace_reader``: at
+the end of each burst of events and before any other record), are encoded at once into bytes
+(a common event is a cached line with its time formatted in; a batch of them is one ``%``
+format), which cost the garbage collector nothing to keep, and are written every 1,024 lines,
+``flush_interval`` after they were recorded at the latest, and on close. The file is bounded
+(``max_bytes``): past it records are counted, not written, and the ``end`` record says so.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import math
+import operator
 import os
 import random
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 import attrs
 
-from fsm_voice.dispatcher import Traced
+from fsm_voice.dispatcher import Posted, TraceBatch, TraceEntry
 from fsm_voice.effects import (
     ArmTimer,
     CancelTimer,
@@ -55,6 +60,13 @@ VERSION: Final = 1
 SCHEMA_FILE: Final = Path(__file__).parent / "data" / "trace.schema.json"
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 _BATCH: Final = 1024
+FLUSH_INTERVAL: Final = 1.0
+"""Seconds a buffered record may wait for its write (besides every ``_BATCH`` lines)."""
+_LINE: Final = b'{"kind":"event","t":%.6f,%s'
+"""A common event's line: its time and the cached rest (:meth:`TraceWriter._rest`)."""
+_LINES: dict[int, bytes] = {}
+_KEY: Final = operator.itemgetter(1, 2, 3)
+"""A trace entry's event, source and target (what a taken event's cached line is for)."""
 
 
 class TraceError(ValueError):
@@ -106,15 +118,22 @@ def policy_record(session: VoiceSession) -> dict[str, Any]:
 
 
 class _TapRandom(random.Random):
-    """The machine's random source, with every draw noted for the trace (jitter replays)."""
+    """The machine's random source, with every draw noted for the trace (jitter replays).
 
-    def __init__(self, inner: random.Random | None, draws: list[float]) -> None:
+    Before a draw, ``before`` hands the dispatcher's pending records to the writer: the draws
+    noted then belong to the event being dispatched, the first of the next batch."""
+
+    def __init__(self, inner: random.Random | None, draws: list[float],
+                 before: Callable[[], None]) -> None:
         super().__init__()
         self._inner = inner
         self._draws = draws
+        self._before = before
 
     def random(self) -> float:
         x = self._inner.random() if self._inner is not None else super().random()
+        if not self._draws:
+            self._before()
         self._draws.append(x)
         return x
 
@@ -123,14 +142,21 @@ class TraceWriter:
     """Writes one session's trace; use :meth:`attach` (or ``session.record_trace``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 wall_clock: float | None = None) -> None:
+                 wall_clock: float | None = None,
+                 flush_interval: float = FLUSH_INTERVAL) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
             raise ValueError(f"max_bytes must be an int >= 1024, got {max_bytes!r}")
+        if not (isinstance(flush_interval, int | float) and 0 < flush_interval < math.inf):
+            raise ValueError(f"flush_interval must be a positive number of seconds, "
+                             f"got {flush_interval!r}")
+        self.flush_interval = float(flush_interval)
+        """Seconds a recorded line may wait in memory before it is written."""
         self.path = Path(path)
         self.max_bytes = max_bytes
-        self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
+        self._file: IO[bytes] | None = self.path.open("wb")
         self._wall = time.time() if wall_clock is None else wall_clock
-        self._buf: list[str] = []
+        self._buf: list[bytes] = []
+        """Encoded lines (UTF-8), one line or a batch's per item."""
         self._draws: list[float] = []
         self._clock: Any = None
         self.written = 0
@@ -139,13 +165,22 @@ class TraceWriter:
         """Records not written because the file reached ``max_bytes``."""
         self.bytes = 0
         self._effects_cache: dict[tuple[Effect, ...], list[dict[str, Any]]] = {}
-        self._frags: dict[tuple[str, str, str], tuple[tuple[Effect, ...], str]] = {}
+        self._rests: dict[tuple[int, int | None],
+                          dict[tuple[str, ...], tuple[tuple[Effect, ...], bytes]]] = {}
+        """Common events' effects and line but its time (:meth:`_rest`), by generation and
+        token, then :data:`_KEY`."""
+        self._lines = 0
+        """Lines in ``_buf`` (an item is one line or a batch's)."""
+        self._sync: Callable[[], None] | None = None
+        """The recorded dispatcher's ``flush_trace`` (its pending events come first)."""
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def attach(cls, session: VoiceSession, path: str | os.PathLike[str], *,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> TraceWriter:
+               max_bytes: int = DEFAULT_MAX_BYTES,
+               flush_interval: float = FLUSH_INTERVAL) -> TraceWriter:
         """Record ``session`` from now on to ``path`` (closed when the session exits)."""
-        return cls(path, max_bytes=max_bytes).record(session)
+        return cls(path, max_bytes=max_bytes, flush_interval=flush_interval).record(session)
 
     def record(self, session: VoiceSession) -> TraceWriter:
         """Subscribe to ``session`` and write the header. Attach before ``start``: a trace that
@@ -153,12 +188,13 @@ class TraceWriter:
         m = session.machine
         self._clock = session.clock
         replayable = m.state_id == "idle"
-        m.rng = _TapRandom(m.rng, self._draws)
+        self._sync = session.dispatcher.flush_trace
+        m.rng = _TapRandom(m.rng, self._draws, self._sync)
         self._line({"kind": "header", "schema": SCHEMA, "version": VERSION,
                     "engine": "fast" if type(m).__name__ == "FastLifecycle" else "statemachine",
                     "wall_time": self._wall, "t0": session.clock.now(), "state": m.state_id,
                     "replayable": replayable, "policy": policy_record(session)})
-        session.on_trace(self.traced)
+        session.dispatcher.add_trace_reader(self.traced_batch)
         session.on_error(self.error)
         session.on_metrics(self.metrics)
         session.on_alert(self.alert)
@@ -179,42 +215,110 @@ class TraceWriter:
                                      trace_configs=[self.http_trace_config()])
 
     # -- subscribers (called from the dispatcher: keep them cheap) ------------------------------
-    def traced(self, rec: Traced) -> None:
-        """One runtime event, encoded at once (a string is not tracked by the garbage
-        collector: a batch of them costs nothing to keep); written in batches."""
-        e, item, gen = rec
-        t, event, source, target, effects, outcome, detail = e
-        if outcome == "taken" and not detail and not self._draws and t - t == 0.0 and (
-                item is None or (item.timer is None and item.severity is None
-                                 and not item.code and item.retry_after is None
-                                 and item.expires_in is None)):
-            key = (event, source, target)
-            hit = self._frags.get(key)
-            frag = hit[1] if hit is not None and hit[0] == effects else \
-                self._fragment(key, effects)
-            token = None if item is None else item.token
-            line = (f'{{"kind":"event","t":{t:.6f},"gen":{gen},'
-                    f'"token":{"null" if token is None else token},{frag}\n')
-        elif outcome == "observed":
-            return  # metrics and alerts are written from their own subscribers
-        else:
+    def traced_batch(self, batch: TraceBatch) -> None:
+        """Runtime events, handed over by the dispatcher in batches (``add_trace_reader``) and
+        encoded at once (a string is not tracked by the garbage collector: buffered lines cost
+        nothing to keep); written every :data:`_BATCH` lines, ``flush_interval`` seconds after
+        they were recorded at the latest, and on close.
+
+        A common event (taken, no parameter, seen before) is its cached line with the time
+        formatted in; a batch of nothing else, from one generation and token, is encoded by
+        one ``%`` format (no Python code per event), any other batch event by event."""
+        entries, items, gens = batch[0::3], batch[1::3], batch[2::3]
+        if self._draws:  # made by the first event of this batch (see _TapRandom)
             draws = tuple(self._draws)
             self._draws.clear()
-            line = self._json(self._event(rec, draws))
-        buf = self._buf
-        buf.append(line)
-        if len(buf) >= _BATCH:
-            self.flush()
+            self._buf.append(self._json(self._event(entries[0], items[0], gens[0], draws)))
+            self._lines += 1
+            del entries[0], items[0], gens[0]
+        chunk = self._common(entries, items, gens)
+        if chunk is not None:
+            self._buf.append(chunk)
+            self._lines += len(entries)
+        else:
+            self._each(entries, items, gens)
+        if self._lines >= _BATCH:
+            self._write_buffer()
+        elif self._buf and self._timer is None:
+            self._arm_timer()
+
+    def _common(self, entries: list[TraceEntry], items: list[Any],
+                gens: list[int]) -> bytes | None:
+        """The lines of these events when all are common events of one transport generation
+        and token (the usual burst), else None."""
+        n = len(entries)
+        if not n:
+            return None
+        gen, token = gens[0], items[0]
+        if gens.count(gen) != n or items.count(token) != n:  # in C; an item is a token
+            return None
+        table = self._rests.get((gen, token))
+        if table is None:
+            return None
+        times, events, sources, targets, effects, outcomes, details = zip(*entries, strict=True)
+        if outcomes.count("taken") != n or details.count("") != n:
+            return None
+        hits: list[Any] = list(map(table.get, zip(events, sources, targets, strict=True)))
+        if None in hits:
+            return None
+        if not math.isfinite(sum(times)):  # inf/nan (or an overflow): the careful way
+            return None
+        cached, rests = zip(*hits, strict=True)
+        if cached != effects:
+            return None
+        fmt = _LINES.get(n)
+        if fmt is None:
+            fmt = _LINES[n] = _LINE * n
+        return fmt % tuple(itertools.chain.from_iterable(zip(times, rests, strict=True)))
+
+    def _each(self, entries: list[TraceEntry], items: list[Any], gens: list[int]) -> None:
+        """Encode these events one by one (caching the rest of common events' lines)."""
+        append = self._buf.append
+        n = 0
+        for e, item, gen in zip(entries, items, gens, strict=True):
+            t, outcome = e.time, e.outcome
+            if outcome == "observed":
+                continue  # metrics and alerts are written from their own subscribers
+            if outcome == "taken" and not e.detail and t - t == 0.0 and \
+                    not isinstance(item, Posted):  # a token: no parameter
+                table = self._rests.get((gen, item))
+                hit = None if table is None else table.get(_KEY(e))
+                rest = hit[1] if hit is not None and hit[0] == e.effects else \
+                    self._rest(e, gen, item)
+                append(_LINE % (t, rest))
+            else:
+                append(self._json(self._event(e, item, gen, None)))
+            n += 1
+        self._lines += n
+
+    def _arm_timer(self) -> None:
+        """Write what is buffered ``flush_interval`` s from now (a quiet session's last events
+        reach the file without waiting for more or for close); only on an asyncio loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a writer driven by hand): close writes the rest
+        self._timer = loop.call_later(self.flush_interval, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self.flush()
 
     @staticmethod
-    def _json(obj: Mapping[str, Any]) -> str:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
+    def _json(obj: Mapping[str, Any]) -> bytes:
+        return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
     def _now(self) -> float:
         return float(self._clock.now()) if self._clock is not None else time.monotonic()
 
     def _add(self, record: Mapping[str, Any]) -> None:
+        """Buffer a record that is not a runtime event (after the events recorded so far)."""
+        if self._sync is not None:
+            self._sync()
         self._buf.append(self._json(record))
+        self._lines += 1
+        if self._timer is None:
+            self._arm_timer()
 
     def error(self, err: VoiceError) -> None:
         self._add({"kind": "error", "t": self._now(), "code": err.code,
@@ -283,15 +387,19 @@ class TraceWriter:
                 self._effects_cache.clear()
             return enc
 
-    def _event(self, rec: Traced, draws: tuple[float, ...] | None) -> dict[str, Any]:
-        e, item, gen = rec
+    def _event(self, e: TraceEntry, item: Posted | int | None, gen: int,
+               draws: tuple[float, ...] | None) -> dict[str, Any]:
+        """The record of an event (``item``: the posted item, or only its token when it has
+        no parameter: see ``TraceBatch``)."""
         out: dict[str, Any] = {"kind": "event", "t": round(e.time, 6), "event": e.event,
                                "outcome": e.outcome, "source": e.source, "target": e.target,
                                "status": STATUS_OF.get(e.target, ""), "gen": gen,
                                "effects": self._effects(e.effects)}
         if e.detail:
             out["detail"] = redact(e.detail)
-        if item is not None:
+        if not isinstance(item, Posted):
+            out["token"] = item
+        else:
             out["token"] = item.token
             if item.timer is not None:
                 out["timer"] = item.timer.value
@@ -307,20 +415,24 @@ class TraceWriter:
             out["draws"] = list(draws)
         return out
 
-    def _fragment(self, key: tuple[str, str, str], effects: tuple[Effect, ...]) -> str:
-        """The cached middle of a common event's line (event, states, status, effects)."""
-        if len(self._frags) > 4096:
-            self._frags.clear()
-        body = {"event": key[0], "outcome": "taken", "source": key[1], "target": key[2],
-                "status": STATUS_OF.get(key[2], ""), "effects": self._effects(effects)}
-        frag = json.dumps(body, separators=(",", ":"))[1:]
-        self._frags[key] = (effects, frag)
-        return frag
+    def _rest(self, e: TraceEntry, gen: int, token: int | None) -> bytes:
+        """The cached rest of a common event's line: all but its time."""
+        table = self._rests.get((gen, token))
+        if table is None or len(table) > 4096:
+            if len(self._rests) > 64:
+                self._rests.clear()
+            table = self._rests[(gen, token)] = {}
+        body = {"gen": gen, "token": token, "event": e.event, "outcome": "taken",
+                "source": e.source, "target": e.target, "status": STATUS_OF.get(e.target, ""),
+                "effects": self._effects(e.effects)}
+        rest = (json.dumps(body, separators=(",", ":"))[1:] + "\n").encode()
+        table[_KEY(e)] = (e.effects, rest)
+        return rest
 
     def _line(self, obj: Mapping[str, Any]) -> None:
         self._write(self._json(obj))
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: bytes) -> None:
         if self._file is None:
             return
         if self.bytes + len(text) > self.max_bytes - 200:  # room for the end record
@@ -331,18 +443,25 @@ class TraceWriter:
         self.written += 1
 
     def flush(self) -> None:
+        """Write everything recorded so far (the dispatcher's pending records included)."""
+        if self._sync is not None:
+            self._sync()
+        self._write_buffer()
+
+    def _write_buffer(self) -> None:
         """Write what is buffered (one write per batch)."""
-        lines, self._buf = self._buf, []
+        chunks, lines, self._buf, self._lines = self._buf, self._lines, [], 0
         if self._file is None:
             return
-        size = sum(map(len, lines))
+        size = sum(map(len, chunks))
         if self.bytes + size > self.max_bytes - 200:  # room for the end record
-            for line in lines:
-                self._write(line)
+            for chunk in chunks:
+                for line in chunk.splitlines(keepends=True):
+                    self._write(line)
         else:
-            self._file.write("".join(lines))
+            self._file.writelines(chunks)
             self.bytes += size
-            self.written += len(lines)
+            self.written += lines
         self._file.flush()
 
     def close(self) -> None:
@@ -350,10 +469,14 @@ class TraceWriter:
         if self._file is None:
             return
         self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._sync = None
         f, self._file = self._file, None
         end = {"kind": "end", "t": self._now(), "records": self.written + 1,
                "dropped": self.dropped, "truncated": self.dropped > 0}
-        f.write(json.dumps(end, separators=(",", ":")) + "\n")
+        f.write((json.dumps(end, separators=(",", ":")) + "\n").encode())
         f.close()
 
     def __enter__(self) -> TraceWriter:
