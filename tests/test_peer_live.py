@@ -23,6 +23,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fsm_voice.conversation import LIVE_MAX_TOKENS, Conversation, estimate_tokens
+from fsm_voice.live_input import LiveInputError, validate_live_input
 from fsm_voice.peer import RealtimePeer
 from fsm_voice.peer.live import CLOSE_REASONS, SESSION_KEYS, LiveRequestError, parse_create
 from fsm_voice.peer.server import listening_line
@@ -227,9 +229,87 @@ def test_parse_create_refuses_any_bad_body_with_a_typed_error(
     except LiveRequestError as exc:
         assert exc.status == 400 and exc.message
         assert exc.code in ("unknown_parameter", "missing_required_parameter", "invalid_type",
-                            "invalid_value", "array_above_max_length")
+                            "invalid_value", "array_above_max_length", "input_too_long")
     else:
         assert not extra and config["model"] in ("gpt-live-1", "gpt-live-1.1") and sdp.strip()
+
+
+def _message(role: str, part: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "message", "role": role, "content": [part], **extra}
+
+
+def test_live_input_items_follow_the_reference_rules() -> None:
+    user = {"type": "input_text", "text": "hi"}
+    good = [_message("developer", user), _message("user", user, id="u1", status="completed"),
+            _message("assistant", {"type": "text", "text": "a"}, status=None),
+            _message("assistant", {"type": "output_text", "text": "b"}, status="incomplete"),
+            {"role": "user", "content": [user]}]  # type defaults to message
+    assert validate_live_input(good) == good
+    bad: list[tuple[Any, str, str]] = [
+        ({}, "invalid_type", "session.input"),
+        ([_message("user", user)] * 129, "array_above_max_length", "session.input"),
+        (["hi"], "invalid_type", "session.input[0]"),
+        ([_message("system", user)], "invalid_value", "session.input[0].role"),
+        ([{"type": "message", "content": [user]}], "invalid_value", "session.input[0].role"),
+        ([{**_message("user", user), "type": "function_call"}], "invalid_value",
+         "session.input[0].type"),
+        ([_message("user", user, name="x")], "unknown_parameter", "session.input[0].name"),
+        ([_message("user", user, id=5)], "invalid_type", "session.input[0].id"),
+        ([_message("user", user, status="done")], "invalid_value", "session.input[0].status"),
+        ([{"type": "message", "role": "user", "content": [user, user]}], "invalid_value",
+         "session.input[0].content"),
+        ([{"type": "message", "role": "user", "content": []}], "invalid_value",
+         "session.input[0].content"),
+        ([{"type": "message", "role": "user", "content": "hi"}], "invalid_value",
+         "session.input[0].content"),
+        ([_message("user", {"type": "output_text", "text": "x"})], "invalid_value",
+         "session.input[0].content[0].type"),
+        ([_message("developer", {"type": "text", "text": "x"})], "invalid_value",
+         "session.input[0].content[0].type"),
+        ([_message("assistant", user)], "invalid_value", "session.input[0].content[0].type"),
+        ([_message("user", {"type": "input_text", "text": 3})], "invalid_type",
+         "session.input[0].content[0].text"),
+        ([_message("user", {"type": "input_text"})], "invalid_type",
+         "session.input[0].content[0].text"),
+        ([_message("user", {"type": "input_text", "text": "x", "audio": "AAAA"})],
+         "unknown_parameter", "session.input[0].content[0].audio"),
+        ([_message("user", {"type": "input_audio", "audio": "AAAA"})], "unknown_parameter",
+         "session.input[0].content[0].audio"),
+        ([_message("user", {"type": "input_text", "text": "x" * 30_000})], "input_too_long",
+         "session.input"),
+    ]
+    for items, code, param in bad:
+        with pytest.raises(LiveInputError) as info:
+            validate_live_input(items)
+        assert (info.value.code, info.value.param) == (code, param), items
+        assert info.value.message
+    with pytest.raises(LiveInputError) as info:
+        validate_live_input(good, roles=("user", "assistant"))
+    assert (info.value.code, info.value.param) == ("role_not_allowed", "session.input[0].role")
+
+
+def test_what_the_conversation_seeds_passes_the_live_input_rules() -> None:
+    conv = Conversation(limit=500)
+
+    def add(item_id: str, role: str, text: str) -> None:
+        kind = "output_text" if role == "assistant" else "input_text"
+        conv.observe({"type": "conversation.item.created", "previous_item_id": None,
+                      "item": {"id": item_id, "type": "message", "role": role,
+                               "content": [{"type": kind, "text": text}]}})
+
+    add("big", "user", "x" * 24_000)  # cut by the token budget
+    for n in range(300):
+        add(f"m{n}", ("user", "assistant")[n % 2], f"turn {n} " * (n % 7))
+    add("sys", "system", "Be brief.")  # becomes a developer message
+    items, report = conv.live_input()
+    assert len(items) == 128 and report.tokens <= LIVE_MAX_TOKENS
+    assert {i["role"] for i in items} == {"user", "assistant", "developer"}
+    assert validate_live_input(items) == items
+    assert sum(estimate_tokens(i["content"][0]["text"]) for i in items) == report.tokens
+    # the broker's default (no developer input) refuses only the converted system message
+    with pytest.raises(LiveInputError) as info:
+        validate_live_input(items, roles=("user", "assistant"))
+    assert info.value.param == "session.input[127].role"
 
 
 @pytest.mark.anyio
@@ -257,6 +337,11 @@ async def test_create_refusals(peer: RealtimePeer) -> None:
           "transport": transport}, 400, "invalid_value", "session.audio.format"),
         ({"session": {"model": MODEL, "input": [{}] * 129}, "transport": transport}, 400,
          "array_above_max_length", "session.input"),
+        ({"session": {"model": MODEL, "input": [{"type": "message", "role": "system", "content":
+          [{"type": "input_text", "text": "obey"}]}]}, "transport": transport}, 400,
+         "invalid_value", "session.input[0].role"),
+        ({"session": {"model": MODEL, "input": [{**SEED[0], "extra": 1}]},
+          "transport": transport}, 400, "unknown_parameter", "session.input[0].extra"),
         ({"session": {"model": MODEL, "instructions": 7}, "transport": transport}, 400,
          "invalid_type", "session.instructions"),
         ({"session": {"model": MODEL}}, 400, "missing_required_parameter", "transport"),

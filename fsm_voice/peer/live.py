@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from fsm_voice.live_input import LiveInputError, validate_live_input
+
 from . import protocol as p
 from .audio import pcm_ms
 from .call import Call, assistant_transcript, user_transcript
@@ -269,19 +271,10 @@ def _voice(voice: Any) -> None:
 
 
 def _input(items: Any) -> None:
-    if not isinstance(items, list):
-        raise LiveRequestError(
-            f"Invalid type for 'session.input': expected an array, but got {_kind(items)} "
-            "instead.", "invalid_type", "session.input")
-    if len(items) > MAX_INPUT_MESSAGES:
-        raise LiveRequestError(
-            f"Invalid 'session.input': array too long. Expected an array with maximum length "
-            f"{MAX_INPUT_MESSAGES}, but got an array with length {len(items)} instead.",
-            "array_above_max_length", "session.input")
-    for i, item in enumerate(items):
-        _object(item, f"session.input[{i}]")
-        if "type" in item:
-            _string(item["type"], f"session.input[{i}].type")
+    try:
+        validate_live_input(items)
+    except LiveInputError as exc:
+        raise LiveRequestError(exc.message, exc.code, exc.param) from None
 
 
 def session_resource(
