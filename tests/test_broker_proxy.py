@@ -956,3 +956,75 @@ async def test_live_input_is_checked_and_developer_guidance_needs_the_clients_op
         session_id = await live_session(http, broker, other, "app-2",
                                         session={"input": [developer, user]})
         assert live_record(peer, session_id).input == [developer, user]
+
+
+async def until(predicate: Any, timeout: float = 15.0) -> None:
+    """Poll a condition of the in-process peer/broker (they run in this loop)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", ["live", "realtime"])
+async def test_a_client_that_drops_out_during_create_leaves_no_session_upstream(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path, kind: str
+) -> None:
+    async with make_broker(peer.base_url, tmp_path / "a.sqlite3", max_sessions=1) as broker, \
+            app_client() as client, app_client() as later:
+        assert broker.proxy is not None
+        peer.delay_answers(1.0)  # upstream is slow
+        sdp = await client.offer()
+        if kind == "live":
+            post = asyncio.ensure_future(post_live(
+                http, broker, {"transport": {"type": "webrtc", "sdp": sdp}}))
+        else:
+            post = asyncio.ensure_future(post_realtime(http, broker, sdp))
+        await until(lambda: peer.stats()["offers_received"] >= 1)
+        post.cancel()  # the app aborts its POST while upstream still works on it
+        with contextlib.suppress(asyncio.CancelledError):
+            await post
+        async with asyncio.timeout(15.0):
+            while not await rows(broker, "session_ended"):
+                await asyncio.sleep(0.02)  # polls the broker's audit log (same loop)
+        [abandoned] = await rows(broker, "session_abandoned")
+        session_id = abandoned["session_id"]
+        assert abandoned["detail"] == "client_gone"
+        peer.delay_answers(0.0)
+        if kind == "live":
+            record = live_record(peer, session_id)
+            assert (record.closed_reason, record.closed_by) == ("close_requested", "sideband")
+        else:
+            assert peer.stats()["calls_created"] == 1
+            assert session_id not in peer.calls  # hung up upstream
+        assert await broker.limits.sessions("app-1") == 0
+        assert not await rows(broker, "session_created")
+        assert not await rows(broker, "session_enforced")
+        [end] = await rows(broker, "session_ended")
+        assert end["detail"] == ("close_requested" if kind == "live" else "hangup")
+        if kind == "live":
+            await live_session(http, broker, later)  # the slot is free again
+
+
+async def test_a_create_in_flight_when_the_broker_stops_is_answered_503_and_closed(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    audit = AuditLog(tmp_path / "a.sqlite3")
+    async with audit, app_client() as client:
+        broker = make_broker(peer.base_url, audit)
+        async with broker:
+            peer.delay_answers(1.0)
+            body = {"transport": {"type": "webrtc", "sdp": await client.offer()}}
+            post = asyncio.ensure_future(post_live(http, broker, body))
+            await until(lambda: peer.stats()["offers_received"] >= 1)
+            stop = asyncio.ensure_future(broker.stop())  # SIGTERM
+            status, _, err = await post
+            assert status == 503 and err["error"]["code"] == "shutting_down"
+            await stop
+        [record] = peer.live_sessions
+        assert (record.closed_reason, record.closed_by) == ("close_requested", "sideband")
+        assert not await audit.rows("outcome = ?", ("session_created",))
+        [row] = await audit.rows("outcome = ?", ("session_abandoned",))
+        assert (row["session_id"], row["detail"], row["http_status"]) == (
+            record.id, "broker_stopping", 503)
+        [end] = await audit.rows("outcome = ?", ("session_ended",))
+        assert end["detail"] == "close_requested"

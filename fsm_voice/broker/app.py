@@ -580,6 +580,8 @@ class TokenBroker(LocalService):
         """Stop listening, let in-flight token requests finish (``shutdown_grace``; then they
         are cancelled and write their rows), close the stores."""
         runner, self._runner = self._runner, None
+        if self.proxy is not None:  # creates answered from now on are closed, not handed out
+            self.proxy.begin_stop()
         try:
             if runner is not None:
                 await runner.cleanup()

@@ -68,7 +68,11 @@ sent); every overdue session (``session_overdue``, detail the cap, ``latency_ms`
 past it); every end (``session_ended``, detail the ``session.closed`` reason or ``hangup``,
 ``client_hangup``, ``session_gone``, ``close_abandoned``, ``hangup_failed`` (the client's own
 hangup through the broker failed upstream), ``broker_stopping``; ``latency_ms`` = the
-session's lifetime). An end the upstream did not confirm (the broker stopped first) leaves the
+session's lifetime); a create whose answer nobody can get (the client's request gone when the
+upstream answered, or the broker stopping meanwhile) is not handed out: the new session is
+closed upstream at once and the request's row is ``session_abandoned`` (detail
+``client_gone``, status 499, or ``broker_stopping``, ``503 shutting_down``), not
+``session_created``. An end the upstream did not confirm (the broker stopped first) leaves the
 lease to expire by its TTL rather than releasing it. A created session whose row cannot
 be written is ended at once and the client gets ``500 audit_failed``. When the broker stops, it
 closes the sessions it supervises (``broker_stopping``): none runs on uncapped.
@@ -434,6 +438,11 @@ class SessionProxy:
                 code="not_running",
             )
         return http
+
+    def begin_stop(self) -> None:
+        """Refuse new creates from now on; a create whose upstream answer arrives later is
+        closed at once and answered ``503 shutting_down`` (called first by the broker's stop)."""
+        self._closing = True
 
     async def aclose(self) -> None:
         """End every supervised session (audited ``broker_stopping``), bounded by
@@ -876,6 +885,15 @@ class SessionProxy:
         runner = self._run_live if kind == "live" else self._run_realtime
         s.task = loop.create_task(runner(s), name=f"broker-proxy-{kind}-{session_id}")
         log.info("broker proxy: %s session %s for client %s", kind, session_id, client_id)
+        transport = request.transport
+        if transport is None or transport.is_closing() or self._closing:
+            # nobody will get this answer (the client left, or the broker is stopping): close
+            # the new session upstream at once; its slot is freed when the close is confirmed
+            why = "broker_stopping" if self._closing else "client_gone"
+            log.warning("broker proxy: %s session %s abandoned (%s): closing it", kind,
+                        session_id, why)
+            await self._enforce(s, why, audit=False)
+            raise _abandoned(s, why)
         return s, response
 
     # -- upstream answers ----------------------------------------------------------------------
@@ -1113,9 +1131,12 @@ class SessionProxy:
                         type(exc).__name__)
             return False
 
-    async def _enforce(self, s: ProxiedSession, cap: str, late_ms: float = 0.0) -> None:
-        """Decide to end ``s`` for ``cap`` (once): an audit row, ``session.close`` on the
-        sideband (Live; the Realtime supervisor posts the hangup, retried until answered)."""
+    async def _enforce(
+        self, s: ProxiedSession, cap: str, late_ms: float = 0.0, *, audit: bool = True
+    ) -> None:
+        """Decide to end ``s`` for ``cap`` (once): an audit row (unless ``audit`` is False: the
+        caller writes its own), ``session.close`` on the sideband (Live; the Realtime
+        supervisor posts the hangup, retried until answered)."""
         if s.enforced is not None or s.ended.is_set():
             return
         s.enforced = cap
@@ -1127,7 +1148,8 @@ class SessionProxy:
                  s.client_id, cap)
         if s.kind == "live":
             await self._send_close(s)
-        await self._audit(s, "session_enforced", cap, late_ms)
+        if audit:
+            await self._audit(s, "session_enforced", cap, late_ms)
 
     async def _run_realtime(self, s: ProxiedSession) -> None:
         loop = asyncio.get_running_loop()
@@ -1202,6 +1224,23 @@ class SessionProxy:
                       outcome, detail, s.session_id)
             self.broker.audit_failing = True
             self.broker._count("audit_failed")
+
+
+def _abandoned(s: ProxiedSession, why: str) -> Exception:
+    """The refusal of a create whose session was closed at once (``session_abandoned`` row)."""
+    from .app import _error_body, _Outcome, _Refusal
+
+    if why == "broker_stopping":
+        body = _error_body("The broker is shutting down.", type="server_error",
+                           code="shutting_down")
+        status = 503
+    else:  # the client is gone: this answer goes nowhere
+        body = _error_body("The client closed the request.", type="invalid_request_error",
+                           code="client_closed_request")
+        status = 499
+    return _Refusal(_Outcome(web.json_response(body, status=status), "session_abandoned",
+                             s.client_id, detail=why, authenticated=True,
+                             session_id=s.session_id))
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:
