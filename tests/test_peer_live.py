@@ -345,6 +345,18 @@ async def test_create_refusals(peer: RealtimePeer) -> None:
         ({"session": {"model": MODEL, "instructions": 7}, "transport": transport}, 400,
          "invalid_type", "session.instructions"),
         ({"session": {"model": MODEL}}, 400, "missing_required_parameter", "transport"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events": [
+            "session.close", "Session.Close"]}}}, "transport": transport}, 400,
+         "invalid_value", "session.client.data_channel.allowed_client_events[1]"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events": [
+            "close"]}}}, "transport": transport}, 400,
+         "invalid_value", "session.client.data_channel.allowed_client_events[0]"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events": [
+            7]}}}, "transport": transport}, 400,
+         "invalid_value", "session.client.data_channel.allowed_client_events[0]"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events":
+            ["session.close"] * 257}}}, "transport": transport}, 400,
+         "array_above_max_length", "session.client.data_channel.allowed_client_events"),
         ("{not json", 400, "invalid_json", None),
     ]
     for body, status, code, param in cases:
@@ -357,7 +369,17 @@ async def test_create_refusals(peer: RealtimePeer) -> None:
     assert status == 401 and json.loads(text)["error"]["type"] == "invalid_request_error"
     status, _, text = await _post_json(peer, ok, ctype="application/sdp")
     assert status == 415 and json.loads(text)["error"]["code"] == "unsupported_content_type"
+    async with (aiohttp.ClientSession() as http,
+                http.post(peer.base_url + "/v1/live/sessions?model=gpt-live-1", json=ok,
+                          headers={"Authorization": "Bearer sk-test"}) as r):
+        error = (await r.json())["error"]
+        assert (r.status, error["code"], error["param"]) == (400, "unknown_parameter", "model")
     assert peer.live_sessions == [] and peer.calls == {}
+    # the documented event-name shapes pass
+    allowed = ["error", "info", "session.close", "session.input_audio.mute", "x-y.z_1"]
+    good = {"session": {"model": MODEL, "client": {"data_channel": {
+        "allowed_client_events": allowed}}}, "transport": transport}
+    assert parse_create(good)[0]["client"]["data_channel"]["allowed_client_events"] == allowed
 
 
 @pytest.mark.anyio
@@ -721,6 +743,86 @@ async def test_sideband_attach_mirrors_and_closes(peer: RealtimePeer, client: Li
     assert "session.input_audio.muted" not in client.types()  # the sideband's own answers
     (record,) = peer.live_sessions
     assert (record.closed_reason, record.closed_by) == ("close_requested", "sideband")
+
+
+@pytest.mark.anyio
+async def test_commands_with_unknown_fields_are_refused_on_both_channels(
+    peer: RealtimePeer, client: LiveClient
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        ws = await _attach(peer, client.session_id, http)
+        for command in ({"type": "session.close", "event_id": "x1", "reason": "expired"},
+                        {"type": "session.input_audio.mute", "event_id": "x2", "all": True},
+                        {"type": "session.instructions.append", "event_id": "x3",
+                         "content": "hi", "delegation_id": None, "role": "developer"},
+                        {"type": "session.update", "event_id": "x4", "session": {},
+                         "force": True}):
+            await ws.send_json(command)
+            error = await _ws_next(ws, "error")
+            extra = next(k for k in command if k not in ("type", "event_id", "content",
+                                                          "delegation_id", "session"))
+            assert (error["error"]["code"], error["error"]["param"],
+                    error["error"]["client_event_id"]) == ("unknown_parameter", extra,
+                                                           command["event_id"])
+        client.send({"type": "session.close", "event_id": "dc1", "graceful": False})
+        error = await client.wait_for("error")  # the sideband's errors went to it alone
+        assert error["error"]["client_event_id"] == "dc1"
+        assert (error["error"]["code"], error["error"]["param"]) == (
+            "unknown_parameter", "graceful")
+        assert not peer.live_sessions[0].closed_reason  # nothing above took effect
+        assert not peer.live_sessions[0].appended
+        await ws.close()
+
+
+@pytest.mark.anyio
+async def test_attach_graceful_close_must_be_a_boolean(
+    peer: RealtimePeer, client: LiveClient
+) -> None:
+    url = f"{peer.base_url}/v1/live/sessions/{client.session_id}/attach"
+    headers = {"Authorization": "Bearer sk-test"}
+    async with aiohttp.ClientSession() as http:
+        for query, param in (("?graceful_close=maybe", "graceful_close"),
+                             ("?graceful_close=", "graceful_close"), ("?replay=true", "replay")):
+            async with http.get(url + query, headers=headers) as r:
+                error = (await r.json())["error"]
+                assert (r.status, error["param"]) == (400, param), query
+        for value in ("true", "false"):
+            ws = await http.ws_connect(f"{url}?graceful_close={value}", headers=headers)
+            await ws.send_json({"type": "session.input_audio.mute", "event_id": value})
+            assert (await _ws_next(ws))["client_event_id"] == value
+            await ws.close()
+
+
+@pytest.mark.anyio
+async def test_a_live_session_whose_client_never_connects_is_ended_by_the_peer() -> None:
+    async with RealtimePeer(connect_timeout=0.5) as peer:
+        with loopback():
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            # the client makes an offer and then never applies the answer (never connects)
+            pc.addTransceiver("audio", direction="sendrecv")
+            pc.createDataChannel("oai-events")
+            with loopback():
+                await pc.setLocalDescription(await pc.createOffer())
+            status, _, text = await _post_json(peer, {"session": {"model": MODEL}, "transport": {
+                "type": "webrtc", "sdp": pc.localDescription.sdp}})
+            assert status == 201, text
+            session_id = json.loads(text)["session"]["id"]
+            call = peer.calls[session_id]
+            async with aiohttp.ClientSession() as http:
+                sideband = await _attach(peer, session_id, http)
+                closed = await _ws_next(sideband, "session.closed")
+                async with asyncio.timeout(6):  # the peer ends the sideband after the call
+                    msg = await sideband.receive()
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                await sideband.close()
+            assert closed["reason"] == "connection_lost"
+            assert call.closed and session_id not in peer.calls
+            (record,) = peer.live_sessions
+            assert (record.closed_reason, record.closed_by) == ("connection_lost",
+                                                                "connect_timeout")
+        finally:
+            await pc.close()
 
 
 @pytest.mark.anyio
