@@ -1028,3 +1028,73 @@ async def test_a_create_in_flight_when_the_broker_stops_is_answered_503_and_clos
             record.id, "broker_stopping", 503)
         [end] = await audit.rows("outcome = ?", ("session_ended",))
         assert end["detail"] == "close_requested"
+
+
+def test_proxy_config_refuses_limits_that_cannot_work(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.json"
+    for bad, match in (
+        ({"default": {"max_duration_s": 0.05}}, "max_duration"),
+        ({"default": {"max_duration_s": 60, "idle_timeout_s": 120}}, "idle_timeout"),
+        ({"clients": {"app-1": {"idle_timeout_s": 7200}}}, "idle_timeout"),  # default cap 1800
+        ({"clients": {"app-1": {"allow_developer_input": "yes"}}}, "allow_developer_input"),
+    ):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=match):
+            ProxyConfig.from_file(path)
+    # one entry may lower both at once (applied together, not one after the other)
+    path.write_text(json.dumps({"default": {"max_duration_s": 600, "idle_timeout_s": 300},
+                                "clients": {"app-1": {"max_duration_s": 60,
+                                                      "idle_timeout_s": 30}}}))
+    assert ProxyConfig.from_file(path).for_client("app-1").limits == SessionLimits(2, 60.0, 30.0)
+    with pytest.raises(ConfigError, match="max_duration"):
+        SessionLimits(1, 0.5)
+
+
+def test_cli_config_errors_are_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    path = tmp_path / "proxy.json"
+    path.write_text(json.dumps({"clients": {"app-3": {"max_sessions": 1}}}))  # no such client
+    parser = broker_cli_parser()
+    base = ["broker", "--client", "app-1=sha256:" + "0" * 64, "--upstream",
+            "http://127.0.0.1:9", "--audit-db", str(tmp_path / "a.sqlite3"), "--proxy"]
+    for extra, match in (
+        (["--proxy-config", str(path)], "app-3"),
+        (["--live-model", ""], "--live-model"),
+        (["--live-model", "  "], "--live-model"),
+        (["--live-voice", ""], "--live-voice"),
+        (["--max-session-duration", "0.2"], "max_duration"),
+        (["--max-session-duration", "60", "--idle-timeout", "90"], "idle_timeout"),
+    ):
+        assert broker_cli.cmd_broker(parser.parse_args(base + extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err, (extra, err)
+        assert API_KEY not in err
+    # the same entry against a registry that knows the client is fine
+    args = parser.parse_args([*base, "--client", "app-3=sha256:" + "1" * 64,
+                              "--proxy-config", str(path)])
+    broker = broker_cli.build_broker(args)
+    assert broker.config.proxy is not None
+    assert broker.config.proxy.for_client("app-3").limits.max_sessions == 1
+
+
+async def test_the_brokers_live_endpoint_takes_json_only(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    async with make_broker(peer.base_url, tmp_path / "a.sqlite3") as broker, \
+            app_client() as client:
+        body = json.dumps({"transport": {"type": "webrtc", "sdp": await client.offer()}})
+        for ctype in ("text/plain", "application/sdp", "application/x-www-form-urlencoded"):
+            async with http.post(broker.base_url + LIVE_SESSIONS_PATH, data=body,
+                                 headers={"Content-Type": ctype, **basic("app-1")}) as r:
+                assert r.status == 415, ctype
+                assert (await r.json())["error"]["code"] == "unsupported_content_type"
+        async with http.post(broker.base_url + LIVE_SESSIONS_PATH + "?model=gpt-live-1.1",
+                             data=body, headers={"Content-Type": "application/json",
+                                                 **basic("app-1")}) as r:
+            error = (await r.json())["error"]
+            assert (r.status, error["code"], error["param"]) == (400, "unknown_parameter",
+                                                                 "model")
+        assert not peer.live_sessions
+        assert await broker.limits.sessions("app-1") == 0

@@ -7,7 +7,8 @@ set; authentication and the per-client token bucket are exactly the token endpoi
 ===================================================================================
 
 ``POST /v1/live/sessions`` (Live)
-    JSON ``{"transport": {"type": "webrtc", "sdp": "<offer>"}, "session"?: {"input"?: [...]}}``.
+    ``application/json`` only (anything else ``415``; a query string ``400``), body
+    ``{"transport": {"type": "webrtc", "sdp": "<offer>"}, "session"?: {"input"?: [...]}}``.
     ``session.input`` is the only session field a client may send; its items are checked
     against the Live rules (:mod:`fsm_voice.live_input`: messages only, one text part, at most
     128 items / 8,192 estimated tokens, no unknown keys; ``400`` with the field in ``param``)
@@ -207,8 +208,15 @@ def _realtime_session(value: object) -> Mapping[str, Any]:
     return MappingProxyType({"type": "realtime", **session})
 
 
+MIN_DURATION: Final = 1.0
+"""Shortest ``max_duration`` (a cap below a second ends sessions before they can start)."""
+
+
 def _duration(value: object) -> float:
-    return float(_seconds("max_duration", value) or 0.0)
+    seconds = float(_seconds("max_duration", value) or 0.0)
+    if seconds < MIN_DURATION:
+        raise ConfigError.invalid("max_duration", value, f"at least {MIN_DURATION:g} s")
+    return seconds
 
 
 def _idle(value: object) -> float | None:
@@ -258,6 +266,12 @@ class SessionLimits:
     """Seconds without a transcript delta after which the broker ends a Live session (None:
     never; not enforced for Realtime, see the module docstring)."""
 
+    def __attrs_post_init__(self) -> None:
+        if self.idle_timeout is not None and self.idle_timeout > self.max_duration:
+            raise ConfigError.invalid(
+                "idle_timeout", self.idle_timeout,
+                f"at most max_duration ({self.max_duration:g} s): it could never fire")
+
 
 @attrs.frozen
 class ClientProxy:
@@ -288,13 +302,10 @@ def _client_proxy(name: str, entry: object, base: ClientProxy) -> ClientProxy:
     unknown = sorted(str(k) for k in entry if k not in _ENTRY_KEYS)
     if unknown:
         raise ConfigError.invalid(name, ", ".join(unknown)[:200], f"keys of {sorted(_ENTRY_KEYS)}")
-    limits = base.limits
-    if "max_sessions" in entry:
-        limits = attrs.evolve(limits, max_sessions=entry["max_sessions"])
-    if "max_duration_s" in entry:
-        limits = attrs.evolve(limits, max_duration=entry["max_duration_s"])
-    if "idle_timeout_s" in entry:
-        limits = attrs.evolve(limits, idle_timeout=entry["idle_timeout_s"])
+    changes = {field: entry[key] for key, field in (
+        ("max_sessions", "max_sessions"), ("max_duration_s", "max_duration"),
+        ("idle_timeout_s", "idle_timeout")) if key in entry}
+    limits = attrs.evolve(base.limits, **changes)
     return ClientProxy(
         live_session=entry.get("live_session", base.live_session),
         realtime_session=entry.get("realtime_session", base.realtime_session),
@@ -647,9 +658,24 @@ class SessionProxy:
         return sdp, items
 
     async def _live_create(self, request: web.Request) -> _Outcome:
-        from .app import _Outcome
+        from .app import _Outcome, _refuse
 
         client_id = await self._admit(request)
+        if request.query:
+            name = next(iter(request.query))[:64]
+            raise _refuse(
+                400, "bad_request",
+                f"Unknown parameter: {name!r} (the session, model included, is set by the "
+                "broker for this client).",
+                code="unknown_parameter", param=name, client_id=client_id,
+            )
+        if request.content_type != "application/json":
+            raise _refuse(
+                415, "bad_request",
+                f"Unsupported content type {request.content_type[:64]!r}: send the body as "
+                "'application/json'.",
+                code="unsupported_content_type", client_id=client_id,
+            )
         settings = self.config.for_client(client_id)
         sdp, items = self._live_request(await self._body(request, client_id), client_id,
                                         settings)
