@@ -1098,3 +1098,29 @@ async def test_the_brokers_live_endpoint_takes_json_only(
                                                                  "model")
         assert not peer.live_sessions
         assert await broker.limits.sessions("app-1") == 0
+
+
+async def test_a_realtime_hangup_that_cannot_reach_upstream_is_retried_holding_the_slot(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    async with Forwarder(peer.base_url) as fwd, make_broker(
+        fwd.base_url, tmp_path / "a.sqlite3", max_sessions=1, max_duration=1.0,
+        close_grace=0.5,
+    ) as broker, app_client() as client:
+        assert broker.proxy is not None
+        call_id = await realtime_session(http, broker, client)
+        s = broker.proxy.sessions[call_id]
+        fwd.sever()
+        async with asyncio.timeout(15.0):
+            await s.overdue.wait()
+            await fwd.refusing.wait()
+        assert call_id in peer.calls and not s.ended.is_set()
+        assert await broker.limits.sessions("app-1") == 1
+        [overdue] = await rows(broker, "session_overdue")
+        assert (overdue["session_id"], overdue["detail"]) == (call_id, "max_duration")
+        fwd.cut = False
+        await session_ended(broker, call_id, timeout=40.0)
+        assert call_id not in peer.calls
+        [end] = await rows(broker, "session_ended")
+        assert end["detail"] == "hangup"
+        assert await broker.limits.sessions("app-1") == 0

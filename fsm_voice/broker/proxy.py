@@ -404,6 +404,7 @@ class ProxiedSession:
     overdue: asyncio.Event = attrs.field(factory=asyncio.Event)
     """Set once the session is past its cap plus ``close_grace`` without a confirmed end (its
     ``session_overdue`` row written); the slot stays held until the end is confirmed."""
+    overdue_audited: bool = False
     confirmed: bool = False
     """The end is known upstream (``session.closed``, a 404, a hangup answered)."""
 
@@ -1002,19 +1003,18 @@ class SessionProxy:
         is overdue (one ``session_overdue`` row) and its lease is renewed so the slot stays
         held; False (``close_abandoned``) once ``overdue_limit`` has passed."""
         now = asyncio.get_running_loop().time()
-        grace_end = s.deadline + self.config.close_grace
-        if s.enforced_at is not None:
-            grace_end = min(grace_end, s.enforced_at + self.config.close_grace)
-        if now < grace_end:
+        cap_at = s.deadline if s.enforced_at is None else min(s.deadline, s.enforced_at)
+        if now < cap_at + self.config.close_grace:
             return True
-        if not s.overdue.is_set():
-            s.overdue.set()
+        if not s.overdue_audited:
+            s.overdue_audited = True
             log.error("broker proxy: %s of client %s is overdue: its end is not confirmed; "
                       "the slot stays held while the broker keeps closing it",
                       s.session_id, s.client_id)
             await self._audit(s, "session_overdue", s.enforced or "max_duration",
-                              (now - s.deadline) * 1000.0)
-        if now >= s.deadline + self.config.overdue_limit:
+                              (now - cap_at) * 1000.0)
+            s.overdue.set()
+        if now >= cap_at + self.config.overdue_limit:
             log.error("broker proxy: giving up on closing %s after %g s overdue",
                       s.session_id, self.config.overdue_limit)
             s.end_reason = "close_abandoned"
