@@ -1124,3 +1124,31 @@ async def test_a_realtime_hangup_that_cannot_reach_upstream_is_retried_holding_t
         [end] = await rows(broker, "session_ended")
         assert end["detail"] == "hangup"
         assert await broker.limits.sessions("app-1") == 0
+
+
+async def test_a_create_cancelled_by_the_stop_still_closes_what_upstream_makes(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    """The stop's grace ends (the handler is cancelled) before the upstream answers: the
+    session the upstream makes anyway is closed, not left running unsupervised."""
+    audit = AuditLog(tmp_path / "a.sqlite3")
+    async with audit, app_client() as client:
+        broker = make_broker(peer.base_url, audit, shutdown_grace=0.2)
+        async with broker:
+            peer.delay_answers(1.0)
+            body = {"transport": {"type": "webrtc", "sdp": await client.offer()}}
+            post = asyncio.ensure_future(post_live(http, broker, body))
+            await until(lambda: peer.stats()["offers_received"] >= 1)
+            await broker.stop()
+            with contextlib.suppress(aiohttp.ClientError):
+                status, _, _ = await post
+                assert status == 503
+        [record] = peer.live_sessions
+        assert (record.closed_reason, record.closed_by) == ("close_requested", "sideband")
+        assert not await audit.rows("outcome = ?", ("session_created",))
+        [cut] = await audit.rows("outcome = ?", ("internal_error",))  # the cancelled handler
+        assert cut["detail"] == "shutdown"
+        [row] = await audit.rows("outcome = ?", ("session_abandoned",))
+        assert (row["session_id"], row["detail"]) == (record.id, "broker_stopping")
+        [end] = await audit.rows("outcome = ?", ("session_ended",))
+        assert end["detail"] == "close_requested"

@@ -73,7 +73,9 @@ session's lifetime); a create whose answer nobody can get (the client's request 
 upstream answered, or the broker stopping meanwhile) is not handed out: the new session is
 closed upstream at once and the request's row is ``session_abandoned`` (detail
 ``client_gone``, status 499, or ``broker_stopping``, ``503 shutting_down``), not
-``session_created``. An end the upstream did not confirm (the broker stopped first) leaves the
+``session_created``; the upstream call is shielded, so a create whose handler the stop cancels
+still has the session it makes closed (``session_abandoned`` ``broker_stopping``). An end the
+upstream did not confirm (the broker stopped first) leaves the
 lease to expire by its TTL rather than releasing it. A created session whose row cannot
 be written is ended at once and the client gets ``500 audit_failed``. When the broker stops, it
 closes the sessions it supervises (``broker_stopping``): none runs on uncapped.
@@ -423,6 +425,7 @@ class SessionProxy:
         self.sessions: dict[str, ProxiedSession] = {}
         self._event_ids = itertools.count(1)
         self._closing = False
+        self._adopting: set[asyncio.Task[None]] = set()
 
     # -- wiring --------------------------------------------------------------------------
 
@@ -460,6 +463,8 @@ class SessionProxy:
         """End every supervised session (audited ``broker_stopping``), bounded by
         ``close_grace``; then stop the supervisors."""
         self._closing = True
+        if self._adopting:  # creates cut off by the stop: their sessions first
+            await asyncio.gather(*list(self._adopting), return_exceptions=True)
         live = list(self.sessions.values())
         await asyncio.gather(*(self._enforce(s, "broker_stopping") for s in live),
                              return_exceptions=True)
@@ -880,10 +885,18 @@ class SessionProxy:
                     type="server_error", code="server_overloaded", client_id=client_id,
                     headers={"Retry-After": "1"},
                 ) from None
+            upstream = asyncio.ensure_future(call(http))
             try:
                 async with asyncio.timeout(broker.config.upstream_timeout):
-                    session_id, response = await call(http)
+                    # shielded: a handler cancelled by the broker's stop must not drop a session
+                    # the upstream is creating (it would run on unsupervised)
+                    session_id, response = await asyncio.shield(upstream)
+            except asyncio.CancelledError:
+                if not upstream.done():
+                    self._adopt(upstream, kind, client_id, limits)
+                raise
             except TimeoutError:
+                upstream.cancel()
                 raise _refuse(
                     504, "upstream_error",
                     f"The upstream did not answer within {broker.config.upstream_timeout:g} s.",
@@ -922,6 +935,43 @@ class SessionProxy:
             await self._enforce(s, why, audit=False)
             raise _abandoned(s, why)
         return s, response
+
+    def _adopt(
+        self,
+        upstream: asyncio.Future[tuple[str, web.Response]],
+        kind: Kind,
+        client_id: str,
+        limits: SessionLimits,
+    ) -> None:
+        """The create's handler was cancelled (the broker stopping) while the upstream was
+        still answering: when it answers, close that session at once (``session_abandoned``
+        ``broker_stopping``); :meth:`aclose` waits for this first."""
+
+        async def adopt() -> None:
+            try:
+                async with asyncio.timeout(self.broker.config.upstream_timeout):
+                    session_id, _ = await upstream
+            except Exception:  # refused, failed or timed out: no session was made
+                upstream.cancel()
+                return
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            s = ProxiedSession(
+                kind=kind, session_id=session_id, client_id=client_id, lease=None,
+                limits=limits, created=now, deadline=now + limits.max_duration,
+                last_activity=now,
+            )
+            self.sessions[session_id] = s
+            runner = self._run_live if kind == "live" else self._run_realtime
+            s.task = loop.create_task(runner(s), name=f"broker-proxy-{kind}-{session_id}")
+            log.warning("broker proxy: %s session %s answered after its request was cancelled: "
+                        "closing it", kind, session_id)
+            await self._enforce(s, "broker_stopping", audit=False)
+            await self._audit(s, "session_abandoned", "broker_stopping", 0.0)
+
+        task = asyncio.get_running_loop().create_task(adopt(), name="broker-proxy-adopt")
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
 
     # -- upstream answers ----------------------------------------------------------------------
 
