@@ -1152,3 +1152,30 @@ async def test_a_create_cancelled_by_the_stop_still_closes_what_upstream_makes(
         assert (row["session_id"], row["detail"]) == (record.id, "broker_stopping")
         [end] = await audit.rows("outcome = ?", ("session_ended",))
         assert end["detail"] == "close_requested"
+
+
+async def test_a_client_hangup_upstream_cannot_take_keeps_the_slot_until_it_goes_through(
+    http: aiohttp.ClientSession, peer: RealtimePeer, tmp_path: Path
+) -> None:
+    async with Forwarder(peer.base_url) as fwd, make_broker(
+        fwd.base_url, tmp_path / "a.sqlite3", max_sessions=1, max_duration=600.0,
+        close_grace=0.5,
+    ) as broker, app_client() as client:
+        assert broker.proxy is not None
+        call_id = await realtime_session(http, broker, client)
+        s = broker.proxy.sessions[call_id]
+        fwd.sever()
+        assert await hangup(http, broker, call_id) == 202  # pending: upstream unreachable
+        async with asyncio.timeout(15.0):
+            await s.overdue.wait()
+        assert call_id in peer.calls and not s.ended.is_set()
+        assert await broker.limits.sessions("app-1") == 1
+        [pending] = await rows(broker, "session_enforced")
+        assert (pending["session_id"], pending["detail"], pending["http_status"]) == (
+            call_id, "client_hangup", 202)
+        fwd.cut = False
+        await session_ended(broker, call_id, timeout=40.0)
+        assert call_id not in peer.calls
+        [end] = await rows(broker, "session_ended")
+        assert end["detail"] == "hangup"
+        assert await broker.limits.sessions("app-1") == 0

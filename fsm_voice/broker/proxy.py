@@ -26,7 +26,9 @@ set; authentication and the per-client token bucket are exactly the token endpoi
     /v1/realtime/calls/<call id>``, as upstream.
 ``POST /v1/realtime/calls/{call_id}/hangup``
     Ends the caller's own proxied Realtime call upstream (someone else's call: ``404``) and
-    frees its slot at once (authenticated, not rate-limited: it only frees resources).
+    frees its slot (authenticated, not rate-limited: it only frees resources): ``200`` once
+    upstream answered; ``202 {"status": "hangup_pending"}`` when it could not be reached (the
+    slot stays held and the broker keeps hanging up, as for a cap).
 
 Per client (:class:`SessionLimits`): ``max_sessions`` live at once (leases in the broker's
 :class:`~fsm_voice.broker.ratelimit.LimitStore`: memory, or Redis shared between replicas;
@@ -64,11 +66,11 @@ Audit rows (one each; ``http_status`` 0 for rows of no HTTP request): every prox
 (``session_created``, with the session id) and refusal (the broker's usual outcomes:
 ``rate_limited`` with detail ``session_limit_reached``, ``bad_request``, ``upstream_error``, ...);
 every enforcement (``session_enforced``, detail ``max_duration`` | ``idle_timeout`` |
-``broker_stopping`` | ``audit_failed``; ``latency_ms`` = how late after the cap the close was
+``broker_stopping`` | ``audit_failed`` | ``client_hangup`` (a client hangup still pending);
+``latency_ms`` = how late after the cap the close was
 sent); every overdue session (``session_overdue``, detail the cap, ``latency_ms`` = how far
 past it); every end (``session_ended``, detail the ``session.closed`` reason or ``hangup``,
-``client_hangup``, ``session_gone``, ``close_abandoned``, ``hangup_failed`` (the client's own
-hangup through the broker failed upstream), ``broker_stopping``; ``latency_ms`` = the
+``client_hangup``, ``session_gone``, ``close_abandoned``, ``broker_stopping``; ``latency_ms`` = the
 session's lifetime); a create whose answer nobody can get (the client's request gone when the
 upstream answered, or the broker stopping meanwhile) is not handed out: the new session is
 closed upstream at once and the request's row is ``session_abandoned`` (detail
@@ -801,15 +803,25 @@ class SessionProxy:
             # someone else's call is as unknown as a missing one
             raise _refuse(404, "bad_request", "Call not found.", code="call_not_found",
                           client_id=client_id)
-        s.end_reason = "client_hangup"
-        s.end_audited = True  # this request's row is the end's row
-        s.ended.set()  # frees the slot now; no cap can fire on it any more
+        if s.enforced is None:  # no cap row from now on: the client is ending it
+            s.enforced = "client_hangup"
+            s.enforced_at = asyncio.get_running_loop().time()
         status = await self._post_hangup(s)
-        if status is None or status >= 500:
+        if status is not None and status < 500:
+            if not s.ended.is_set():
+                s.end_reason = "client_hangup"
+                s.confirmed = True
+                s.end_audited = True  # this request's row is the end's row
+                s.ended.set()  # the supervisor frees the slot
             return _Outcome(web.json_response({}, status=200), "session_ended", client_id,
-                            detail="hangup_failed", authenticated=True, session_id=s.session_id)
-        return _Outcome(web.json_response({}, status=200), "session_ended", client_id,
-                        detail="client_hangup", authenticated=True, session_id=s.session_id)
+                            detail="client_hangup", authenticated=True,
+                            session_id=s.session_id)
+        # fail closed: the slot stays held and the supervisor keeps hanging up until upstream
+        # answers (the end row comes from it)
+        s.wake.set()
+        return _Outcome(web.json_response({"status": "hangup_pending"}, status=202),
+                        "session_enforced", client_id, detail="client_hangup",
+                        authenticated=True, session_id=s.session_id)
 
     async def _post_hangup(self, s: ProxiedSession) -> int | None:
         """POST the upstream hangup of ``s``: its status, or None when it could not be sent."""
