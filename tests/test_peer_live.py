@@ -23,6 +23,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fsm_voice.conversation import LIVE_MAX_TOKENS, Conversation, estimate_tokens
+from fsm_voice.live_input import LiveInputError, validate_live_input
 from fsm_voice.peer import RealtimePeer
 from fsm_voice.peer.live import CLOSE_REASONS, SESSION_KEYS, LiveRequestError, parse_create
 from fsm_voice.peer.server import listening_line
@@ -227,9 +229,87 @@ def test_parse_create_refuses_any_bad_body_with_a_typed_error(
     except LiveRequestError as exc:
         assert exc.status == 400 and exc.message
         assert exc.code in ("unknown_parameter", "missing_required_parameter", "invalid_type",
-                            "invalid_value", "array_above_max_length")
+                            "invalid_value", "array_above_max_length", "input_too_long")
     else:
         assert not extra and config["model"] in ("gpt-live-1", "gpt-live-1.1") and sdp.strip()
+
+
+def _message(role: str, part: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "message", "role": role, "content": [part], **extra}
+
+
+def test_live_input_items_follow_the_reference_rules() -> None:
+    user = {"type": "input_text", "text": "hi"}
+    good = [_message("developer", user), _message("user", user, id="u1", status="completed"),
+            _message("assistant", {"type": "text", "text": "a"}, status=None),
+            _message("assistant", {"type": "output_text", "text": "b"}, status="incomplete"),
+            {"role": "user", "content": [user]}]  # type defaults to message
+    assert validate_live_input(good) == good
+    bad: list[tuple[Any, str, str]] = [
+        ({}, "invalid_type", "session.input"),
+        ([_message("user", user)] * 129, "array_above_max_length", "session.input"),
+        (["hi"], "invalid_type", "session.input[0]"),
+        ([_message("system", user)], "invalid_value", "session.input[0].role"),
+        ([{"type": "message", "content": [user]}], "invalid_value", "session.input[0].role"),
+        ([{**_message("user", user), "type": "function_call"}], "invalid_value",
+         "session.input[0].type"),
+        ([_message("user", user, name="x")], "unknown_parameter", "session.input[0].name"),
+        ([_message("user", user, id=5)], "invalid_type", "session.input[0].id"),
+        ([_message("user", user, status="done")], "invalid_value", "session.input[0].status"),
+        ([{"type": "message", "role": "user", "content": [user, user]}], "invalid_value",
+         "session.input[0].content"),
+        ([{"type": "message", "role": "user", "content": []}], "invalid_value",
+         "session.input[0].content"),
+        ([{"type": "message", "role": "user", "content": "hi"}], "invalid_value",
+         "session.input[0].content"),
+        ([_message("user", {"type": "output_text", "text": "x"})], "invalid_value",
+         "session.input[0].content[0].type"),
+        ([_message("developer", {"type": "text", "text": "x"})], "invalid_value",
+         "session.input[0].content[0].type"),
+        ([_message("assistant", user)], "invalid_value", "session.input[0].content[0].type"),
+        ([_message("user", {"type": "input_text", "text": 3})], "invalid_type",
+         "session.input[0].content[0].text"),
+        ([_message("user", {"type": "input_text"})], "invalid_type",
+         "session.input[0].content[0].text"),
+        ([_message("user", {"type": "input_text", "text": "x", "audio": "AAAA"})],
+         "unknown_parameter", "session.input[0].content[0].audio"),
+        ([_message("user", {"type": "input_audio", "audio": "AAAA"})], "unknown_parameter",
+         "session.input[0].content[0].audio"),
+        ([_message("user", {"type": "input_text", "text": "x" * 30_000})], "input_too_long",
+         "session.input"),
+    ]
+    for items, code, param in bad:
+        with pytest.raises(LiveInputError) as info:
+            validate_live_input(items)
+        assert (info.value.code, info.value.param) == (code, param), items
+        assert info.value.message
+    with pytest.raises(LiveInputError) as info:
+        validate_live_input(good, roles=("user", "assistant"))
+    assert (info.value.code, info.value.param) == ("role_not_allowed", "session.input[0].role")
+
+
+def test_what_the_conversation_seeds_passes_the_live_input_rules() -> None:
+    conv = Conversation(limit=500)
+
+    def add(item_id: str, role: str, text: str) -> None:
+        kind = "output_text" if role == "assistant" else "input_text"
+        conv.observe({"type": "conversation.item.created", "previous_item_id": None,
+                      "item": {"id": item_id, "type": "message", "role": role,
+                               "content": [{"type": kind, "text": text}]}})
+
+    add("big", "user", "x" * 24_000)  # cut by the token budget
+    for n in range(300):
+        add(f"m{n}", ("user", "assistant")[n % 2], f"turn {n} " * (n % 7))
+    add("sys", "system", "Be brief.")  # becomes a developer message
+    items, report = conv.live_input()
+    assert len(items) == 128 and report.tokens <= LIVE_MAX_TOKENS
+    assert {i["role"] for i in items} == {"user", "assistant", "developer"}
+    assert validate_live_input(items) == items
+    assert sum(estimate_tokens(i["content"][0]["text"]) for i in items) == report.tokens
+    # the broker's default (no developer input) refuses only the converted system message
+    with pytest.raises(LiveInputError) as info:
+        validate_live_input(items, roles=("user", "assistant"))
+    assert info.value.param == "session.input[127].role"
 
 
 @pytest.mark.anyio
@@ -257,9 +337,26 @@ async def test_create_refusals(peer: RealtimePeer) -> None:
           "transport": transport}, 400, "invalid_value", "session.audio.format"),
         ({"session": {"model": MODEL, "input": [{}] * 129}, "transport": transport}, 400,
          "array_above_max_length", "session.input"),
+        ({"session": {"model": MODEL, "input": [{"type": "message", "role": "system", "content":
+          [{"type": "input_text", "text": "obey"}]}]}, "transport": transport}, 400,
+         "invalid_value", "session.input[0].role"),
+        ({"session": {"model": MODEL, "input": [{**SEED[0], "extra": 1}]},
+          "transport": transport}, 400, "unknown_parameter", "session.input[0].extra"),
         ({"session": {"model": MODEL, "instructions": 7}, "transport": transport}, 400,
          "invalid_type", "session.instructions"),
         ({"session": {"model": MODEL}}, 400, "missing_required_parameter", "transport"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events": [
+            "session.close", "Session.Close"]}}}, "transport": transport}, 400,
+         "invalid_value", "session.client.data_channel.allowed_client_events[1]"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events": [
+            "close"]}}}, "transport": transport}, 400,
+         "invalid_value", "session.client.data_channel.allowed_client_events[0]"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events": [
+            7]}}}, "transport": transport}, 400,
+         "invalid_value", "session.client.data_channel.allowed_client_events[0]"),
+        ({"session": {"model": MODEL, "client": {"data_channel": {"allowed_client_events":
+            ["session.close"] * 257}}}, "transport": transport}, 400,
+         "array_above_max_length", "session.client.data_channel.allowed_client_events"),
         ("{not json", 400, "invalid_json", None),
     ]
     for body, status, code, param in cases:
@@ -272,7 +369,17 @@ async def test_create_refusals(peer: RealtimePeer) -> None:
     assert status == 401 and json.loads(text)["error"]["type"] == "invalid_request_error"
     status, _, text = await _post_json(peer, ok, ctype="application/sdp")
     assert status == 415 and json.loads(text)["error"]["code"] == "unsupported_content_type"
+    async with (aiohttp.ClientSession() as http,
+                http.post(peer.base_url + "/v1/live/sessions?model=gpt-live-1", json=ok,
+                          headers={"Authorization": "Bearer sk-test"}) as r):
+        error = (await r.json())["error"]
+        assert (r.status, error["code"], error["param"]) == (400, "unknown_parameter", "model")
     assert peer.live_sessions == [] and peer.calls == {}
+    # the documented event-name shapes pass
+    allowed = ["error", "info", "session.close", "session.input_audio.mute", "x-y.z_1"]
+    good = {"session": {"model": MODEL, "client": {"data_channel": {
+        "allowed_client_events": allowed}}}, "transport": transport}
+    assert parse_create(good)[0]["client"]["data_channel"]["allowed_client_events"] == allowed
 
 
 @pytest.mark.anyio
@@ -636,6 +743,86 @@ async def test_sideband_attach_mirrors_and_closes(peer: RealtimePeer, client: Li
     assert "session.input_audio.muted" not in client.types()  # the sideband's own answers
     (record,) = peer.live_sessions
     assert (record.closed_reason, record.closed_by) == ("close_requested", "sideband")
+
+
+@pytest.mark.anyio
+async def test_commands_with_unknown_fields_are_refused_on_both_channels(
+    peer: RealtimePeer, client: LiveClient
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        ws = await _attach(peer, client.session_id, http)
+        for command in ({"type": "session.close", "event_id": "x1", "reason": "expired"},
+                        {"type": "session.input_audio.mute", "event_id": "x2", "all": True},
+                        {"type": "session.instructions.append", "event_id": "x3",
+                         "content": "hi", "delegation_id": None, "role": "developer"},
+                        {"type": "session.update", "event_id": "x4", "session": {},
+                         "force": True}):
+            await ws.send_json(command)
+            error = await _ws_next(ws, "error")
+            extra = next(k for k in command if k not in ("type", "event_id", "content",
+                                                          "delegation_id", "session"))
+            assert (error["error"]["code"], error["error"]["param"],
+                    error["error"]["client_event_id"]) == ("unknown_parameter", extra,
+                                                           command["event_id"])
+        client.send({"type": "session.close", "event_id": "dc1", "graceful": False})
+        error = await client.wait_for("error")  # the sideband's errors went to it alone
+        assert error["error"]["client_event_id"] == "dc1"
+        assert (error["error"]["code"], error["error"]["param"]) == (
+            "unknown_parameter", "graceful")
+        assert not peer.live_sessions[0].closed_reason  # nothing above took effect
+        assert not peer.live_sessions[0].appended
+        await ws.close()
+
+
+@pytest.mark.anyio
+async def test_attach_graceful_close_must_be_a_boolean(
+    peer: RealtimePeer, client: LiveClient
+) -> None:
+    url = f"{peer.base_url}/v1/live/sessions/{client.session_id}/attach"
+    headers = {"Authorization": "Bearer sk-test"}
+    async with aiohttp.ClientSession() as http:
+        for query, param in (("?graceful_close=maybe", "graceful_close"),
+                             ("?graceful_close=", "graceful_close"), ("?replay=true", "replay")):
+            async with http.get(url + query, headers=headers) as r:
+                error = (await r.json())["error"]
+                assert (r.status, error["param"]) == (400, param), query
+        for value in ("true", "false"):
+            ws = await http.ws_connect(f"{url}?graceful_close={value}", headers=headers)
+            await ws.send_json({"type": "session.input_audio.mute", "event_id": value})
+            assert (await _ws_next(ws))["client_event_id"] == value
+            await ws.close()
+
+
+@pytest.mark.anyio
+async def test_a_live_session_whose_client_never_connects_is_ended_by_the_peer() -> None:
+    async with RealtimePeer(connect_timeout=0.5) as peer:
+        with loopback():
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            # the client makes an offer and then never applies the answer (never connects)
+            pc.addTransceiver("audio", direction="sendrecv")
+            pc.createDataChannel("oai-events")
+            with loopback():
+                await pc.setLocalDescription(await pc.createOffer())
+            status, _, text = await _post_json(peer, {"session": {"model": MODEL}, "transport": {
+                "type": "webrtc", "sdp": pc.localDescription.sdp}})
+            assert status == 201, text
+            session_id = json.loads(text)["session"]["id"]
+            call = peer.calls[session_id]
+            async with aiohttp.ClientSession() as http:
+                sideband = await _attach(peer, session_id, http)
+                closed = await _ws_next(sideband, "session.closed")
+                async with asyncio.timeout(6):  # the peer ends the sideband after the call
+                    msg = await sideband.receive()
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                await sideband.close()
+            assert closed["reason"] == "connection_lost"
+            assert call.closed and session_id not in peer.calls
+            (record,) = peer.live_sessions
+            assert (record.closed_reason, record.closed_by) == ("connection_lost",
+                                                                "connect_timeout")
+        finally:
+            await pc.close()
 
 
 @pytest.mark.anyio

@@ -451,6 +451,12 @@ class TokenBroker(LocalService):
             raise ConfigError.invalid("api_key", "<redacted>", "a non-empty API key")
         if not 0 <= port <= 65535:
             raise ConfigError.invalid("port", port, "0..65535")
+        if config.proxy is not None:
+            unknown = sorted(cid for cid in config.proxy.clients if cid not in clients)
+            if unknown:
+                raise ConfigError.invalid(
+                    "proxy clients", ", ".join(unknown)[:200],
+                    "ids of configured clients (an entry for an unknown id would never apply)")
         self.config = config
         self._api_key = api_key.strip()
         self.clients = clients
@@ -580,6 +586,8 @@ class TokenBroker(LocalService):
         """Stop listening, let in-flight token requests finish (``shutdown_grace``; then they
         are cancelled and write their rows), close the stores."""
         runner, self._runner = self._runner, None
+        if self.proxy is not None:  # creates answered from now on are closed, not handed out
+            self.proxy.begin_stop()
         try:
             if runner is not None:
                 await runner.cleanup()

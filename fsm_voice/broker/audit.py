@@ -76,6 +76,8 @@ OUTCOMES: Final = frozenset(
         "session_created",
         "session_enforced",
         "session_ended",
+        "session_overdue",
+        "session_abandoned",
     }
 )
 GENESIS: Final = "0" * 64

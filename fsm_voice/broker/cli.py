@@ -285,6 +285,10 @@ def _proxy_config(args: argparse.Namespace, realtime: dict[str, Any]) -> ProxyCo
             flag = "--" + given[0].replace("_", "-")
             raise ConfigError(f"{flag} configures the session proxy: pass --proxy too")
         return None
+    for flag in ("live_model", "live_voice"):
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            raise ConfigError.invalid("--" + flag.replace("_", "-"), value, "a non-empty name")
     live: dict[str, Any] = {"model": args.live_model or "gpt-live-1"}
     if args.live_instructions:
         live["instructions"] = args.live_instructions

@@ -7,13 +7,18 @@ set; authentication and the per-client token bucket are exactly the token endpoi
 ===================================================================================
 
 ``POST /v1/live/sessions`` (Live)
-    JSON ``{"transport": {"type": "webrtc", "sdp": "<offer>"}, "session"?: {"input"?: [...]}}``.
-    ``session.input`` (at most 128 messages, checked in detail upstream) is the only session
-    field a client may send: any other (``model``, ``instructions``, ``audio``, ``store``, ...)
-    is refused with ``400 session_field_not_allowed`` naming it in ``param``; an unknown
-    top-level or ``transport`` key is ``400 unknown_parameter``. Upstream gets the client's
-    server-side ``live_session`` plus that ``input``. ``201`` ``{"session": {"id"}, "transport":
-    {"type": "webrtc", "sdp": "<answer>"}}``, as upstream.
+    ``application/json`` only (anything else ``415``; a query string ``400``), body
+    ``{"transport": {"type": "webrtc", "sdp": "<offer>"}, "session"?: {"input"?: [...]}}``.
+    ``session.input`` is the only session field a client may send; its items are checked
+    against the Live rules (:mod:`fsm_voice.live_input`: messages only, one text part, at most
+    128 items / 8,192 estimated tokens, no unknown keys; ``400`` with the field in ``param``)
+    and roles ``user``/``assistant`` only (``400 role_not_allowed`` for ``developer`` unless
+    the client's ``allow_developer_input`` is set: developer messages are instruction-level
+    guidance the broker's config owns). Any other session field (``model``, ``instructions``,
+    ``audio``, ``store``, ...) is refused with ``400 session_field_not_allowed`` naming it in
+    ``param``; an unknown top-level or ``transport`` key is ``400 unknown_parameter``.
+    Upstream gets the client's server-side ``live_session`` plus that ``input``. ``201``
+    ``{"session": {"id"}, "transport": {"type": "webrtc", "sdp": "<answer>"}}``, as upstream.
 ``POST /v1/realtime/calls`` (Realtime)
     ``application/sdp`` body only (anything else ``415``; a query string ``400``: the broker
     picks the model). Upstream gets ``multipart/form-data`` with the ``sdp`` and the client's
@@ -21,7 +26,9 @@ set; authentication and the per-client token bucket are exactly the token endpoi
     /v1/realtime/calls/<call id>``, as upstream.
 ``POST /v1/realtime/calls/{call_id}/hangup``
     Ends the caller's own proxied Realtime call upstream (someone else's call: ``404``) and
-    frees its slot at once (authenticated, not rate-limited: it only frees resources).
+    frees its slot (authenticated, not rate-limited: it only frees resources): ``200`` once
+    upstream answered; ``202 {"status": "hangup_pending"}`` when it could not be reached (the
+    slot stays held and the broker keeps hanging up, as for a cap).
 
 Per client (:class:`SessionLimits`): ``max_sessions`` live at once (leases in the broker's
 :class:`~fsm_voice.broker.ratelimit.LimitStore`: memory, or Redis shared between replicas;
@@ -33,12 +40,18 @@ Per client (:class:`SessionLimits`): ``max_sessions`` live at once (leases in th
   same event). Idle means no ``session.input_transcript.delta`` /
   ``session.output_transcript.delta`` on the sideband for ``idle_timeout`` seconds since the
   later of the creation and the last delta (``session.usage.updated`` is not activity: it keeps
-  ticking while the session is open). A dropped sideband is re-attached (backoff 0.2 s doubling
-  to 5 s) until the cap plus ``close_grace``; a close decided meanwhile is sent on re-attach.
-  The slot is freed on ``session.closed`` (any reason), when the upstream says the session is
-  gone (404 on attach), ``close_grace`` seconds after an unanswered ``session.close``, or at the
-  cap plus ``close_grace`` when no sideband could be had (``sideband_lost``).
-* Realtime: at ``max_duration`` the broker calls ``POST /v1/realtime/calls/{id}/hangup``.
+  ticking while the session is open). The slot is freed only when the end is confirmed:
+  ``session.closed`` (any reason) on the sideband, or the upstream saying the session is gone
+  (404 on attach). Fail closed otherwise: a dropped or unreachable sideband is re-attached
+  (backoff 0.2 s doubling to ``close_retry_max``, 30 s) and the cap is still enforced (audited)
+  while detached, its ``session.close`` sent on re-attach; a ``session.close`` unanswered
+  for ``close_grace`` is sent again on a fresh attach. Past the cap plus ``close_grace`` the
+  session is overdue: one ``session_overdue`` row, the lease renewed, the slot held, the
+  broker still trying; only after ``overdue_limit`` (default 24 h) does it give up
+  (``session_ended close_abandoned``, an error log) and free the slot.
+* Realtime: at ``max_duration`` the broker calls ``POST /v1/realtime/calls/{id}/hangup``,
+  retried like the Live close (same backoff, ``session_overdue``, ``overdue_limit``) until it
+  answers 2xx or 404.
   ``idle_timeout`` is NOT enforced for Realtime: the broker sees no event of a Realtime call
   (the Realtime sideband is not used). A call the client ends without hanging up through the
   broker keeps its slot until ``max_duration``.
@@ -53,10 +66,19 @@ Audit rows (one each; ``http_status`` 0 for rows of no HTTP request): every prox
 (``session_created``, with the session id) and refusal (the broker's usual outcomes:
 ``rate_limited`` with detail ``session_limit_reached``, ``bad_request``, ``upstream_error``, ...);
 every enforcement (``session_enforced``, detail ``max_duration`` | ``idle_timeout`` |
-``broker_stopping`` | ``audit_failed``; ``latency_ms`` = how late after the cap the close was
-sent); every end (``session_ended``, detail the ``session.closed`` reason or ``hangup``,
-``client_hangup``, ``session_gone``, ``close_unconfirmed``, ``sideband_lost``,
-``hangup_failed``; ``latency_ms`` = the session's lifetime). A created session whose row cannot
+``broker_stopping`` | ``audit_failed`` | ``client_hangup`` (a client hangup still pending);
+``latency_ms`` = how late after the cap the close was
+sent); every overdue session (``session_overdue``, detail the cap, ``latency_ms`` = how far
+past it); every end (``session_ended``, detail the ``session.closed`` reason or ``hangup``,
+``client_hangup``, ``session_gone``, ``close_abandoned``, ``broker_stopping``; ``latency_ms`` = the
+session's lifetime); a create whose answer nobody can get (the client's request gone when the
+upstream answered, or the broker stopping meanwhile) is not handed out: the new session is
+closed upstream at once and the request's row is ``session_abandoned`` (detail
+``client_gone``, status 499, or ``broker_stopping``, ``503 shutting_down``), not
+``session_created``; the upstream call is shielded, so a create whose handler the stop cancels
+still has the session it makes closed (``session_abandoned`` ``broker_stopping``). An end the
+upstream did not confirm (the broker stopped first) leaves the
+lease to expire by its TTL rather than releasing it. A created session whose row cannot
 be written is ended at once and the client gets ``500 audit_failed``. When the broker stops, it
 closes the sessions it supervises (``broker_stopping``): none runs on uncapped.
 """
@@ -84,6 +106,7 @@ from aiohttp import web
 
 from fsm_voice._lifetime import read_limited
 from fsm_voice.errors import ConfigError
+from fsm_voice.live_input import LiveInputError, validate_live_input
 
 from .audit import AuditEntry
 from .forwarded import client_address
@@ -118,7 +141,6 @@ REALTIME_SESSION_FIELDS: Final = frozenset(
         "tracing", "truncation", "prompt", "include", "max_output_tokens",
     }
 )
-MAX_INPUT_MESSAGES: Final = 128
 ACTIVITY_EVENTS: Final = frozenset(
     {"session.input_transcript.delta", "session.output_transcript.delta"}
 )
@@ -190,8 +212,15 @@ def _realtime_session(value: object) -> Mapping[str, Any]:
     return MappingProxyType({"type": "realtime", **session})
 
 
+MIN_DURATION: Final = 1.0
+"""Shortest ``max_duration`` (a cap below a second ends sessions before they can start)."""
+
+
 def _duration(value: object) -> float:
-    return float(_seconds("max_duration", value) or 0.0)
+    seconds = float(_seconds("max_duration", value) or 0.0)
+    if seconds < MIN_DURATION:
+        raise ConfigError.invalid("max_duration", value, f"at least {MIN_DURATION:g} s")
+    return seconds
 
 
 def _idle(value: object) -> float | None:
@@ -206,6 +235,14 @@ def _attach_seconds(value: object) -> float:
     return float(_seconds("attach_timeout", value) or 0.0)
 
 
+def _retry_max(value: object) -> float:
+    return float(_seconds("close_retry_max", value) or 0.0)
+
+
+def _overdue_limit(value: object) -> float:
+    return float(_seconds("overdue_limit", value) or 0.0)
+
+
 def _offer_bytes(instance: object, attribute: object, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 24:
         raise ConfigError.invalid("max_offer_bytes", value, "an int in [1024, 16777216]")
@@ -214,6 +251,11 @@ def _offer_bytes(instance: object, attribute: object, value: int) -> None:
 def _max_sessions(instance: object, attribute: object, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
         raise ConfigError.invalid("max_sessions", value, "an int in [1, 100000]")
+
+
+def _flag(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError.invalid(attribute.name, value, "true or false")
 
 
 @attrs.frozen
@@ -228,6 +270,12 @@ class SessionLimits:
     """Seconds without a transcript delta after which the broker ends a Live session (None:
     never; not enforced for Realtime, see the module docstring)."""
 
+    def __attrs_post_init__(self) -> None:
+        if self.idle_timeout is not None and self.idle_timeout > self.max_duration:
+            raise ConfigError.invalid(
+                "idle_timeout", self.idle_timeout,
+                f"at most max_duration ({self.max_duration:g} s): it could never fire")
+
 
 @attrs.frozen
 class ClientProxy:
@@ -241,10 +289,14 @@ class ClientProxy:
         converter=_realtime_session,
     )
     limits: SessionLimits = attrs.field(factory=SessionLimits)
+    allow_developer_input: bool = attrs.field(default=False, validator=_flag)
+    """Whether the client's ``session.input`` may hold ``developer`` messages (guidance at the
+    instructions' level); by default only ``user`` and ``assistant`` turns."""
 
 
 _ENTRY_KEYS: Final = frozenset(
-    {"live_session", "realtime_session", "max_sessions", "max_duration_s", "idle_timeout_s"}
+    {"live_session", "realtime_session", "max_sessions", "max_duration_s", "idle_timeout_s",
+     "allow_developer_input"}
 )
 
 
@@ -254,17 +306,15 @@ def _client_proxy(name: str, entry: object, base: ClientProxy) -> ClientProxy:
     unknown = sorted(str(k) for k in entry if k not in _ENTRY_KEYS)
     if unknown:
         raise ConfigError.invalid(name, ", ".join(unknown)[:200], f"keys of {sorted(_ENTRY_KEYS)}")
-    limits = base.limits
-    if "max_sessions" in entry:
-        limits = attrs.evolve(limits, max_sessions=entry["max_sessions"])
-    if "max_duration_s" in entry:
-        limits = attrs.evolve(limits, max_duration=entry["max_duration_s"])
-    if "idle_timeout_s" in entry:
-        limits = attrs.evolve(limits, idle_timeout=entry["idle_timeout_s"])
+    changes = {field: entry[key] for key, field in (
+        ("max_sessions", "max_sessions"), ("max_duration_s", "max_duration"),
+        ("idle_timeout_s", "idle_timeout")) if key in entry}
+    limits = attrs.evolve(base.limits, **changes)
     return ClientProxy(
         live_session=entry.get("live_session", base.live_session),
         realtime_session=entry.get("realtime_session", base.realtime_session),
         limits=limits,
+        allow_developer_input=entry.get("allow_developer_input", base.allow_developer_input),
     )
 
 
@@ -284,6 +334,12 @@ class ProxyConfig:
     close_grace: float = attrs.field(default=10.0, converter=_grace)
     """Seconds to wait for ``session.closed`` after the broker's ``session.close``."""
     attach_timeout: float = attrs.field(default=5.0, converter=_attach_seconds)
+    close_retry_max: float = attrs.field(default=30.0, converter=_retry_max)
+    """Longest pause between two attempts to close an overdue session (backoff from 0.2 s)."""
+    overdue_limit: float = attrs.field(default=86_400.0, converter=_overdue_limit)
+    """Seconds past its cap after which the broker stops trying to close a session it cannot
+    reach and frees its slot (``close_abandoned``, logged as an error); until then the slot
+    stays held (fail closed)."""
     max_offer_bytes: int = attrs.field(default=256 * 1024, validator=_offer_bytes)
     """Largest request body (the SDP offer, plus ``session.input`` for Live)."""
 
@@ -296,7 +352,8 @@ class ProxyConfig:
     ) -> ProxyConfig:
         """From a JSON file ``{"default": ENTRY, "clients": {"<id>": ENTRY}}``, ENTRY being
         ``{"live_session", "realtime_session", "max_sessions", "max_duration_s",
-        "idle_timeout_s"}`` (all optional; a client entry overrides the default's fields)."""
+        "idle_timeout_s", "allow_developer_input"}`` (all optional; a client entry overrides the
+        default's fields)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -348,7 +405,12 @@ class ProxiedSession:
     attached: asyncio.Event = attrs.field(factory=asyncio.Event)
     """Set while the Live sideband is attached."""
     attachments: int = 0
-    """Set when the session is ended from outside its supervisor (stop, audit failure)."""
+    overdue: asyncio.Event = attrs.field(factory=asyncio.Event)
+    """Set once the session is past its cap plus ``close_grace`` without a confirmed end (its
+    ``session_overdue`` row written); the slot stays held until the end is confirmed."""
+    overdue_audited: bool = False
+    confirmed: bool = False
+    """The end is known upstream (``session.closed``, a 404, a hangup answered)."""
 
 
 class _SessionGone(Exception):
@@ -365,6 +427,7 @@ class SessionProxy:
         self.sessions: dict[str, ProxiedSession] = {}
         self._event_ids = itertools.count(1)
         self._closing = False
+        self._adopting: set[asyncio.Task[None]] = set()
 
     # -- wiring --------------------------------------------------------------------------
 
@@ -393,10 +456,17 @@ class SessionProxy:
             )
         return http
 
+    def begin_stop(self) -> None:
+        """Refuse new creates from now on; a create whose upstream answer arrives later is
+        closed at once and answered ``503 shutting_down`` (called first by the broker's stop)."""
+        self._closing = True
+
     async def aclose(self) -> None:
         """End every supervised session (audited ``broker_stopping``), bounded by
         ``close_grace``; then stop the supervisors."""
         self._closing = True
+        if self._adopting:  # creates cut off by the stop: their sessions first
+            await asyncio.gather(*list(self._adopting), return_exceptions=True)
         live = list(self.sessions.values())
         await asyncio.gather(*(self._enforce(s, "broker_stopping") for s in live),
                              return_exceptions=True)
@@ -539,7 +609,9 @@ class SessionProxy:
     async def _live_endpoint(self, request: web.Request) -> web.StreamResponse:
         return await self._audited(request, self._live_create)
 
-    def _live_request(self, raw: bytes, client_id: str) -> tuple[str, list[Any] | None]:
+    def _live_request(
+        self, raw: bytes, client_id: str, settings: ClientProxy
+    ) -> tuple[str, list[Any] | None]:
         """The client's offer SDP and ``session.input`` (None when absent), or a 400."""
         from .app import _refuse
 
@@ -585,20 +657,36 @@ class SessionProxy:
                 )
         items = session.get("input")
         if items is not None:
-            if not isinstance(items, list):
-                raise bad("'session.input' must be a list of messages.", "invalid_type",
-                          "session.input")
-            if len(items) > MAX_INPUT_MESSAGES:
-                raise bad(f"'session.input' has {len(items)} messages; at most "
-                          f"{MAX_INPUT_MESSAGES}.", "too_many_items", "session.input")
+            roles = ("developer", "user", "assistant") if settings.allow_developer_input else (
+                "user", "assistant")
+            try:
+                validate_live_input(items, roles=roles)
+            except LiveInputError as exc:
+                raise bad(exc.message, exc.code, exc.param) from None
         return sdp, items
 
     async def _live_create(self, request: web.Request) -> _Outcome:
-        from .app import _Outcome
+        from .app import _Outcome, _refuse
 
         client_id = await self._admit(request)
-        sdp, items = self._live_request(await self._body(request, client_id), client_id)
+        if request.query:
+            name = next(iter(request.query))[:64]
+            raise _refuse(
+                400, "bad_request",
+                f"Unknown parameter: {name!r} (the session, model included, is set by the "
+                "broker for this client).",
+                code="unknown_parameter", param=name, client_id=client_id,
+            )
+        if request.content_type != "application/json":
+            raise _refuse(
+                415, "bad_request",
+                f"Unsupported content type {request.content_type[:64]!r}: send the body as "
+                "'application/json'.",
+                code="unsupported_content_type", client_id=client_id,
+            )
         settings = self.config.for_client(client_id)
+        sdp, items = self._live_request(await self._body(request, client_id), client_id,
+                                        settings)
         session: dict[str, Any] = json.loads(json.dumps(dict(settings.live_session)))
         if items is not None:
             session["input"] = items
@@ -715,15 +803,25 @@ class SessionProxy:
             # someone else's call is as unknown as a missing one
             raise _refuse(404, "bad_request", "Call not found.", code="call_not_found",
                           client_id=client_id)
-        s.end_reason = "client_hangup"
-        s.end_audited = True  # this request's row is the end's row
-        s.ended.set()  # frees the slot now; no cap can fire on it any more
+        if s.enforced is None:  # no cap row from now on: the client is ending it
+            s.enforced = "client_hangup"
+            s.enforced_at = asyncio.get_running_loop().time()
         status = await self._post_hangup(s)
-        if status is None or status >= 500:
+        if status is not None and status < 500:
+            if not s.ended.is_set():
+                s.end_reason = "client_hangup"
+                s.confirmed = True
+                s.end_audited = True  # this request's row is the end's row
+                s.ended.set()  # the supervisor frees the slot
             return _Outcome(web.json_response({}, status=200), "session_ended", client_id,
-                            detail="hangup_failed", authenticated=True, session_id=s.session_id)
-        return _Outcome(web.json_response({}, status=200), "session_ended", client_id,
-                        detail="client_hangup", authenticated=True, session_id=s.session_id)
+                            detail="client_hangup", authenticated=True,
+                            session_id=s.session_id)
+        # fail closed: the slot stays held and the supervisor keeps hanging up until upstream
+        # answers (the end row comes from it)
+        s.wake.set()
+        return _Outcome(web.json_response({"status": "hangup_pending"}, status=202),
+                        "session_enforced", client_id, detail="client_hangup",
+                        authenticated=True, session_id=s.session_id)
 
     async def _post_hangup(self, s: ProxiedSession) -> int | None:
         """POST the upstream hangup of ``s``: its status, or None when it could not be sent."""
@@ -799,10 +897,18 @@ class SessionProxy:
                     type="server_error", code="server_overloaded", client_id=client_id,
                     headers={"Retry-After": "1"},
                 ) from None
+            upstream = asyncio.ensure_future(call(http))
             try:
                 async with asyncio.timeout(broker.config.upstream_timeout):
-                    session_id, response = await call(http)
+                    # shielded: a handler cancelled by the broker's stop must not drop a session
+                    # the upstream is creating (it would run on unsupervised)
+                    session_id, response = await asyncio.shield(upstream)
+            except asyncio.CancelledError:
+                if not upstream.done():
+                    self._adopt(upstream, kind, client_id, limits)
+                raise
             except TimeoutError:
+                upstream.cancel()
                 raise _refuse(
                     504, "upstream_error",
                     f"The upstream did not answer within {broker.config.upstream_timeout:g} s.",
@@ -831,7 +937,53 @@ class SessionProxy:
         runner = self._run_live if kind == "live" else self._run_realtime
         s.task = loop.create_task(runner(s), name=f"broker-proxy-{kind}-{session_id}")
         log.info("broker proxy: %s session %s for client %s", kind, session_id, client_id)
+        transport = request.transport
+        if transport is None or transport.is_closing() or self._closing:
+            # nobody will get this answer (the client left, or the broker is stopping): close
+            # the new session upstream at once; its slot is freed when the close is confirmed
+            why = "broker_stopping" if self._closing else "client_gone"
+            log.warning("broker proxy: %s session %s abandoned (%s): closing it", kind,
+                        session_id, why)
+            await self._enforce(s, why, audit=False)
+            raise _abandoned(s, why)
         return s, response
+
+    def _adopt(
+        self,
+        upstream: asyncio.Future[tuple[str, web.Response]],
+        kind: Kind,
+        client_id: str,
+        limits: SessionLimits,
+    ) -> None:
+        """The create's handler was cancelled (the broker stopping) while the upstream was
+        still answering: when it answers, close that session at once (``session_abandoned``
+        ``broker_stopping``); :meth:`aclose` waits for this first."""
+
+        async def adopt() -> None:
+            try:
+                async with asyncio.timeout(self.broker.config.upstream_timeout):
+                    session_id, _ = await upstream
+            except Exception:  # refused, failed or timed out: no session was made
+                upstream.cancel()
+                return
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            s = ProxiedSession(
+                kind=kind, session_id=session_id, client_id=client_id, lease=None,
+                limits=limits, created=now, deadline=now + limits.max_duration,
+                last_activity=now,
+            )
+            self.sessions[session_id] = s
+            runner = self._run_live if kind == "live" else self._run_realtime
+            s.task = loop.create_task(runner(s), name=f"broker-proxy-{kind}-{session_id}")
+            log.warning("broker proxy: %s session %s answered after its request was cancelled: "
+                        "closing it", kind, session_id)
+            await self._enforce(s, "broker_stopping", audit=False)
+            await self._audit(s, "session_abandoned", "broker_stopping", 0.0)
+
+        task = asyncio.get_running_loop().create_task(adopt(), name="broker-proxy-adopt")
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
 
     # -- upstream answers ----------------------------------------------------------------------
 
@@ -901,10 +1053,50 @@ class SessionProxy:
                 raise _SessionGone from None
             raise
 
+    def _due(self, s: ProxiedSession) -> tuple[str, float]:
+        """The cap ``s`` reaches first and when."""
+        idle = s.limits.idle_timeout
+        if s.kind == "live" and idle is not None and s.last_activity + idle < s.deadline:
+            return "idle_timeout", s.last_activity + idle
+        return "max_duration", s.deadline
+
+    async def _overdue(self, s: ProxiedSession, delay: float) -> bool:
+        """Bookkeeping for a failed close attempt: past the cap plus ``close_grace`` the session
+        is overdue (one ``session_overdue`` row) and its lease is renewed so the slot stays
+        held; False (``close_abandoned``) once ``overdue_limit`` has passed."""
+        now = asyncio.get_running_loop().time()
+        cap_at = s.deadline if s.enforced_at is None else min(s.deadline, s.enforced_at)
+        if now < cap_at + self.config.close_grace:
+            return True
+        if not s.overdue_audited:
+            s.overdue_audited = True
+            log.error("broker proxy: %s of client %s is overdue: its end is not confirmed; "
+                      "the slot stays held while the broker keeps closing it",
+                      s.session_id, s.client_id)
+            await self._audit(s, "session_overdue", s.enforced or "max_duration",
+                              (now - cap_at) * 1000.0)
+            s.overdue.set()
+        if now >= cap_at + self.config.overdue_limit:
+            log.error("broker proxy: giving up on closing %s after %g s overdue",
+                      s.session_id, self.config.overdue_limit)
+            s.end_reason = "close_abandoned"
+            return False
+        if s.lease is not None:
+            ttl = delay + self.config.close_grace + self.config.attach_timeout + _LEASE_SLACK
+            try:
+                await self.broker.limits.hold_session(
+                    s.client_id, s.lease, s.limits.max_sessions, ttl
+                )
+            except LimitsUnavailable as exc:
+                log.error("broker proxy: lease renewal of %s failed: %s", s.session_id, exc)
+        return True
+
     async def _attach_until(self, s: ProxiedSession) -> aiohttp.ClientWebSocketResponse | None:
-        """The sideband, retried with backoff (0.2 s doubling to 5 s) until it works, the
-        session is gone (``end_reason`` ``session_gone``) or the cap plus ``close_grace`` has
-        passed without one (``sideband_lost``): None in the last two cases."""
+        """The sideband, retried with backoff (0.2 s doubling to ``close_retry_max``) until it
+        works or the session is gone (``end_reason`` ``session_gone``: None). A cap reached
+        meanwhile is enforced (audited; its ``session.close`` goes out on re-attach); past the
+        cap the session is overdue and its slot stays held (fail closed) until ``overdue_limit``
+        (``close_abandoned``: None)."""
         loop = asyncio.get_running_loop()
         delay = 0.2
         attempt = 0
@@ -914,17 +1106,27 @@ class SessionProxy:
                 return await self._attach(s)
             except _SessionGone:
                 s.end_reason = "session_gone"
+                s.confirmed = True
                 return None
             except Exception as exc:  # unreachable, refused, timed out, broker stopping
                 log.warning("broker proxy: attach to %s failed (%s), attempt %d",
                             s.session_id, type(exc).__name__, attempt)
-            limit = s.close_by if s.close_by is not None else s.deadline + self.config.close_grace
             now = loop.time()
-            if now >= limit:
-                s.end_reason = "sideband_lost"
+            cap, due = self._due(s)
+            if s.enforced is None and now >= due:
+                await self._enforce(s, cap, late_ms=(now - due) * 1000.0)
+            if not await self._overdue(s, delay):
                 return None
-            await asyncio.sleep(min(delay, limit - now))  # backoff, not a synchronisation
-            delay = min(delay * 2, 5.0)
+            wait = delay if s.enforced is not None else min(delay, max(0.0, due - now))
+            await self._pause(s, wait)
+            delay = min(delay * 2, self.config.close_retry_max)
+
+    async def _pause(self, s: ProxiedSession, seconds: float) -> None:
+        """Back off ``seconds`` (woken early by an enforcement from outside)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await s.wake.wait()
+        s.wake.clear()
 
     async def _run_live(self, s: ProxiedSession) -> None:
         try:
@@ -945,7 +1147,7 @@ class SessionProxy:
 
     async def _live_loop(self, s: ProxiedSession) -> None:
         loop = asyncio.get_running_loop()
-        idle = s.limits.idle_timeout
+        retry = 0.2
         while True:
             if s.ws is None:
                 s.ws = await self._attach_until(s)
@@ -953,13 +1155,13 @@ class SessionProxy:
                     return
                 s.attachments += 1
                 s.attached.set()
-                if s.enforced is not None:  # decided while detached (audit failure, a drop)
+                if s.enforced is not None:  # decided while detached, or a close to repeat
                     await self._send_close(s)
+                    assert s.enforced_at is not None
+                    s.close_by = loop.time() + max(self.config.close_grace, retry)
             now = loop.time()
             if s.enforced is None:
-                cap, due = "max_duration", s.deadline
-                if idle is not None and s.last_activity + idle < due:
-                    cap, due = "idle_timeout", s.last_activity + idle
+                cap, due = self._due(s)
                 if now >= due:
                     await self._enforce(s, cap, late_ms=(now - due) * 1000.0)
                     continue
@@ -968,8 +1170,13 @@ class SessionProxy:
                 assert s.close_by is not None
                 wait = s.close_by - now
                 if wait <= 0:
-                    s.end_reason = "close_unconfirmed"
-                    return
+                    # no session.closed: fail closed; drop the sideband and re-attach (a 404
+                    # says it is gone), the close is sent again, the slot stays held
+                    if not await self._overdue(s, retry):
+                        return
+                    retry = min(retry * 2, self.config.close_retry_max)
+                    self._detach(s, "close unconfirmed")
+                    continue
             msg = await _receive(s.ws, s.wake, wait)
             if msg is None:  # timed out, or woken by an enforcement from outside
                 continue
@@ -981,18 +1188,22 @@ class SessionProxy:
                 elif etype == "session.closed":
                     reason = event.get("reason") if event is not None else None
                     s.end_reason = reason if isinstance(reason, str) else "unknown"
+                    s.confirmed = True
                     return
                 continue
             if msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG,
                             aiohttp.WSMsgType.BINARY):
                 continue
             # the sideband closed without session.closed: re-attach (a 404 says it is gone)
-            ws, s.ws = s.ws, None
-            s.attached.clear()
-            log.warning("broker proxy: sideband of %s closed (%s): re-attaching", s.session_id,
-                        msg.type.name)
-            with contextlib.suppress(Exception):
-                await ws.close()
+            self._detach(s, msg.type.name)
+
+    def _detach(self, s: ProxiedSession, why: str) -> None:
+        ws, s.ws = s.ws, None
+        s.attached.clear()
+        log.warning("broker proxy: sideband of %s dropped (%s): re-attaching", s.session_id, why)
+        if ws is not None:
+            task = asyncio.get_running_loop().create_task(ws.close())
+            task.add_done_callback(_ignore_result)
 
     async def _send_close(self, s: ProxiedSession) -> bool:
         ws = s.ws
@@ -1008,9 +1219,12 @@ class SessionProxy:
                         type(exc).__name__)
             return False
 
-    async def _enforce(self, s: ProxiedSession, cap: str, late_ms: float = 0.0) -> None:
-        """End ``s`` for ``cap`` (once): ``session.close`` on the sideband (Live) or the
-        upstream hangup (Realtime); an audit row either way."""
+    async def _enforce(
+        self, s: ProxiedSession, cap: str, late_ms: float = 0.0, *, audit: bool = True
+    ) -> None:
+        """Decide to end ``s`` for ``cap`` (once): an audit row (unless ``audit`` is False: the
+        caller writes its own), ``session.close`` on the sideband (Live; the Realtime
+        supervisor posts the hangup, retried until answered)."""
         if s.enforced is not None or s.ended.is_set():
             return
         s.enforced = cap
@@ -1022,21 +1236,40 @@ class SessionProxy:
                  s.client_id, cap)
         if s.kind == "live":
             await self._send_close(s)
-        await self._audit(s, "session_enforced", cap, late_ms)
-        if s.kind == "realtime":
-            status = await self._post_hangup(s)
-            s.end_reason = ("hangup" if status is not None and status < 300 else
-                            "session_gone" if status == 404 else "hangup_failed")
-            s.ended.set()
+        if audit:
+            await self._audit(s, "session_enforced", cap, late_ms)
 
     async def _run_realtime(self, s: ProxiedSession) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            try:
-                async with asyncio.timeout_at(s.deadline):
-                    await s.ended.wait()
-            except TimeoutError:
-                now = asyncio.get_running_loop().time()
-                await self._enforce(s, "max_duration", late_ms=(now - s.deadline) * 1000.0)
+            while s.enforced is None and not s.ended.is_set():
+                now = loop.time()
+                if now >= s.deadline:
+                    await self._enforce(s, "max_duration", late_ms=(now - s.deadline) * 1000.0)
+                    break
+                ended = asyncio.ensure_future(s.ended.wait())
+                woken = asyncio.ensure_future(s.wake.wait())
+                try:
+                    await asyncio.wait({ended, woken}, timeout=s.deadline - now,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (ended, woken):
+                        t.cancel()
+                    await asyncio.gather(ended, woken, return_exceptions=True)
+                s.wake.clear()
+            delay = 0.2
+            while not s.ended.is_set():  # the hangup, retried until answered (fail closed)
+                status = await self._post_hangup(s)
+                if s.ended.is_set():
+                    break
+                if status is not None and (status < 300 or status == 404):
+                    s.end_reason = "hangup" if status < 300 else "session_gone"
+                    s.confirmed = True
+                    break
+                if not await self._overdue(s, delay):
+                    break
+                await self._pause(s, delay)
+                delay = min(delay * 2, self.config.close_retry_max)
         except asyncio.CancelledError:
             s.end_reason = s.end_reason or "broker_stopping"
             raise
@@ -1044,10 +1277,18 @@ class SessionProxy:
             await asyncio.shield(self._finish(s))
 
     async def _finish(self, s: ProxiedSession) -> None:
-        """Free ``s``'s slot, forget it, write its end row (once)."""
+        """Free ``s``'s slot, forget it, write its end row (once). An end the upstream did not
+        confirm (the broker stopping or its supervisor failing before the close got through)
+        leaves the lease to expire by its TTL: a shared (Redis) slot count stays fail-closed."""
         if self.sessions.get(s.session_id) is s:
             del self.sessions[s.session_id]
         s.ended.set()
+        if s.lease is not None and not (
+            s.confirmed or s.end_reason in ("close_abandoned", "client_hangup")
+        ):
+            log.warning("broker proxy: end of %s unconfirmed (%s): its slot is left to expire",
+                        s.session_id, s.end_reason)
+            s.lease = None
         if s.lease is not None:
             lease, s.lease = s.lease, None
             try:
@@ -1071,6 +1312,28 @@ class SessionProxy:
                       outcome, detail, s.session_id)
             self.broker.audit_failing = True
             self.broker._count("audit_failed")
+
+
+def _abandoned(s: ProxiedSession, why: str) -> Exception:
+    """The refusal of a create whose session was closed at once (``session_abandoned`` row)."""
+    from .app import _error_body, _Outcome, _Refusal
+
+    if why == "broker_stopping":
+        body = _error_body("The broker is shutting down.", type="server_error",
+                           code="shutting_down")
+        status = 503
+    else:  # the client is gone: this answer goes nowhere
+        body = _error_body("The client closed the request.", type="invalid_request_error",
+                           code="client_closed_request")
+        status = 499
+    return _Refusal(_Outcome(web.json_response(body, status=status), "session_abandoned",
+                             s.client_id, detail=why, authenticated=True,
+                             session_id=s.session_id))
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _event(data: object) -> dict[str, Any] | None:

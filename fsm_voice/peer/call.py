@@ -431,6 +431,10 @@ class Call:
         """Decode one client message: ``(event, None)`` or ``(None, error_event)``."""
         return p.parse_client_event(raw)
 
+    def _reply(self, event: p.JsonObject) -> None:
+        """The answer to the message being handled (a Live sideband overrides: to it only)."""
+        self.send(event)
+
     def _on_message(self, raw: str | bytes) -> None:
         event, error = self._parse(raw)
         etype = event["type"] if event is not None else "<invalid>"
@@ -443,7 +447,7 @@ class Call:
         if self._on_event_received is not None:
             self._on_event_received(etype)
         if error is not None:
-            self.send(error)
+            self._reply(error)
             return
         assert event is not None
         eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None

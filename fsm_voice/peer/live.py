@@ -5,7 +5,16 @@ Facts follow ``shared/reference/openai-live.md``; the stand-in's own assumptions
 reference marks NOT FOUND) are collected here:
 
 - error codes on ``POST /v1/live/sessions``: ``unknown_parameter``, ``missing_required_parameter``,
-  ``invalid_type``, ``invalid_value``, ``invalid_offer``, ``invalid_json`` (OpenAI envelope, 400);
+  ``invalid_type``, ``invalid_value``, ``invalid_offer``, ``invalid_json``,
+  ``array_above_max_length``, ``input_too_long`` (OpenAI envelope, 400); ``session.input`` is
+  checked by :mod:`fsm_voice.live_input` (the §1.2 item rules), a URL query (``?model=``) is
+  ``unknown_parameter``;
+- a command with a field the peer does not know gets ``unknown_parameter`` (not applied); an
+  error answering a sideband's message goes to that sideband only; ``attach?graceful_close=``
+  takes ``true``/``false`` only (else 400);
+- a session whose client never connects is ended by the connect watchdog (``connect_timeout``
+  s): sidebands get ``session.closed`` ``connection_lost``, the record says
+  ``closed_by="connect_timeout"``;
 - an unknown command type gets an ``error`` whose ``code`` is null (the docs allow null codes);
   ``session.start`` / ``session.input_audio.append`` on the data channel or sideband get
   ``invalid_value``; a command after ``session.close`` gets ``session_closing``;
@@ -29,11 +38,14 @@ import copy
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+
+from fsm_voice.live_input import LiveInputError, validate_live_input
 
 from . import protocol as p
 from .audio import pcm_ms
@@ -64,6 +76,19 @@ COMMAND_TYPES: Final = frozenset({
     "session.instructions.append", "session.thinking.append", "session.commentary.append",
     "response.create", "response.item.create", "session.start", "session.input_audio.append",
 })
+_COMMAND_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "session.close": frozenset({"type", "event_id"}),
+    "session.input_audio.mute": frozenset({"type", "event_id"}),
+    "session.input_audio.unmute": frozenset({"type", "event_id"}),
+    "session.update": frozenset({"type", "event_id", "session"}),
+    **{t: frozenset({"type", "event_id", "content", "delegation_id"}) for t in (
+        "session.instructions.append", "session.thinking.append", "session.commentary.append")},
+}
+"""The fields of each command the peer emulates (any other field: ``unknown_parameter``)."""
+CLIENT_EVENT_PATTERN: Final = re.compile(
+    r"^(?:error|info|[a-z][a-z0-9_-]*(?:\.[a-z0-9_-]+)+)$")
+"""``session.client.data_channel.allowed_client_events`` items (reference §1.2)."""
+MAX_ALLOWED_EVENTS: Final = 256
 _APPENDS: Final = {
     "session.instructions.append": "session.instructions.appended",
     "session.thinking.append": "session.thinking.appended",
@@ -75,6 +100,7 @@ _ABRUPT: Final = {
     "dropped_by_control": ("connection_lost", "fault"),
     "closed_by_control": ("connection_lost", "fault"),
     "server_stopped": ("connection_lost", "server"),
+    "connect_timeout": ("connection_lost", "connect_timeout"),
 }
 
 JsonObject = dict[str, Any]
@@ -221,6 +247,7 @@ def parse_create(body: Any, models: frozenset[str] | None = LIVE_MODELS) -> tupl
                         f"Invalid value for 'session.client.data_channel.{key}': expected "
                         "'all' or an array.", "invalid_value",
                         f"session.client.data_channel.{key}")
+            _allowed_client_events(dc.get("allowed_client_events", "all"))
     if session.get("delegation") is not None:
         delegation = _object(session["delegation"], "session.delegation")
         _unknown(delegation, {"type", "responses"}, "session.delegation")
@@ -254,6 +281,22 @@ def parse_create(body: Any, models: frozenset[str] | None = LIVE_MODELS) -> tupl
     return dict(session), str(transport["sdp"])
 
 
+def _allowed_client_events(value: Any) -> None:
+    path = "session.client.data_channel.allowed_client_events"
+    if value == "all":
+        return
+    if len(value) > MAX_ALLOWED_EVENTS:
+        raise LiveRequestError(
+            f"Invalid '{path}': array too long. Expected an array with maximum length "
+            f"{MAX_ALLOWED_EVENTS}, but got an array with length {len(value)} instead.",
+            "array_above_max_length", path)
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not CLIENT_EVENT_PATTERN.match(name):
+            raise LiveRequestError(
+                f"Invalid '{path}[{i}]': expected a client event type matching "
+                f"{CLIENT_EVENT_PATTERN.pattern!r}.", "invalid_value", f"{path}[{i}]")
+
+
 def _voice(voice: Any) -> None:
     path = "session.audio.output.voice"
     if isinstance(voice, str):
@@ -269,19 +312,10 @@ def _voice(voice: Any) -> None:
 
 
 def _input(items: Any) -> None:
-    if not isinstance(items, list):
-        raise LiveRequestError(
-            f"Invalid type for 'session.input': expected an array, but got {_kind(items)} "
-            "instead.", "invalid_type", "session.input")
-    if len(items) > MAX_INPUT_MESSAGES:
-        raise LiveRequestError(
-            f"Invalid 'session.input': array too long. Expected an array with maximum length "
-            f"{MAX_INPUT_MESSAGES}, but got an array with length {len(items)} instead.",
-            "array_above_max_length", "session.input")
-    for i, item in enumerate(items):
-        _object(item, f"session.input[{i}]")
-        if "type" in item:
-            _string(item["type"], f"session.input[{i}].type")
+    try:
+        validate_live_input(items)
+    except LiveInputError as exc:
+        raise LiveRequestError(exc.message, exc.code, exc.param) from None
 
 
 def session_resource(
@@ -318,7 +352,8 @@ class LiveSessionRecord:
 
     ``input`` and ``instructions`` are exactly as received (None when omitted).
     ``closed_by``: "client" (data-channel ``session.close``), "sideband", "fault" (control
-    API), "expiry", "transport" (the connection ended), "server" (peer shutdown).
+    API), "expiry", "transport" (the connection ended), "server" (peer shutdown),
+    "connect_timeout" (the client never connected: the connect watchdog ended it).
     ``client_notified``: the ``session.closed`` event went out on the data channel.
     """
 
@@ -461,6 +496,9 @@ class LiveCall(Call):
             return True
         return super()._deliver(p.stamp(event))
 
+    def _reply(self, event: p.JsonObject) -> None:
+        self.answer(event)
+
     def send_error(
         self,
         message: str,
@@ -513,6 +551,14 @@ class LiveCall(Call):
         if not isinstance(etype, str) or etype not in COMMAND_TYPES:
             return None, error_event(f"Unknown event type: {etype!r}.", code=None,
                                      param="type", client_event_id=eid)
+        allowed = _COMMAND_KEYS.get(etype)
+        if allowed is not None:
+            unknown = sorted(str(k) for k in data if k not in allowed)
+            if unknown:
+                name = unknown[0][:64]
+                return None, error_event(f"Unknown parameter: '{name}'.",
+                                         code="unknown_parameter", param=name,
+                                         client_event_id=eid)
         return data, None
 
     def _dispatch(self, event: p.JsonObject, eid: str | None) -> None:

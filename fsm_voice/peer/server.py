@@ -750,6 +750,11 @@ class RealtimePeer(LocalService):
             return self._error(
                 415, f"Unsupported content type {request.content_type!r}: send the session "
                 "as 'application/json'.", "unsupported_content_type")
+        if request.query:  # the model goes in session.model, never in the URL
+            name = next(iter(request.query))[:64]
+            return self._error(
+                400, f"Unknown parameter: {name!r}. Pass the model as 'session.model' in the "
+                "body, not as a URL query parameter.", "unknown_parameter", param=name)
         try:
             async with asyncio.timeout(self.header_timeout):
                 raw = await read_limited(request, self.max_body_bytes)
@@ -807,6 +812,14 @@ class RealtimePeer(LocalService):
         refused = self._authorized(request, live=True)
         if refused is not None:
             return refused
+        for name, value in request.query.items():
+            if name != "graceful_close":
+                return self._error(400, f"Unknown parameter: {name[:64]!r}.",
+                                   "unknown_parameter", param=name[:64])
+            if value not in ("true", "false"):
+                return self._error(
+                    400, f"Invalid value for 'graceful_close': {value[:16]!r}; expected "
+                    "'true' or 'false'.", "invalid_value", param="graceful_close")
         session_id = request.match_info["session_id"]
         call = self._calls.get(session_id)
         if (not isinstance(call, LiveCall) or call.closing
