@@ -14,7 +14,7 @@ def main() -> int:
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one must not print either
         return 128 + signal.SIGINT
-    return cli_main()
+    return cli_main(process=True)
 
 
 if __name__ == "__main__":

@@ -407,13 +407,20 @@ def _planted_names() -> list[str]:
     return sorted(NAMED)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, process: bool = False) -> int:
     """Run one command; the exit status is in :data:`EXIT_CODES`. No traceback for a user
-    mistake, a missing extra, Ctrl-C or SIGTERM."""
+    mistake, a missing extra, Ctrl-C or SIGTERM.
+
+    ``process``: this call is the whole process (the console script): after a stop signal,
+    SIGINT and SIGTERM stay ignored while the interpreter shuts down. Otherwise (a call from
+    Python) the signal handlers found on entry are put back, whatever happened."""
+    global _STOPPED_BY
+    _STOPPED_BY = None
     try:
         previous: Any = signal.signal(signal.SIGTERM, _terminate)
+        previous_int: Any = signal.getsignal(signal.SIGINT)
     except ValueError:  # not the main thread: leave signals alone
-        previous = None
+        previous = previous_int = None
     command = "fsm-voice"
     try:
         args = build_parser().parse_args(argv)
@@ -438,14 +445,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if _STOPPED_BY is not None:
+        if _STOPPED_BY is not None and process:
             # Python resets its own handlers to SIG_DFL while the interpreter shuts down (a
-            # later signal would kill it then); an ignored signal stays ignored.
+            # later signal would kill it then); an ignored signal stays ignored. Never in a
+            # caller's process: an ignored SIGINT is inherited by every child it starts.
             with contextlib.suppress(ValueError):
                 for sig in SignalStop.SIGNALS:
                     signal.signal(sig, signal.SIG_IGN)
         elif previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
 
 
 def _stopping(signum: int) -> None:
@@ -458,4 +468,4 @@ def _stopping(signum: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(process=True))

@@ -321,3 +321,26 @@ async def test_sigint_during_the_imports_is_quiet() -> None:
     out, err = await finish(proc)
     assert proc.returncode == 130, (out, err)
     assert not err.strip() and not out, err
+
+
+def test_a_stop_inside_an_in_process_call_leaves_the_callers_signals_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fsm_voice.cli.main`` called from Python and stopped by Ctrl-C returns 130 and puts
+    the caller's handlers back. (It used to leave SIGINT/SIGTERM ignored in the caller's
+    process, and every child started later inherited the ignored SIGINT: CI saw the child of
+    ``test_sigint_during_the_imports_is_quiet`` run on for 60 s.)"""
+    import argparse
+    import signal as sig
+
+    from fsm_voice import cli
+
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=interrupted, command="test")
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    before = (sig.getsignal(sig.SIGINT), sig.getsignal(sig.SIGTERM))
+    assert cli.main([]) == 130
+    assert (sig.getsignal(sig.SIGINT), sig.getsignal(sig.SIGTERM)) == before
+    assert sig.getsignal(sig.SIGINT) is not sig.SIG_IGN
