@@ -654,3 +654,20 @@ async def test_connect_through_the_broker_proxy_stops_when_the_cap_closes_it(
          "usage_seconds": same_usage(record.usage_seconds)},
         {"stopped": "closed", "status": "idle"}]
     assert record.model == "gpt-live-1.1"  # the broker's choice
+
+
+async def test_a_remote_that_stops_sending_mid_reply_ends_speaking() -> None:
+    """The peer mutes its audio (``replaceTrack(null)``: no RTP at all) while it speaks: with
+    no frame to measure, the gap counts as silence and ``speaking`` ends after the hangover
+    (it used to stay ``speaking`` until the stop)."""
+    async with RealtimePeer(reply="tone", tone_seconds=8.0) as peer:
+        s = session_for(peer, activity=GATES)
+        async with s:
+            await s.start()
+            await s.wait_for("active", timeout=BOUND)
+            s.send_event({"type": "session.instructions.append", "content": "Say hello.",
+                          "delegation_id": None})
+            await s.wait_for("speaking", timeout=BOUND)
+            assert peer.mute_media() == 1
+            await s.wait_for("active", timeout=BOUND)  # the reply itself lasts 8 s
+            assert peer.list_calls()[0]["media_muted"] is True

@@ -12,8 +12,11 @@ Two energy gates per connection, fed by the aiortc transport (:class:`AiortcTran
 A gate opens once the frame level (RMS, dBFS) has stayed at or above ``threshold_dbfs`` for
 ``attack`` seconds of audio, and closes after ``hangover`` seconds of audio below it (pauses
 between words keep it open). Time is counted in audio (the frames' sample counts), not on a
-clock, so the decisions are the same however the frames are scheduled. Signals are reported only
-once the data channel is open (a gate already open then is reported at that moment).
+clock, so the decisions are the same however the frames are scheduled; the one exception: while
+the received gate is open, each 0.1 s without any received frame (a remote that stopped sending,
+e.g. muted) is fed as 0.1 s of silence, so its turn still ends after the hangover. Signals are
+reported only once the data channel is open (a gate already open then is reported at that
+moment).
 
 Limits: an energy gate hears noise as speech (use a quiet input or raise the threshold) and
 cannot tell the assistant's voice from silence it pads with comfort noise above the threshold.

@@ -56,7 +56,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import attrs
@@ -78,6 +78,7 @@ from fsm_voice.errors import ConfigError, ErrorSource, Severity, VoiceError, cla
 from fsm_voice.ports import ConnectionMetrics, Signaling, TransportSignal, TransportSink
 from fsm_voice.transport import _private, loopback
 from fsm_voice.transport.activity import (
+    SILENCE_DBFS,
     ActivityPolicy,
     ActivityTap,
     EnergyGate,
@@ -112,6 +113,10 @@ _RAW_LIMIT = 200
 _CODEC_ORDER = ("audio/opus", "audio/PCMU", "audio/PCMA")
 _CLOSE_TIMEOUT = 5.0
 """Upper bound of each awaited close step (a wedged aiortc close must not hang ``close()``)."""
+RECEIVE_GAP: Final = 0.1
+"""While the received-audio gate is open, this long without a frame counts as silence (a
+remote that stops sending, e.g. muted, still ends the assistant's turn after the hangover)."""
+
 _CLOSE_GRACE = 1.0
 """How long ``pc.close()`` may run on its own before the connection's TURN allocations are
 aborted (a healthy close, TURN deallocation included, takes a few round trips)."""
@@ -211,6 +216,12 @@ class _Connection:
         signal = gate.feed(frame_level(frame), frame_seconds(frame))
         if signal is not None and self.channel_open_reported:
             self.report(signal, f"audio level (at {gate.position:.2f} s of audio)")
+
+    def gap(self, gate: EnergyGate, seconds: float) -> None:
+        """No frame came on the received track for ``seconds``: silence to ``gate``."""
+        signal = gate.feed(SILENCE_DBFS, seconds)
+        if signal is not None and self.channel_open_reported:
+            self.report(signal, f"no received audio for {gate.policy.hangover:.2f} s")
 
     def report(self, signal: TransportSignal, detail: str = "") -> None:
         if self.closing:
@@ -532,7 +543,16 @@ class AiortcTransport:
         sink_ok = True
         while True:
             try:
-                frame = await track.recv()
+                if gate is not None and gate.open:
+                    # a remote that stops sending (muted) must still close the gate
+                    try:
+                        async with asyncio.timeout(RECEIVE_GAP):
+                            frame = await track.recv()
+                    except TimeoutError:
+                        conn.gap(gate, RECEIVE_GAP)
+                        continue
+                else:
+                    frame = await track.recv()
             except MediaStreamError:
                 return
             conn.frames_in += 1
