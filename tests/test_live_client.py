@@ -328,6 +328,7 @@ async def test_session_up_listening_speaking_from_audio_and_close_confirmed(
     assert (final.reason, final.session_id) == ("close_requested", record.id)
     assert final.usage_seconds is not None and final.usage_seconds > 0
     assert final.usage_seconds == same_usage(record.usage_seconds)
+    assert s.usage is not None and s.usage.seconds == final.usage_seconds  # the final figure
     assert (record.closed_reason, record.closed_by) == ("close_requested", "client")
     assert record.model == "gpt-live-1" and not record.input  # a start seeds nothing
 

@@ -239,8 +239,8 @@ class _Connection:
         self.report(TransportSignal.FAILED, detail)
 
     def event(self, event: Mapping[str, Any]) -> None:
-        if self.closing:
-            return
+        if self.closing and event.get("type") != "session.closed":
+            return  # the final usage still reaches the app (the machine drops it as stale)
         try:
             self.sink.server_event(event)
         except Exception:
