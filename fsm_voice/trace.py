@@ -9,12 +9,17 @@ replays exactly); errors (redacted), metrics samples, quality alerts, signaling 
 audio spans are the ``speech_*`` / ``audio_*`` events. Nothing else of the session is written:
 no token, no SDP, no conversation text, no ICE credential.
 
+Version 2 (this writer) writes an event as a compact array line ``[t, gen, event, source,
+target?, effects?, others?]`` that leaves out what the reader restores (:func:`compact`,
+:func:`expand`); :func:`read_trace` reads versions 1 and 2 into the same full records.
+
 Events reach the writer in batches from the dispatcher (``Dispatcher.add_trace_reader``: at
-the end of each burst of events and before any other record), are encoded at once into bytes
-(a common event is a cached line template, a version-2 compact line, with its time formatted
-in; a batch of them is one ``%`` format of the joined templates), which cost the garbage collector nothing to keep, and are written every 1,024 lines,
-``flush_interval`` after they were recorded at the latest, and on close. The file is bounded
-(``max_bytes``): past it records are counted, not written, and the ``end`` record says so.
+the end of each burst of events and before any other record) and are encoded at once into
+bytes (a common event is a cached line template with its time formatted in; a batch of them
+is one ``%`` format of the joined templates), which cost the garbage collector nothing to
+keep; they are written every 1,024 lines, ``flush_interval`` after they were recorded at the
+latest, and on close. The file is bounded (``max_bytes``): past it records are counted, not
+written, and the ``end`` record says so.
 """
 
 from __future__ import annotations
@@ -137,10 +142,10 @@ def compact(record: Mapping[str, Any],
     others = {k: v for k, v in record.items() if k not in _LINE_FIELDS}
     if others.get("outcome") == "taken":
         del others["outcome"]
-    token = others.get("token", None)
+    token = others.get("token")
     if type(token) is int and token == record["gen"]:
         del others["token"]
-    if others.get("status", None) == status_of.get(target, ""):
+    if others.get("status") == status_of.get(target, ""):
         del others["status"]
     if others:
         line.append(others)
@@ -168,7 +173,7 @@ def expand(line: list[Any], status_of: Mapping[str, str] = STATUS_OF) -> dict[st
                          f"others?]: unexpected {rest[0]!r}")
     record: dict[str, Any] = {
         "kind": "event", "t": t, "gen": gen,
-        "token": others["token"] if "token" in others else gen, "event": event,
+        "token": others.get("token", gen), "event": event,
         "outcome": others.get("outcome", "taken"), "source": source, "target": target,
         "status": others["status"] if "status" in others else
         status_of.get(target, "") if isinstance(target, str) else None,
