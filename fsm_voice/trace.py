@@ -342,16 +342,17 @@ class TraceWriter:
         table = self._rests.get((gen, token))
         if table is None:
             return None
-        times, events, sources, targets, effects, outcomes, details = zip(*entries, strict=True)
+        # strict=False: a named tuple has 7 fields, the three columns are one length
+        times, events, sources, targets, effects, outcomes, details = zip(*entries, strict=False)
         if outcomes.count("taken") != n or details.count("") != n:
             return None
-        hits: list[Any] = list(map(table.get, zip(events, sources, targets, strict=True)))
-        if None in hits:
+        try:  # the cached effects and template of each event (a KeyError: one not seen yet)
+            cached, templates = zip(*map(table.__getitem__,
+                                         zip(events, sources, targets, strict=False)),
+                                    strict=False)
+        except KeyError:
             return None
-        if not math.isfinite(sum(times)):  # inf/nan (or an overflow): the careful way
-            return None
-        cached, templates = zip(*hits, strict=True)
-        if cached != effects:
+        if cached != effects or not math.isfinite(sum(times)):  # inf/nan: the careful way
             return None
         return b"".join(templates) % times
 
