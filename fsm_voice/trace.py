@@ -9,18 +9,22 @@ replays exactly); errors (redacted), metrics samples, quality alerts, signaling 
 audio spans are the ``speech_*`` / ``audio_*`` events. Nothing else of the session is written:
 no token, no SDP, no conversation text, no ICE credential.
 
+Version 2 (this writer) writes an event as a compact array line ``[t, gen, event, source,
+target?, effects?, others?]`` that leaves out what the reader restores (:func:`compact`,
+:func:`expand`); :func:`read_trace` reads versions 1 and 2 into the same full records.
+
 Events reach the writer in batches from the dispatcher (``Dispatcher.add_trace_reader``: at
-the end of each burst of events and before any other record), are encoded at once into bytes
-(a common event is a cached line with its time formatted in; a batch of them is one ``%``
-format), which cost the garbage collector nothing to keep, and are written every 1,024 lines,
-``flush_interval`` after they were recorded at the latest, and on close. The file is bounded
-(``max_bytes``): past it records are counted, not written, and the ``end`` record says so.
+the end of each burst of events and before any other record) and are encoded at once into
+bytes (a common event is a cached line template with its time formatted in; a batch of them
+is one ``%`` format of the joined templates), which cost the garbage collector nothing to
+keep; they are written every 1,024 lines, ``flush_interval`` after they were recorded at the
+latest, and on close. The file is bounded (``max_bytes``): past it records are counted, not
+written, and the ``end`` record says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import math
 import operator
@@ -56,15 +60,15 @@ if TYPE_CHECKING:
     from fsm_voice.session import VoiceSession
 
 SCHEMA: Final = "fsm-voice-trace"
-VERSION: Final = 1
+VERSION: Final = 2
+"""The version this writer writes (compact event lines: ``specs/trace.md``)."""
+READS: Final = (1, 2)
+"""The versions :func:`read_trace` reads (into the same records)."""
 SCHEMA_FILE: Final = Path(__file__).parent / "data" / "trace.schema.json"
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 _BATCH: Final = 1024
 FLUSH_INTERVAL: Final = 1.0
 """Seconds a buffered record may wait for its write (besides every ``_BATCH`` lines)."""
-_LINE: Final = b'{"kind":"event","t":%.6f,%s'
-"""A common event's line: its time and the cached rest (:meth:`TraceWriter._rest`)."""
-_LINES: dict[int, bytes] = {}
 _KEY: Final = operator.itemgetter(1, 2, 3)
 """A trace entry's event, source and target (what a taken event's cached line is for)."""
 
@@ -107,6 +111,86 @@ def encode_effect(e: Effect) -> dict[str, Any]:
     if isinstance(e, ConnectionUp):
         return {"type": "connection_up", "replay": e.replay}
     raise TypeError(f"unknown effect {e!r}")
+
+
+_LINE_FIELDS: Final = frozenset({"kind", "t", "gen", "event", "source", "target", "effects"})
+"""An event record's fields that have a place in its version-2 line (the rest go in its
+object of other fields, or are left out because the reader restores them)."""
+_EFFECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "arm": ("timer", "delay"), "cancel": ("timer",), "open": ("reason", "attempt"),
+    "close": (), "report": ("code", "severity"), "new_conversation": (),
+    "connection_up": ("replay",)}
+"""An effect's fields in the order of its version-2 array (after its type)."""
+
+
+def compact(record: Mapping[str, Any],
+            status_of: Mapping[str, str] = STATUS_OF) -> list[Any]:
+    """The version-2 line of a full event record: ``[t, gen, event, source, target?,
+    effects?, others?]``. ``target`` (a string) is left out when it is ``source``, ``effects``
+    (an array of ``[type, field...]`` arrays) when empty, ``others`` (an object) when it would
+    be empty; it holds what is not restored by the reader (:func:`expand`): ``outcome`` unless
+    ``"taken"``, ``token`` unless equal to ``gen``, ``status`` unless the target's in
+    ``status_of`` (the header's), and ``detail``, ``timer``, ``severity``, ``code``,
+    ``retry_after``, ``expires_in``, ``draws`` when present."""
+    source, target = record["source"], record["target"]
+    line: list[Any] = [record["t"], record["gen"], record["event"], source]
+    if target != source:
+        line.append(target)
+    if record["effects"]:
+        line.append([[e["type"], *(e[k] for k in _EFFECT_KEYS[e["type"]])]
+                     for e in record["effects"]])
+    others = {k: v for k, v in record.items() if k not in _LINE_FIELDS}
+    if others.get("outcome") == "taken":
+        del others["outcome"]
+    token = others.get("token")
+    if type(token) is int and token == record["gen"]:
+        del others["token"]
+    if others.get("status") == status_of.get(target, ""):
+        del others["status"]
+    if others:
+        line.append(others)
+    return line
+
+
+def expand(line: list[Any], status_of: Mapping[str, str] = STATUS_OF) -> dict[str, Any]:
+    """The full event record of a version-2 line (inverse of :func:`compact`), as version 1
+    wrote it; :class:`TraceError` when the line does not have that shape (the fields' types
+    are checked on the record)."""
+    if len(line) < 4 or len(line) > 7:
+        raise TraceError(f"an event line is [t, gen, event, source, target?, effects?, "
+                         f"others?], got {len(line)} items")
+    t, gen, event, source = line[:4]
+    target, effects, others = source, [], {}
+    rest = line[4:]
+    if rest and isinstance(rest[0], str):
+        target = rest.pop(0)
+    if rest and isinstance(rest[0], list):
+        effects = [_effect(e) for e in rest.pop(0)]
+    if rest and isinstance(rest[0], dict):
+        others = rest.pop(0)
+    if rest:
+        raise TraceError(f"an event line is [t, gen, event, source, target?, effects?, "
+                         f"others?]: unexpected {rest[0]!r}")
+    record: dict[str, Any] = {
+        "kind": "event", "t": t, "gen": gen,
+        "token": others.get("token", gen), "event": event,
+        "outcome": others.get("outcome", "taken"), "source": source, "target": target,
+        "status": others["status"] if "status" in others else
+        status_of.get(target, "") if isinstance(target, str) else None,
+        "effects": effects}
+    record.update((k, v) for k, v in others.items() if k not in record)
+    return record
+
+
+def _effect(e: object) -> object:
+    """An effect's object from its version-2 array (anything else as it is: the record's
+    check names it)."""
+    if not isinstance(e, list) or not e or not isinstance(e[0], str):
+        return e
+    keys = _EFFECT_KEYS.get(e[0])
+    if keys is None or len(e) != len(keys) + 1:
+        return e
+    return {"type": e[0], **dict(zip(keys, e[1:], strict=True))}
 
 
 def policy_record(session: VoiceSession) -> dict[str, Any]:
@@ -167,8 +251,8 @@ class TraceWriter:
         self._effects_cache: dict[tuple[Effect, ...], list[dict[str, Any]]] = {}
         self._rests: dict[tuple[int, int | None],
                           dict[tuple[str, ...], tuple[tuple[Effect, ...], bytes]]] = {}
-        """Common events' effects and line but its time (:meth:`_rest`), by generation and
-        token, then :data:`_KEY`."""
+        """Common events' effects and line templates (:meth:`_template`: the line with a
+        ``%.6f`` for its time), by generation and token, then :data:`_KEY`."""
         self._lines = 0
         """Lines in ``_buf`` (an item is one line or a batch's)."""
         self._sync: Callable[[], None] | None = None
@@ -193,7 +277,8 @@ class TraceWriter:
         self._line({"kind": "header", "schema": SCHEMA, "version": VERSION,
                     "engine": "fast" if type(m).__name__ == "FastLifecycle" else "statemachine",
                     "wall_time": self._wall, "t0": session.clock.now(), "state": m.state_id,
-                    "replayable": replayable, "policy": policy_record(session)})
+                    "replayable": replayable, "policy": policy_record(session),
+                    "status_of": dict(STATUS_OF)})
         session.dispatcher.add_trace_reader(self.traced_batch)
         session.on_error(self.error)
         session.on_metrics(self.metrics)
@@ -221,14 +306,16 @@ class TraceWriter:
         nothing to keep); written every :data:`_BATCH` lines, ``flush_interval`` seconds after
         they were recorded at the latest, and on close.
 
-        A common event (taken, no parameter, seen before) is its cached line with the time
-        formatted in; a batch of nothing else, from one generation and token, is encoded by
-        one ``%`` format (no Python code per event), any other batch event by event."""
+        A common event (taken, no parameter, seen before) is its cached line template with the
+        time formatted in; a batch of nothing else, from one generation and token, is encoded
+        by one ``%`` format of the joined templates (no Python code per event), any other batch
+        event by event."""
         entries, items, gens = batch[0::3], batch[1::3], batch[2::3]
         if self._draws:  # made by the first event of this batch (see _TapRandom)
             draws = tuple(self._draws)
             self._draws.clear()
-            self._buf.append(self._json(self._event(entries[0], items[0], gens[0], draws)))
+            self._buf.append(self._json(compact(self._event(entries[0], items[0], gens[0],
+                                                            draws))))
             self._lines += 1
             del entries[0], items[0], gens[0]
         chunk = self._common(entries, items, gens)
@@ -255,21 +342,19 @@ class TraceWriter:
         table = self._rests.get((gen, token))
         if table is None:
             return None
-        times, events, sources, targets, effects, outcomes, details = zip(*entries, strict=True)
+        # strict=False: a named tuple has 7 fields, the three columns are one length
+        times, events, sources, targets, effects, outcomes, details = zip(*entries, strict=False)
         if outcomes.count("taken") != n or details.count("") != n:
             return None
-        hits: list[Any] = list(map(table.get, zip(events, sources, targets, strict=True)))
-        if None in hits:
+        try:  # the cached effects and template of each event (a KeyError: one not seen yet)
+            cached, templates = zip(*map(table.__getitem__,
+                                         zip(events, sources, targets, strict=False)),
+                                    strict=False)
+        except KeyError:
             return None
-        if not math.isfinite(sum(times)):  # inf/nan (or an overflow): the careful way
+        if cached != effects or not math.isfinite(sum(times)):  # inf/nan: the careful way
             return None
-        cached, rests = zip(*hits, strict=True)
-        if cached != effects:
-            return None
-        fmt = _LINES.get(n)
-        if fmt is None:
-            fmt = _LINES[n] = _LINE * n
-        return fmt % tuple(itertools.chain.from_iterable(zip(times, rests, strict=True)))
+        return b"".join(templates) % times
 
     def _each(self, entries: list[TraceEntry], items: list[Any], gens: list[int]) -> None:
         """Encode these events one by one (caching the rest of common events' lines)."""
@@ -283,11 +368,11 @@ class TraceWriter:
                     not isinstance(item, Posted):  # a token: no parameter
                 table = self._rests.get((gen, item))
                 hit = None if table is None else table.get(_KEY(e))
-                rest = hit[1] if hit is not None and hit[0] == e.effects else \
-                    self._rest(e, gen, item)
-                append(_LINE % (t, rest))
+                template = hit[1] if hit is not None and hit[0] == e.effects else \
+                    self._template(e, gen, item)
+                append(template % t)
             else:
-                append(self._json(self._event(e, item, gen, None)))
+                append(self._json(compact(self._event(e, item, gen, None))))
             n += 1
         self._lines += n
 
@@ -305,7 +390,7 @@ class TraceWriter:
         self.flush()
 
     @staticmethod
-    def _json(obj: Mapping[str, Any]) -> bytes:
+    def _json(obj: Mapping[str, Any] | list[Any]) -> bytes:
         return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
     def _now(self) -> float:
@@ -389,8 +474,9 @@ class TraceWriter:
 
     def _event(self, e: TraceEntry, item: Posted | int | None, gen: int,
                draws: tuple[float, ...] | None) -> dict[str, Any]:
-        """The record of an event (``item``: the posted item, or only its token when it has
-        no parameter: see ``TraceBatch``)."""
+        """The full record of an event, as :func:`read_trace` gives it (``item``: the posted
+        item, or only its token when it has no parameter: see ``TraceBatch``); the file holds
+        its :func:`compact` form."""
         out: dict[str, Any] = {"kind": "event", "t": round(e.time, 6), "event": e.event,
                                "outcome": e.outcome, "source": e.source, "target": e.target,
                                "status": STATUS_OF.get(e.target, ""), "gen": gen,
@@ -415,19 +501,21 @@ class TraceWriter:
             out["draws"] = list(draws)
         return out
 
-    def _rest(self, e: TraceEntry, gen: int, token: int | None) -> bytes:
-        """The cached rest of a common event's line: all but its time."""
+    def _template(self, e: TraceEntry, gen: int, token: int | None) -> bytes:
+        """A common event's cached line template: its compact line with ``%.6f`` for the time."""
         table = self._rests.get((gen, token))
         if table is None or len(table) > 4096:
             if len(self._rests) > 64:
                 self._rests.clear()
             table = self._rests[(gen, token)] = {}
-        body = {"gen": gen, "token": token, "event": e.event, "outcome": "taken",
-                "source": e.source, "target": e.target, "status": STATUS_OF.get(e.target, ""),
-                "effects": self._effects(e.effects)}
-        rest = (json.dumps(body, separators=(",", ":"))[1:] + "\n").encode()
-        table[_KEY(e)] = (e.effects, rest)
-        return rest
+        line = compact({"t": 0.0, "gen": gen, "token": token, "event": e.event,
+                        "outcome": "taken", "source": e.source, "target": e.target,
+                        "status": STATUS_OF.get(e.target, ""),
+                        "effects": self._effects(e.effects)})
+        rest = json.dumps(line[1:], separators=(",", ":"))[1:].replace("%", "%%")
+        template = ("[%.6f," + rest + "\n").encode()
+        table[_KEY(e)] = (e.effects, template)
+        return template
 
     def _line(self, obj: Mapping[str, Any]) -> None:
         self._write(self._json(obj))
@@ -487,17 +575,18 @@ class TraceWriter:
 
 
 def read_trace(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The header and the other records of a trace file; :class:`TraceError` when it is not
-    one this version reads."""
+    """The header and the other records of a trace file, of any version in :data:`READS`
+    (version-2 event lines are restored to full records, the same as version 1's);
+    :class:`TraceError` when it is not one this version reads."""
     records = list(iter_records(path))
     if not records or records[0].get("kind") != "header":
         raise TraceError(f"{path}: no header record (not an fsm-voice trace)")
     header = records[0]
     if header.get("schema") != SCHEMA:
         raise TraceError(f"{path}: schema {header.get('schema')!r}, expected {SCHEMA!r}")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READS or isinstance(header.get("version"), bool):
         raise TraceError(f"{path}: trace version {header.get('version')!r}; this fsm-voice "
-                         f"reads version {VERSION}")
+                         f"reads versions {', '.join(map(str, READS))}")
     return header, records[1:]
 
 
@@ -546,9 +635,23 @@ def _check_record(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _status_of(header: Mapping[str, Any]) -> Mapping[str, str] | None:
+    """The state-to-status map a version-2 file's event lines leave ``status`` to (None: a
+    version-1 file, whose event lines are full)."""
+    if header.get("version") != 2:
+        return None
+    status_of = header.get("status_of", STATUS_OF)
+    if not isinstance(status_of, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in status_of.items()):
+        raise TraceError("header 'status_of' must map state names to status names")
+    return status_of
+
+
 def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The records of a trace file, each checked (:class:`TraceError` names the bad line)."""
+    """The records of a trace file, each checked (:class:`TraceError` names the bad line);
+    a version-2 event line comes out as its full record (:func:`expand`)."""
     headed, first = False, True
+    status_of: Mapping[str, str] | None = None
     with Path(path).open(encoding="utf-8") as f:
         n = 0
         while True:
@@ -565,10 +668,19 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TraceError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if status_of is not None and isinstance(obj, list):  # a version-2 event line
+                try:
+                    obj = expand(obj, status_of)
+                except TraceError as exc:
+                    raise TraceError(f"{path}:{n}: {exc}") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
                 raise TraceError(f"{path}:{n}: a record is an object with a string 'kind'")
             if first and obj["kind"] == "header":
                 headed = True
+                try:
+                    status_of = _status_of(obj)
+                except TraceError as exc:
+                    raise TraceError(f"{path}:{n}: {exc}") from None
             elif headed:  # else read_trace refuses it: no header
                 problem = _check_record(obj)
                 if problem is not None:
@@ -582,4 +694,5 @@ def schema() -> dict[str, Any]:
     return dict(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
 
 
-__all__ = ["SCHEMA", "VERSION", "TraceError", "TraceWriter", "read_trace", "schema"]
+__all__ = ["READS", "SCHEMA", "VERSION", "TraceError", "TraceWriter", "compact", "expand",
+           "read_trace", "schema"]

@@ -21,7 +21,7 @@ from fsm_voice.ports import TransportSignal
 from fsm_voice.replay import ENGINES, ReplayError, parse_overrides, policies, replay
 from fsm_voice.session import VoiceSession
 from fsm_voice.testing import ScriptedTransport, failure
-from fsm_voice.trace import read_trace, unnumber
+from fsm_voice.trace import expand, read_trace, unnumber
 
 pytestmark = pytest.mark.anyio
 
@@ -135,8 +135,8 @@ async def test_a_tampered_record_is_the_reported_divergence(trace: Path, tmp_pat
                                                             capsys: pytest.CaptureFixture[str]
                                                             ) -> None:
     lines = trace.read_text().splitlines()
-    n = next(i for i, line in enumerate(lines) if '"event":"ice_disconnected"' in line)
-    rec = json.loads(lines[n])
+    n = next(i for i, line in enumerate(lines) if '"ice_disconnected"' in line)
+    rec = record_of(lines[n])
     rec["effects"][0]["delay"] = GRACE + 1
     lines[n] = json.dumps(rec)
     bad = tmp_path / "tampered.jsonl"
@@ -187,6 +187,13 @@ def test_a_non_trace_file_exits_2(tmp_path: Path) -> None:
     assert main(["replay", str(p)]) == 2
 
 
+def record_of(line: str) -> dict[str, Any]:
+    """The full record of a trace line (a version-2 event line expanded; written back as
+    JSON it is a full event record, which a version-2 reader accepts too)."""
+    obj = json.loads(line)
+    return expand(obj) if isinstance(obj, list) else dict(obj)
+
+
 def _tampered(trace: Path, tmp_path: Path, change: Any) -> Path:
     lines = trace.read_text().splitlines()
     change(lines)
@@ -198,7 +205,7 @@ def _tampered(trace: Path, tmp_path: Path, change: Any) -> Path:
 def _edit(pattern: str, key: str, value: Any) -> Any:
     def change(lines: list[str]) -> None:
         n = next(i for i, line in enumerate(lines) if pattern in line)
-        rec = json.loads(lines[n])
+        rec = record_of(lines[n])
         rec[key] = value(rec) if callable(value) else value
         lines[n] = json.dumps(rec)
     return change
@@ -212,12 +219,12 @@ def _delete(pattern: str, last: bool = False) -> Any:
 
 
 @pytest.mark.parametrize("change", [
-    _delete('"event":"speech_started"'),
-    _delete('"event":"speech_stopped"'),
-    _delete('"event":"stop"', last=True),
-    _edit('"event":"speech_stopped"', "source", "active"),
-    _edit('"event":"speech_stopped"', "status", "reconnecting"),
-    _edit('"event":"speech_started"', "t", lambda r: r["t"] + 5.0),
+    _delete('"speech_started"'),
+    _delete('"speech_stopped"'),
+    _delete('"stop"', last=True),
+    _edit('"speech_stopped"', "source", "active"),
+    _edit('"speech_stopped"', "status", "reconnecting"),
+    _edit('"speech_started"', "t", lambda r: r["t"] + 5.0),
 ], ids=["delete-speech-started", "delete-speech-stopped", "delete-final-stop", "source",
         "status", "t-past-later-events"])
 async def test_deleted_or_altered_records_are_a_divergence(

@@ -111,7 +111,7 @@ async def test_a_quiet_session_reaches_the_file_before_close(tmp_path: Path) -> 
         await s.wait_for("active", timeout=5)
         t.emit(TransportSignal.ICE_DISCONNECTED)
         with anyio.fail_after(5):
-            while b'"event":"ice_disconnected"' not in path.read_bytes():
+            while b'"ice_disconnected"' not in path.read_bytes():
                 await anyio.sleep(0.02)
         assert b'"kind":"end"' not in path.read_bytes()
     assert path.read_bytes().endswith(b"\n") and b'"kind":"end"' in path.read_bytes()
