@@ -223,6 +223,8 @@ async def _demo(duration: float, fault: str, record: str | None, console: Consol
                     await tick(min(duration, time.monotonic() - t0 + 3.0), phase)
                 await session.stop()
                 live.update(_line(session, rec, "stopped"))
+            if not console.is_terminal:
+                console.line()  # rich leaves the last line open when not on a terminal
         stopped_clean = session.status == "idle" and not session.armed_timers
         live_rows = _live_rows(peer, session) if protocol == "live" else {}
     if recorder is not None:

@@ -799,6 +799,9 @@ def _token(a: argparse.Namespace) -> str | EphemeralKeyProvider:
                               f"${a.client_secret_env}")
         return EphemeralKeyProvider(a.token_url, client_id=a.client_id, client_secret=secret)
     key = (os.environ.get(a.token_env) or "").strip()
+    if not key and getattr(a, "protocol", "realtime") == "live":
+        raise ConfigError(f"give the API key in ${a.token_env} (Live has no ephemeral keys), "
+                          "or --client-id for a broker's session proxy at --base-url")
     if not key:
         raise ConfigError(f"give --token-url (a token broker) or an ephemeral key in "
                           f"${a.token_env}")
@@ -872,7 +875,7 @@ def _connect(a: argparse.Namespace) -> int:
             raise ConfigError("--model/--voice/--instructions: the broker sets them "
                               "(--client-id: through a broker's proxy)")
         try:
-            session = LiveConfig(model=a.model or "gpt-live-1", voice=a.voice,
+            session = LiveConfig(model="gpt-live-1" if a.model is None else a.model, voice=a.voice,
                                  instructions=a.instructions)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -882,7 +885,8 @@ def _connect(a: argparse.Namespace) -> int:
         fmt: Any = a.audio_format or "pcm16"
         try:
             config = RealtimeConfig(
-                model=a.model or "gpt-realtime", voice=a.voice or "alloy",
+                model="gpt-realtime" if a.model is None else a.model,
+                voice="alloy" if a.voice is None else a.voice,
                 instructions=a.instructions,
                 turn_detection=None if turn == "none" else turn,
                 input_format=fmt, output_format=fmt)

@@ -206,7 +206,7 @@ async def test_demo_stops_cleanly_on_signal(signum: signal.Signals) -> None:
     out, err = await finish(proc)
     assert proc.returncode == 128 + signum, (out, err)
     assert "Traceback" not in err and "Traceback" not in out, err
-    assert f"stopped by {signum.name}; session idle" in out, out
+    assert f"\nfsm-voice demo: stopped by {signum.name}; session idle" in out, out
 
 
 # ------------------------------------------------------------------------ user mistakes

@@ -672,3 +672,20 @@ async def test_a_remote_that_stops_sending_mid_reply_ends_speaking() -> None:
             assert peer.mute_media() == 1
             await s.wait_for("active", timeout=BOUND)  # the reply itself lasts 8 s
             assert peer.list_calls()[0]["media_muted"] is True
+
+
+@pytest.mark.parametrize(("args", "env", "said"), [
+    (["--model", ""], {"FSM_VOICE_TOKEN": "sk-x"}, "LiveConfig.model"),
+    (["--protocol", "realtime", "--model", ""], {"FSM_VOICE_TOKEN": "ek_x"},
+     "RealtimeConfig.model"),
+    ([], {"FSM_VOICE_TOKEN": ""}, "Live has no ephemeral keys"),
+])
+async def test_connect_live_bad_model_or_missing_key_is_one_clear_line(
+        args: list[str], env: dict[str, str], said: str) -> None:
+    """An empty --model is refused (it used to fall back to the default silently) and a
+    missing key for Live is not told to use an ephemeral key (Live has none)."""
+    proc = await start("connect", "--protocol", "live", "--base-url", "http://127.0.0.1:9",
+                       *args, env=env)
+    out, err = await finish(proc)
+    assert proc.returncode == 2, (out, err)
+    assert said in err and len(err.strip().splitlines()) == 1, err
