@@ -116,6 +116,8 @@ class SignalStop:
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
         self.signum: int | None = None
+        self.again: list[Callable[[], None]] = []
+        """Called on each stop signal after the first (e.g. to cut a clean-up's waits)."""
         self._previous: dict[int, Any] = {}
 
     @property
@@ -134,6 +136,12 @@ class SignalStop:
             if signum in self.SIGNALS:  # not request(SIGPIPE)
                 _STOPPED_BY = _STOPPED_BY or signum
             self.scope.cancel()
+        elif signum in self.SIGNALS:
+            for call in self.again:
+                try:
+                    call()
+                except Exception:  # a stop must never fail in its clean-up
+                    logging.getLogger(__name__).exception("stop callback failed")
 
     def __enter__(self) -> Self:
         loop = asyncio.get_running_loop()

@@ -588,6 +588,9 @@ async def run_connect(base_url: str, token: str | EphemeralKeyProvider, duration
                 base_url, token, model=model if isinstance(model, str) else None,
                 session_config=session_config, audio_source=audio.track, audio_sink=audio.sink,
                 http=http)
+        hurry = getattr(session.transport, "hurry", None)
+        if callable(hurry):  # a second Ctrl-C: stop waiting for session.closed
+            stop.again.append(hurry)
         if writer is not None and http is not None:
             writer.record(session)  # --trace: every runtime event, signaling exchange, sample
             session.closers.append(http.close)

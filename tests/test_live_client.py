@@ -7,8 +7,10 @@ from __future__ import annotations
 import array
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from fsm_voice.transport import NullSink, SilenceSource, ToneSource, UtteranceSo
 from fsm_voice.transport.activity import ActivityPolicy, EnergyGate, frame_level, frame_seconds
 from fsm_voice.transport.aiortc_transport import AiortcTransport, Finalisation, GracefulClose
 from fsm_voice.transport.audio import FRAME_SAMPLES, SAMPLE_RATE, WavInput
-from tests.test_cli import finish, start
+from tests.test_cli import finish, lines_until, start, status_is
 from tests.test_terminal import SENTENCE, _need, sound_span
 
 pytestmark = pytest.mark.anyio
@@ -689,3 +691,24 @@ async def test_connect_live_bad_model_or_missing_key_is_one_clear_line(
     out, err = await finish(proc)
     assert proc.returncode == 2, (out, err)
     assert said in err and len(err.strip().splitlines()) == 1, err
+
+
+async def test_a_second_ctrl_c_cuts_the_wait_for_session_closed() -> None:
+    """The first Ctrl-C sends ``session.close`` and waits up to 15 s for ``session.closed``
+    (a silent server never answers); a second one ends that wait at once: exit 130, the
+    finalisation unconfirmed (it used to sit out the whole 15 s)."""
+    async with RealtimePeer(reply="tone") as peer:
+        proc = await start("connect", "--protocol", "live", "--base-url", peer.base_url,
+                           "--json", "--duration", "60", env={"FSM_VOICE_TOKEN": "sk-cli-live"})
+        await lines_until(proc, status_is("active"))
+        assert peer.go_silent() == 1  # session.close will never be answered
+        proc.send_signal(signal.SIGINT)
+        await lines_until(proc, status_is("idle"))
+        second = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = await finish(proc, timeout=BOUND)
+        waited = time.monotonic() - second
+        assert proc.returncode == 130, (out, err)
+        assert "Traceback" not in err, err
+        assert json.loads(out.splitlines()[-2])["finalised"] is False, out
+        assert waited < 10.0, waited  # a bound far below the 15 s wait it replaces

@@ -336,6 +336,8 @@ class AiortcTransport:
         self._graceful = graceful_close
         self._activity = activity
         self.finalisations: collections.deque[Finalisation] = collections.deque(maxlen=32)
+        self._finalising: set[_Connection] = set()
+        self._hurried = False
         """The :class:`Finalisation` of each closed connection (graceful close only), oldest
         first (the last 32)."""
 
@@ -345,6 +347,14 @@ class AiortcTransport:
     def call_id(self) -> str | None:
         """Call id of the current connection (from the signaling answer), if any."""
         return self._conn.call_id if self._conn is not None else None
+
+    def hurry(self) -> None:
+        """Stop waiting for ``session.closed`` (graceful close): every wait in progress, and
+        any later one, ends at once, unconfirmed. For an application that must exit now (a
+        second Ctrl-C); the pending closes still release everything."""
+        self._hurried = True
+        for conn in self._finalising:
+            conn.finalise_wake.set()
 
     @property
     def last_finalisation(self) -> Finalisation | None:
@@ -810,10 +820,15 @@ class AiortcTransport:
                 except Exception as exc:
                     detail = f"sending session.close failed: {exc!r}"
             if requested:
-                with anyio.move_on_after(graceful.timeout):
-                    await conn.finalise_wake.wait()
+                self._finalising.add(conn)
+                try:
+                    with anyio.move_on_after(0 if self._hurried else graceful.timeout):
+                        await conn.finalise_wake.wait()
+                finally:
+                    self._finalising.discard(conn)
                 if conn.closed_event is None:
-                    detail = (f"no session.closed within {graceful.timeout:g} s"
+                    detail = ("not waited for: asked to hurry" if self._hurried
+                              else f"no session.closed within {graceful.timeout:g} s"
                               if not conn.finalise_wake.is_set()
                               else "the connection closed before session.closed")
         closed = conn.closed_event
