@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -440,6 +441,11 @@ def main(argv: list[str] | None = None, *, process: bool = False) -> int:
         return 128 + (_STOPPED_BY or signal.SIGINT)
     except _Terminated:
         return 128 + signal.SIGTERM
+    except BrokenPipeError:  # stdout closed by the reader (`| head`): like connect, 141
+        if process:  # the interpreter's final flush must not fail on the same pipe
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except FsmVoiceError as exc:
         if not isinstance(exc, ValueError):  # a bad value given by the user: ConfigError, ...
             raise

@@ -323,7 +323,8 @@ def add_parsers(sub: Any) -> None:
                        "inject a fault and show the recovery", epilog=EXIT_CODES,
                        formatter_class=fmt)
     d.add_argument("--duration", type=seconds, default=20.0,
-                   help="seconds to run (default 20)")
+                   help="longest run in seconds (default 20); the demo ends 3 s after "
+                   "it recovers from its fault")
     d.add_argument("--protocol", choices=PROTOCOLS, default="realtime",
                    help="OpenAI Realtime (default) or OpenAI Live against the local peer")
     d.add_argument("--fault", choices=FAULTS, default=None,

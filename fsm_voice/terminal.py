@@ -192,7 +192,10 @@ class Activity:
         elif etype == "response.created":
             self.response_active = True
         elif etype == "response.done":
-            self.responses += 1
+            response = e.get("response")
+            outcome = response.get("status") if isinstance(response, Mapping) else None
+            if outcome in (None, "completed"):  # a cancelled reply (barge-in) is not one
+                self.responses += 1
             self.response_active = False
         elif etype in ("session.created", "session.updated", "session.started"):
             if etype in ("session.created", "session.started"):

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from fsm_voice.machine.table import WORKING
 from fsm_voice.trace import read_trace, unnumber
 
 STATUS_COLORS: dict[str, str] = {
@@ -27,6 +28,8 @@ RECOVERY_STATES: dict[str, str] = {"restarting": "#f5a65b", "reconnecting": "#f0
                                    "backoff": "#c96f2a", "ice_grace": "#f2d091"}
 FAULT_EVENTS = frozenset({"ice_disconnected", "transport_failed", "signaling_failed",
                           "server_error", "connect_timeout", "restart_timeout"})
+_UP = frozenset(WORKING)
+"""States with a session up: a speaking span never outlives them."""
 SEVERITY_COLORS = {"fatal": "#d62728", "recoverable": "#f08a24", "transient": "#f2c744",
                    "ignorable": "#9e9e9e"}
 
@@ -105,6 +108,11 @@ def build(header: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> Ti
                 if eff["type"] == "open" and eff["reason"] != "start":
                     marks.append(Mark("recovery", t, f"open {eff['reason']} #{eff['attempt']}",
                                       "#1f77b4"))
+            if r["target"] not in _UP and speech:  # the connection went: nobody speaks on it
+                for speaker, start in speech.items():
+                    spans.append(Span("speaking", speaker, start, t,
+                                      "#2fa4c9" if speaker == "user" else "#a05bc9"))
+                speech.clear()
             who = {"speech_started": ("user", True), "speech_stopped": ("user", False),
                    "audio_started": ("assistant", True),
                    "audio_stopped": ("assistant", False)}.get(ev)

@@ -345,3 +345,20 @@ def test_a_stop_inside_an_in_process_call_leaves_the_callers_signals_alone(
     before = (sig.getsignal(sig.SIGINT), sig.getsignal(sig.SIGTERM))
     assert cli.main([]) == 130
     assert (sig.getsignal(sig.SIGINT), sig.getsignal(sig.SIGTERM)) == before
+
+
+def test_a_closed_stdout_is_exit_141_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any command whose reader went away (``| head``) ends with 141, like ``connect``
+    (``diagram --trace F | head -1`` printed a BrokenPipeError traceback)."""
+    import argparse
+
+    from fsm_voice import cli
+
+    def writes_into_a_closed_pipe(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=writes_into_a_closed_pipe, command="test")
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main([]) == 141

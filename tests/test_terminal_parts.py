@@ -322,3 +322,6 @@ def test_a_cancelled_reply_keeps_its_words_marked_interrupted() -> None:
     a.event(done)
     assert [line[1:] for line in t.lines] == [("assistant", "Once upon … (interrupted)")]
     assert t.partial == {} and not a.response_active
+    assert a.responses == 0  # --responses N counts replies that played out, not cut ones
+    a.event({"type": "response.done", "response": {"id": "r2", "status": "completed"}})
+    assert a.responses == 1

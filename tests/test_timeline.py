@@ -106,3 +106,21 @@ async def test_unknown_format_is_refused(trace: Path, tmp_path: Path) -> None:
     with pytest.raises(TimelineError, match=r"\.html, \.svg or \.png"):
         render(trace, tmp_path / "t.pdf")
     assert main(["timeline", str(trace), "-o", str(tmp_path / "t.gif")]) == 2
+
+
+def test_a_speaking_span_ends_when_the_connection_goes() -> None:
+    """The assistant speaks, the session is lost (backoff), a new one comes up: two spans,
+    none across the outage (the span used to run on until the next ``audio_stopped``)."""
+    def ev(t: float, event: str, target: str, status: str) -> dict[str, object]:
+        return {"kind": "event", "t": t, "outcome": "taken", "event": event,
+                "source": "", "target": target, "status": status, "effects": []}
+
+    records = [ev(0.5, "channel_open", "active", "active"),
+               ev(1.0, "audio_started", "speaking", "speaking"),
+               ev(3.0, "session_closed", "backoff", "reconnecting"),
+               ev(5.0, "channel_open", "active", "active"),
+               ev(6.0, "audio_started", "speaking", "speaking"),
+               ev(7.0, "audio_stopped", "active", "active")]
+    tl = build({"t0": 0.0}, records)
+    spoken = [(s.start, s.end) for s in tl.spans if s.lane == "speaking"]
+    assert spoken == [(1.0, 3.0), (6.0, 7.0)], spoken
