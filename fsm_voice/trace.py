@@ -677,6 +677,11 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 raise TraceError(f"{path}:{n}: a record is an object with a string 'kind'")
             if first and obj["kind"] == "header":
                 headed = True
+                version = obj.get("version")
+                if obj.get("schema") == SCHEMA and (version not in READS
+                                                    or isinstance(version, bool)):
+                    raise TraceError(f"{path}: trace version {version!r}; this fsm-voice "
+                                     f"reads versions {', '.join(map(str, READS))}")
                 try:
                     status_of = _status_of(obj)
                 except TraceError as exc:

@@ -135,3 +135,13 @@ def test_a_malformed_version_2_line_is_a_typed_error_naming_it(tmp_path: Path,
 def test_a_bad_status_map_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match=r"v2\.jsonl:1: .*status_of"):
         read_trace(_v2(tmp_path, status_of={"active": 1}))  # type: ignore[dict-item]
+
+
+def test_a_newer_version_is_refused_for_its_version_not_its_lines(tmp_path: Path) -> None:
+    """A version-3 file whose lines this reader cannot parse is refused for its version (the
+    first line), not for a line it was never going to understand."""
+    p = tmp_path / "v3.jsonl"
+    p.write_text(json.dumps({"kind": "header", "schema": "fsm-voice-trace", "version": 3})
+                 + "\n" + json.dumps([0.0, 1, "start", "idle"]) + "\n")
+    with pytest.raises(TraceError, match=r"trace version 3; this fsm-voice reads versions 1, 2"):
+        read_trace(p)
