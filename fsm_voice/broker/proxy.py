@@ -665,8 +665,10 @@ class SessionProxy:
                 raise bad(exc.message, exc.code, exc.param) from None
         return sdp, items
 
-    async def _live_create(self, request: web.Request) -> _Outcome:
-        from .app import _Outcome, _refuse
+    async def _admit_create(self, request: web.Request, content_type: str, how: str) -> str:
+        """A create's client (authenticated, rate-limited), refused when it carries a query
+        (the broker sets the session) or a body that is not ``content_type``."""
+        from .app import _refuse
 
         client_id = await self._admit(request)
         if request.query:
@@ -677,13 +679,19 @@ class SessionProxy:
                 "broker for this client).",
                 code="unknown_parameter", param=name, client_id=client_id,
             )
-        if request.content_type != "application/json":
+        if request.content_type != content_type:
             raise _refuse(
                 415, "bad_request",
-                f"Unsupported content type {request.content_type[:64]!r}: send the body as "
-                "'application/json'.",
+                f"Unsupported content type {request.content_type[:64]!r}: {how}",
                 code="unsupported_content_type", client_id=client_id,
             )
+        return client_id
+
+    async def _live_create(self, request: web.Request) -> _Outcome:
+        from .app import _Outcome
+
+        client_id = await self._admit_create(request, "application/json",
+                                             "send the body as 'application/json'.")
         settings = self.config.for_client(client_id)
         sdp, items = self._live_request(await self._body(request, client_id), client_id,
                                         settings)
@@ -732,22 +740,9 @@ class SessionProxy:
     async def _realtime_create(self, request: web.Request) -> _Outcome:
         from .app import _Outcome, _refuse
 
-        client_id = await self._admit(request)
-        if request.query:
-            name = next(iter(request.query))[:64]
-            raise _refuse(
-                400, "bad_request",
-                f"Unknown parameter: {name!r} (the session, model included, is set by the "
-                "broker for this client).",
-                code="unknown_parameter", param=name, client_id=client_id,
-            )
-        if request.content_type != "application/sdp":
-            raise _refuse(
-                415, "bad_request",
-                f"Unsupported content type {request.content_type[:64]!r}: send the SDP offer as "
-                "'application/sdp' (the broker supplies the session configuration).",
-                code="unsupported_content_type", client_id=client_id,
-            )
+        client_id = await self._admit_create(
+            request, "application/sdp", "send the SDP offer as 'application/sdp' (the broker "
+            "supplies the session configuration).")
         raw = await self._body(request, client_id)
         try:
             sdp = raw.decode("utf-8")
