@@ -720,8 +720,9 @@ class TokenBroker(LocalService):
         }
         return web.json_response(body, status=200 if ok else 503)
 
-    async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+    def _request_state(self, request: web.Request) -> _RequestState:
+        """The per-request audit state, with the client's address (forwarded headers read
+        only from trusted proxies), stored on ``request``."""
         state = request[_STATE] = _RequestState(
             client_address(
                 request.remote,
@@ -730,6 +731,11 @@ class TokenBroker(LocalService):
                 self.config.forwarded_header,
             )
         )
+        return state
+
+    async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        state = self._request_state(request)
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)

@@ -109,7 +109,6 @@ from fsm_voice.errors import ConfigError
 from fsm_voice.live_input import LiveInputError, validate_live_input
 
 from .audit import AuditEntry
-from .forwarded import client_address
 from .ratelimit import LimitsUnavailable
 
 if TYPE_CHECKING:
@@ -482,18 +481,11 @@ class SessionProxy:
     async def _audited(
         self, request: web.Request, work: Callable[[web.Request], Awaitable[_Outcome]]
     ) -> web.StreamResponse:
-        from .app import _STATE, _error_body, _Outcome, _Refusal, _RequestState
+        from .app import _error_body, _Outcome, _Refusal
 
         broker = self.broker
         started = time.perf_counter()
-        state = request[_STATE] = _RequestState(
-            client_address(
-                request.remote,
-                request.headers.getall(broker.config.forwarded_header, []),
-                broker.config.trusted_proxies,
-                broker.config.forwarded_header,
-            )
-        )
+        state = broker._request_state(request)
         task = asyncio.current_task()
         if task is not None:
             broker._inflight.add(task)
